@@ -1,0 +1,237 @@
+"""One APIView per operation (SPEC §4). Parsing in payloads, writes in services, reads in
+selectors; the views only glue them to HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.db import transaction
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from integrations import payloads, selectors
+from integrations.api import schemas
+from integrations.api.auth import (
+    ApiKeyAuthentication,
+    IsEngine,
+    IsPartner,
+    PartnerRateThrottle,
+)
+from integrations.errors import PortalError
+from integrations.models import Event
+from integrations.services import events as event_services
+from integrations.services.idempotency import (
+    Replay,
+    idempotency_abandon,
+    idempotency_begin,
+    idempotency_complete,
+    request_fingerprint,
+)
+
+_ERRORS = {code: schemas.ErrorSerializer for code in (400, 401, 403, 404, 409, 413, 415, 429)}
+_GET_ERRORS = {code: schemas.ErrorSerializer for code in (400, 401, 403, 404, 429)}
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    description="Up to 255 characters; a repeat within 24 h returns the first answer.",
+)
+
+
+class PortalView(APIView):
+    authentication_classes = [ApiKeyAuthentication]
+    throttle_classes = [PartnerRateThrottle]
+
+
+class _IngestView(PortalView):
+    """POST an event: content checks, parse, idempotency, one transaction, one answer."""
+
+    success_status = 200
+
+    def ingest(self, data: dict, raw: bytes, idempotency_key: str) -> Event:
+        raise NotImplementedError
+
+    def post(self, request: Request) -> Response:
+        raw = _read_json_body(request)
+        key = request.META.get("HTTP_IDEMPOTENCY_KEY", "")
+        if len(key) > payloads.MAX_IDEMPOTENCY_KEY:
+            raise PortalError("Idempotency-Key may have at most 255 characters.",
+                              code="validation_error",
+                              errors={"Idempotency-Key": ["Too long (max 255)."]})
+        data = payloads.parse_json_object(raw)
+        if not key:
+            event = self.ingest(data, raw, "")
+            return Response(_accepted(event), status=self.success_status)
+        record = idempotency_begin(
+            holder=request.user.holder, key=key,
+            fingerprint=request_fingerprint(request.method, request.path, raw),
+        )
+        if isinstance(record, Replay):
+            return Response(record.body, status=record.status,
+                            headers={"Idempotent-Replayed": "true"})
+        try:
+            with transaction.atomic():
+                event = self.ingest(data, raw, key)
+                body = _accepted(event)
+                idempotency_complete(record=record, status=self.success_status, body=body)
+        except BaseException:
+            idempotency_abandon(record=record)
+            raise
+        return Response(body, status=self.success_status)
+
+
+def _accepted(event: Event) -> dict:
+    return {"status": "success", "eventId": str(event.id)}
+
+
+def _read_json_body(request: Request) -> bytes:
+    """The raw body, after the checks SPEC §3.4 answers with 415 and 413."""
+    content_type = request.META.get("CONTENT_TYPE", "")
+    media_type, _, params = content_type.partition(";")
+    if media_type.strip().lower() != "application/json":
+        raise PortalError("Send the body as Content-Type: application/json.",
+                          code="unsupported_media_type").with_status(415)
+    charset = next((p.split("=", 1)[1].strip().strip('"').lower() for p in params.split(";")
+                    if p.strip().lower().startswith("charset=")), "utf-8")
+    if charset not in ("utf-8", "utf8"):
+        raise PortalError("The body must be UTF-8 JSON.",
+                          code="unsupported_media_type").with_status(415)
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > settings.PORTAL_MAX_BODY_BYTES:
+        raise PortalError("The body is larger than 256 KiB.",
+                          code="payload_too_large").with_status(413)
+    try:
+        return request.body
+    except RequestDataTooBig:
+        raise PortalError("The body is larger than 256 KiB.",
+                          code="payload_too_large").with_status(413) from None
+
+
+def _ingest_schema(request_serializer, example, status: int, summary: str) -> Callable:
+    return extend_schema(
+        summary=summary, request=request_serializer, examples=[example],
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={status: schemas.AcceptedSerializer, **_ERRORS},
+    )
+
+
+class EngineIncomingView(_IngestView):
+    permission_classes = [IsEngine]
+    success_status = 202
+
+    @_ingest_schema(schemas.IncomingEventSerializer, schemas.INCOMING_EXAMPLE, 202,
+                    "Engine: a customer's message (incoming event)")
+    def post(self, request: Request) -> Response:
+        return super().post(request)
+
+    def ingest(self, data: dict, raw: bytes, idempotency_key: str) -> Event:
+        return event_services.event_ingest_incoming(
+            principal=self.request.user, msg=payloads.parse_incoming(data), raw_body=raw,
+            idempotency_key=idempotency_key)
+
+
+class EngineOutgoingView(_IngestView):
+    permission_classes = [IsEngine]
+    success_status = 202
+
+    @_ingest_schema(schemas.EngineOutgoingEventSerializer, schemas.OUTGOING_EXAMPLE, 202,
+                    "Engine: a message the platform sent (mirrored to partners)")
+    def post(self, request: Request) -> Response:
+        return super().post(request)
+
+    def ingest(self, data: dict, raw: bytes, idempotency_key: str) -> Event:
+        return event_services.event_ingest_engine_outgoing(
+            principal=self.request.user, msg=payloads.parse_outgoing(data, from_engine=True),
+            raw_body=raw, idempotency_key=idempotency_key)
+
+
+class PartnerOutgoingView(_IngestView):
+    permission_classes = [IsPartner]
+
+    @_ingest_schema(schemas.PartnerOutgoingEventSerializer, schemas.OUTGOING_EXAMPLE, 200,
+                    "Partner: reply to the customer on a ticket")
+    def post(self, request: Request) -> Response:
+        return super().post(request)
+
+    def ingest(self, data: dict, raw: bytes, idempotency_key: str) -> Event:
+        return event_services.event_ingest_partner_outgoing(
+            principal=self.request.user, msg=payloads.parse_outgoing(data, from_engine=False),
+            raw_body=raw, idempotency_key=idempotency_key)
+
+
+class PartnerCommandView(_IngestView):
+    permission_classes = [IsPartner]
+
+    @_ingest_schema(schemas.CommandEventSerializer, schemas.COMMAND_EXAMPLE, 200,
+                    "Partner: ticket command (close)")
+    def post(self, request: Request) -> Response:
+        return super().post(request)
+
+    def ingest(self, data: dict, raw: bytes, idempotency_key: str) -> Event:
+        return event_services.event_ingest_command(
+            principal=self.request.user, cmd=payloads.parse_command(data), raw_body=raw,
+            idempotency_key=idempotency_key)
+
+
+def _int_param(request: Request, name: str, default: int, *, minimum: int, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if not minimum <= value <= maximum:
+        raise PortalError(f"{name} must be a whole number from {minimum} to {maximum}.",
+                          code="validation_error",
+                          errors={name: [f"Must be from {minimum} to {maximum}."]})
+    return value
+
+
+class TicketMessagesView(PortalView):
+    permission_classes = [IsPartner]
+
+    @extend_schema(
+        summary="Partner: a ticket's conversation history, oldest first",
+        parameters=[
+            OpenApiParameter("limit", int, description="1 to 100, default 50."),
+            OpenApiParameter("after", int, description="Cursor: from the `next` URL."),
+        ],
+        responses={200: schemas.HistorySerializer, **_GET_ERRORS},
+    )
+    def get(self, request: Request, ticket_number: str) -> Response:
+        limit = _int_param(request, "limit", selectors.HISTORY_DEFAULT_LIMIT, minimum=1,
+                           maximum=selectors.HISTORY_MAX_LIMIT)
+        after = _int_param(request, "after", 0, minimum=0, maximum=2**62)
+        page = selectors.ticket_history(principal=request.user, ticket_number=ticket_number,
+                                        after=after, limit=limit)
+        next_url = None
+        if page.next_after is not None:
+            query = urlencode({"limit": limit, "after": page.next_after})
+            next_url = request.build_absolute_uri(f"{request.path}?{query}")
+        return Response({"results": page.results, "next": next_url})
+
+
+class ContactView(PortalView):
+    permission_classes = [IsPartner]
+
+    @extend_schema(summary="Partner: a contact and its tickets",
+                   responses={200: schemas.ContactSerializer, **_GET_ERRORS})
+    def get(self, request: Request, contact_id: str) -> Response:
+        return Response(selectors.contact_detail(principal=request.user, contact_id=contact_id))
+
+
+class EventDetailView(PortalView):
+    permission_classes = []
+
+    @extend_schema(summary="One event and the status of its deliveries",
+                   responses={200: schemas.EventDetailSerializer, **_GET_ERRORS})
+    def get(self, request: Request, event_id: str) -> Response:
+        return Response(selectors.event_detail(principal=request.user, event_id=event_id))

@@ -1,0 +1,46 @@
+"""Liveness and readiness endpoints for operators and load balancers."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import connection
+from django.http import JsonResponse
+from django.views.decorators.http import require_GET
+
+from portal.celery import app as celery_app
+
+
+@require_GET
+def healthz(request) -> JsonResponse:
+    """Liveness: the process answers. Checks nothing else on purpose."""
+    return JsonResponse({"status": "ok"})
+
+
+def _check_database() -> str | None:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as exc:
+        return f"database unreachable: {exc.__class__.__name__}: {str(exc)[:200]}"
+    return None
+
+
+def _check_broker() -> str | None:
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+    except Exception as exc:
+        return f"broker unreachable: {exc.__class__.__name__}: {str(exc)[:200]}"
+    return None
+
+
+@require_GET
+def readyz(request) -> JsonResponse:
+    """Readiness: 200 when the database and the broker answer, else 503 with the reasons."""
+    problems = [p for p in (_check_database(), _check_broker()) if p]
+    if problems:
+        return JsonResponse({"status": "unavailable", "problems": problems}, status=503)
+    vendor = connection.vendor
+    broker = settings.CELERY_BROKER_URL.split("://", 1)[0]
+    return JsonResponse({"status": "ok", "database": vendor, "broker": broker})

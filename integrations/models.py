@@ -1,0 +1,410 @@
+"""The data model of SPEC §2: tenants, partners, keys, tickets, contacts, events, deliveries.
+
+The database is the source of truth. An accepted event is one transaction: its Event row, the
+ticket and contact upserts and one Delivery row per target. Celery only wakes deliveries up;
+their schedule (`next_attempt_at`) and ownership (`lease_token`) live here.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+
+class Tenant(models.Model):
+    """A customer of the engine, known on the wire by `owner` (the Tenant ID)."""
+
+    owner = models.CharField(_("tenant ID"), max_length=255, unique=True)
+    name = models.CharField(_("name"), max_length=200)
+    time_zone = models.CharField(_("time zone"), max_length=64, default="Asia/Jakarta")
+    sticker_text = models.CharField(_("sticker text"), max_length=100, default="Stiker")
+    retention_days = models.PositiveIntegerField(_("retention (days)"), default=30)
+    engine_base_url = models.URLField(_("engine base URL"), blank=True)
+    engine_send_message_path = models.CharField(
+        _("engine send-message path"), max_length=500, blank=True
+    )
+    engine_command_path = models.CharField(_("engine command path"), max_length=500, blank=True)
+    engine_token = models.CharField(_("engine bearer token"), max_length=500, blank=True)
+    engine_signing_secret = models.CharField(
+        _("engine signing secret"), max_length=200, blank=True
+    )
+    is_active = models.BooleanField(_("active"), default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.owner})"
+
+
+class TenantMembership(models.Model):
+    """Gives a user a role in one tenant."""
+
+    class Role(models.TextChoices):
+        ADMIN = "admin", _("Tenant admin")
+        SUPPORT = "support", _("Support staff")
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "tenant"], name="membership_user_tenant_uniq")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} — {self.role} of {self.tenant.owner}"
+
+
+class Partner(models.Model):
+    """A third-party omnichannel partner of one tenant, and where its webhooks go."""
+
+    class State(models.TextChoices):
+        ACTIVE = "active", _("Active")
+        DISABLED = "disabled", _("Disabled by an admin")
+        PAUSED = "paused", _("Paused automatically")
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="partners")
+    name = models.CharField(_("name"), max_length=200)
+    base_url = models.URLField(_("base URL"), max_length=2048)
+    incoming_message_path = models.CharField(_("incoming-message path"), max_length=500)
+    send_message_path = models.CharField(_("send-message path"), max_length=500)
+    channels = models.JSONField(
+        _("channels"), default=list, blank=True, help_text=_("Empty means every channel.")
+    )
+    connect_timeout = models.FloatField(_("connect timeout (s)"), default=3.0)
+    timeout = models.FloatField(_("response deadline (s)"), default=10.0)
+    retry_schedule = models.CharField(
+        _("retry schedule override"),
+        max_length=500,
+        blank=True,
+        help_text=_("Comma-separated seconds; empty uses PORTAL_RETRY_SCHEDULE."),
+    )
+    rate_limit = models.CharField(
+        _("rate limit override"),
+        max_length=32,
+        blank=True,
+        help_text=_("Such as 100/second; empty uses PORTAL_PARTNER_RATE."),
+    )
+    state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
+    state_reason = models.CharField(max_length=500, blank=True)
+    state_changed_at = models.DateTimeField(null=True, blank=True)
+    # Health counters, updated after every attempt.
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    failing_since = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_failure_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    success_count = models.PositiveBigIntegerField(default=0)
+    failure_count = models.PositiveBigIntegerField(default=0)
+    latency_ms_avg = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["tenant__name", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="partner_tenant_name_uniq")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def subscribes_to(self, channel: str) -> bool:
+        return not self.channels or channel in self.channels
+
+
+class SigningSecret(models.Model):
+    """A `whsec_` secret a partner verifies our signatures with. During a rotation the old
+    and the new secret are both live and every delivery carries both signatures."""
+
+    partner = models.ForeignKey(Partner, on_delete=models.CASCADE, related_name="secrets")
+    secret = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.secret[:10]}… ({self.partner})"
+
+
+class ApiKey(models.Model):
+    """A bearer key of a partner or of the engine, stored as a prefix plus a SHA-256 hash."""
+
+    class Kind(models.TextChoices):
+        PARTNER = "partner", _("Partner key")
+        ENGINE = "engine", _("Engine key")
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    partner = models.ForeignKey(
+        Partner, on_delete=models.CASCADE, null=True, blank=True, related_name="api_keys"
+    )
+    tenants = models.ManyToManyField(
+        Tenant,
+        blank=True,
+        related_name="engine_keys",
+        help_text=_("Engine keys only: the tenants it acts for; none means every tenant."),
+    )
+    name = models.CharField(max_length=200, blank=True)
+    prefix = models.CharField(max_length=32, unique=True)
+    key_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(kind="partner") & Q(partner__isnull=False))
+                | (Q(kind="engine") & Q(partner__isnull=True)),
+                name="apikey_partner_iff_partner_kind",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.get_kind_display()})"
+
+
+class Contact(models.Model):
+    """A customer as the engine knows them (`contactId`), unique per tenant."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="contacts")
+    contact_id = models.CharField(max_length=255)
+    customer_name = models.CharField(max_length=500)
+    channel = models.CharField(max_length=50)
+    account_id = models.CharField(max_length=255)
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "contact_id"], name="contact_tenant_id_uniq")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_name} ({self.contact_id})"
+
+
+class Ticket(models.Model):
+    """A conversation (`ticketNumber`), unique per tenant."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", _("Open")
+        CLOSED = "closed", _("Closed")
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="tickets")
+    ticket_number = models.CharField(max_length=100)
+    contact = models.ForeignKey(
+        Contact, on_delete=models.SET_NULL, null=True, blank=True, related_name="tickets"
+    )
+    channel = models.CharField(max_length=50)
+    account_id = models.CharField(max_length=255)
+    customer_name = models.CharField(max_length=500)
+    created_date = models.DateTimeField(help_text=_("When the engine created the ticket."))
+    group_id = models.CharField(max_length=255, blank=True)
+    language = models.CharField(max_length=64, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    closed_by = models.CharField(max_length=255, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    # The sequence number of the ticket's latest event; events take the next one under the
+    # ticket's row lock, so per-ticket order is the order events entered the portal.
+    last_sequence = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "ticket_number"], name="ticket_tenant_number_uniq"
+            )
+        ]
+        indexes = [models.Index(fields=["ticket_number"], name="ticket_number_idx")]
+
+    def __str__(self) -> str:
+        return self.ticket_number
+
+
+class Event(models.Model):
+    """One message or command that entered the portal, with the exact bytes received."""
+
+    class Kind(models.TextChoices):
+        INCOMING = "incoming", _("Incoming")
+        OUTGOING = "outgoing", _("Outgoing")
+        COMMAND = "command", _("Command")
+
+    class Source(models.TextChoices):
+        ENGINE = "engine", _("Engine")
+        PARTNER = "partner", _("Partner")
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    partner = models.ForeignKey(
+        Partner, on_delete=models.SET_NULL, null=True, blank=True, related_name="events"
+    )
+    ticket = models.ForeignKey(Ticket, on_delete=models.CASCADE, related_name="events")
+    ticket_number = models.CharField(max_length=100)
+    sequence = models.PositiveBigIntegerField()
+    raw_body = models.BinaryField()
+    payload = models.JSONField(help_text=_("The normalized payload sent on."))
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    received_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["ticket", "sequence"], name="event_ticket_seq_uniq")
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "-received_at"], name="event_tenant_time_idx"),
+            models.Index(fields=["ticket_number"], name="event_ticket_number_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id}"
+
+
+class Delivery(models.Model):
+    """One event to one target: a partner endpoint or the engine relay."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        DELIVERING = "delivering", _("Delivering")
+        RETRYING = "retrying", _("Retrying")
+        SUCCEEDED = "succeeded", _("Succeeded")
+        DEAD = "dead", _("Dead")
+        CANCELLED = "cancelled", _("Cancelled")
+        NOT_CONFIGURED = "not_configured", _("Not configured")
+
+    FINAL_STATUSES = (Status.SUCCEEDED, Status.DEAD, Status.CANCELLED, Status.NOT_CONFIGURED)
+    WAITING_STATUSES = (Status.PENDING, Status.RETRYING)
+
+    class Endpoint(models.TextChoices):
+        INCOMING = "incoming", _("Partner incoming-message path")
+        SEND = "send", _("Partner send-message path")
+        ENGINE_MESSAGE = "engine_message", _("Engine send-message path")
+        ENGINE_COMMAND = "engine_command", _("Engine command path")
+
+    ENGINE_TARGET = "engine"
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="deliveries")
+    ticket = models.ForeignKey(Ticket, on_delete=models.CASCADE, related_name="deliveries")
+    partner = models.ForeignKey(
+        Partner, on_delete=models.CASCADE, null=True, blank=True, related_name="deliveries"
+    )
+    # "partner:<id>" or "engine": one delivery per (event, target), and the order key.
+    target = models.CharField(max_length=64)
+    endpoint = models.CharField(max_length=16, choices=Endpoint.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # When a queue message was last sent for it; the dispatcher re-sends only after a while,
+    # so a backlog in the broker is not flooded with duplicates every second.
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    lease_token = models.UUIDField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["event", "target"], name="delivery_event_target_uniq")
+        ]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="delivery_due_idx"),
+            models.Index(fields=["target", "ticket", "id"], name="delivery_order_idx"),
+            models.Index(fields=["tenant", "-created_at"], name="delivery_tenant_time_idx"),
+            models.Index(fields=["partner", "status"], name="delivery_partner_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} → {self.target}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL_STATUSES
+
+
+class DeliveryAttempt(models.Model):
+    """One HTTP try of a delivery, as sent and as answered (no secrets stored)."""
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempts_log")
+    number = models.PositiveIntegerField()
+    url = models.CharField(max_length=2600)
+    request_headers = models.JSONField(default=dict)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_headers = models.JSONField(default=dict)
+    response_body = models.TextField(blank=True, help_text=_("First 8 KiB."))
+    duration_ms = models.PositiveIntegerField(default=0)
+    outcome = models.CharField(max_length=16, blank=True)
+    error_class = models.CharField(max_length=64, blank=True)
+    error_message = models.CharField(max_length=1000, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["delivery_id", "number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["delivery", "number"], name="attempt_delivery_number_uniq"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of delivery {self.delivery_id}"
+
+
+class IdempotencyRecord(models.Model):
+    """Remembers an accepted POST under its Idempotency-Key for 24 h (SPEC §3.5)."""
+
+    class State(models.TextChoices):
+        IN_PROGRESS = "in_progress", _("In progress")
+        DONE = "done", _("Done")
+
+    holder = models.CharField(max_length=64, help_text=_("partner:<id> or enginekey:<id>"))
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.IN_PROGRESS)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["holder", "key"], name="idempotency_holder_key_uniq")
+        ]
+        indexes = [models.Index(fields=["created_at"], name="idempotency_created_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.holder} {self.key}"
+
+
+class WorkerHeartbeat(models.Model):
+    """A marker a worker writes when it runs the `ping` task: proof that a task went through
+    the broker and reached the database (health checks, tests)."""
+
+    marker = models.CharField(max_length=100, unique=True)
+    seen_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return self.marker

@@ -1,0 +1,233 @@
+"""Tenants, users, partners, API keys and signing secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from integrations.delivery import generate_secret
+from integrations.errors import Conflict, Forbidden, NotFound, PortalError, Unauthorized
+from integrations.models import ApiKey, Partner, SigningSecret, Tenant, TenantMembership
+
+KEY_PREFIXES = {ApiKey.Kind.PARTNER: "prt", ApiKey.Kind.ENGINE: "eng"}
+
+
+def _hash_key(raw: str) -> str:
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+def validate_time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise PortalError(f"Unknown time zone {name!r}.", code="invalid_time_zone") from None
+    return name
+
+
+def validate_base_url(url: str) -> str:
+    try:
+        URLValidator(schemes=["http", "https"])(url)
+    except ValidationError:
+        raise PortalError(
+            f"{url!r} is not an absolute http(s) URL.", code="invalid_url"
+        ) from None
+    return url.rstrip("/")
+
+
+def tenant_create(*, owner: str, name: str, time_zone: str = "Asia/Jakarta") -> Tenant:
+    """Create a tenant with a fresh engine signing secret.
+
+    Raises PortalError (blank owner/name, unknown time zone), Conflict (owner taken).
+    """
+    owner, name = owner.strip(), name.strip()
+    if not owner or not name:
+        raise PortalError("owner and name are required.", code="invalid_arguments")
+    validate_time_zone(time_zone)
+    try:
+        with transaction.atomic():
+            return Tenant.objects.create(
+                owner=owner, name=name, time_zone=time_zone,
+                engine_signing_secret=generate_secret(),
+            )
+    except IntegrityError:
+        raise Conflict(f"A tenant with owner {owner!r} exists already.",
+                       code="duplicate_owner") from None
+
+
+def tenant_get(*, owner: str) -> Tenant:
+    """Return the tenant by owner; raises NotFound."""
+    try:
+        return Tenant.objects.get(owner=owner)
+    except Tenant.DoesNotExist:
+        raise NotFound(f"No tenant with owner {owner!r}.", code="unknown_owner") from None
+
+
+def api_key_create(*, kind: str, partner: Partner | None = None,
+                   tenants: list[Tenant] | None = None, name: str = "",
+                   expires_at: datetime | None = None) -> tuple[ApiKey, str]:
+    """Create a key and return it with its raw value, which is never stored or shown again."""
+    prefix = f"{KEY_PREFIXES[kind]}_{secrets.token_hex(6)}"
+    raw = f"{prefix}.{secrets.token_urlsafe(32)}"
+    key = ApiKey.objects.create(
+        kind=kind, partner=partner, name=name, prefix=prefix, key_hash=_hash_key(raw),
+        expires_at=expires_at,
+    )
+    if tenants:
+        key.tenants.set(tenants)
+    return key, raw
+
+
+def api_key_revoke(*, key: ApiKey) -> ApiKey:
+    """Revoke a key at once; later requests with it get 401."""
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+    return key
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling the API: a partner's key or an engine key."""
+
+    api_key: ApiKey
+    partner: Partner | None
+    # Engine keys: the tenant ids it may act for, or None for every tenant.
+    tenant_ids: frozenset[int] | None
+
+    @property
+    def is_engine(self) -> bool:
+        return self.partner is None
+
+    @property
+    def holder(self) -> str:
+        """The idempotency scope: one partner (all its keys), or one engine key."""
+        if self.partner is not None:
+            return f"partner:{self.partner.pk}"
+        return f"enginekey:{self.api_key.pk}"
+
+    def tenant_for_owner(self, owner: str) -> Tenant:
+        """The tenant named by `owner`, if this caller may act for it; raises Forbidden."""
+        if self.partner is not None:
+            if self.partner.tenant.owner != owner:
+                raise Forbidden("This key may not act for that owner.", code="owner_forbidden")
+            return self.partner.tenant
+        tenant = Tenant.objects.filter(owner=owner, is_active=True).first()
+        if tenant is None or (self.tenant_ids is not None and tenant.pk not in self.tenant_ids):
+            raise Forbidden("This key may not act for that owner.", code="owner_forbidden")
+        return tenant
+
+
+def principal_authenticate(raw: str) -> Principal:
+    """Resolve a bearer key to its principal.
+
+    Raises Unauthorized (unknown, malformed, revoked or expired key) and Forbidden (the
+    partner is disabled by an admin, or its tenant is inactive).
+    """
+    prefix, dot, _ = raw.partition(".")
+    if not dot or len(prefix) > 32:
+        raise Unauthorized("The API key is not valid.", code="invalid_key")
+    key = (
+        ApiKey.objects.select_related("partner__tenant")
+        .filter(prefix=prefix)
+        .first()
+    )
+    # Compare hashes in constant time even when the prefix is unknown.
+    expected = key.key_hash if key else "0" * 64
+    if not hmac.compare_digest(expected, _hash_key(raw)) or key is None:
+        raise Unauthorized("The API key is not valid.", code="invalid_key")
+    now = timezone.now()
+    if key.revoked_at is not None:
+        raise Unauthorized("The API key has been revoked.", code="key_revoked")
+    if key.expires_at is not None and key.expires_at <= now:
+        raise Unauthorized("The API key has expired.", code="key_expired")
+    if key.partner is not None:
+        if key.partner.state == Partner.State.DISABLED:
+            raise Forbidden("This partner is disabled by an admin.", code="partner_disabled")
+        if not key.partner.tenant.is_active:
+            raise Forbidden("This tenant is inactive.", code="tenant_inactive")
+        return Principal(api_key=key, partner=key.partner, tenant_ids=None)
+    tenant_ids = frozenset(key.tenants.values_list("pk", flat=True))
+    return Principal(api_key=key, partner=None, tenant_ids=tenant_ids or None)
+
+
+def partner_create(*, tenant: Tenant, name: str, base_url: str, incoming_message_path: str,
+                   send_message_path: str, channels: list[str] | None = None
+                   ) -> tuple[Partner, str, str]:
+    """Create a partner with one API key and one signing secret.
+
+    Returns (partner, raw API key, signing secret); both are shown once.
+    Raises PortalError (bad URL or path) and Conflict (name taken in the tenant).
+    """
+    name = name.strip()
+    if not name:
+        raise PortalError("name is required.", code="invalid_arguments")
+    base_url = validate_base_url(base_url)
+    paths = {"incoming path": incoming_message_path, "send path": send_message_path}
+    for label, path in paths.items():
+        if not path.startswith("/") or any(ch.isspace() for ch in path):
+            raise PortalError(f"The {label} must start with '/' and have no spaces.",
+                              code="invalid_path")
+    channel_list = sorted({c.strip().lower() for c in channels or [] if c.strip()})
+    try:
+        with transaction.atomic():
+            partner = Partner.objects.create(
+                tenant=tenant, name=name, base_url=base_url,
+                incoming_message_path=incoming_message_path,
+                send_message_path=send_message_path, channels=channel_list,
+            )
+            _, raw_key = api_key_create(kind=ApiKey.Kind.PARTNER, partner=partner,
+                                        name="initial")
+            secret = SigningSecret.objects.create(partner=partner, secret=generate_secret())
+    except IntegrityError:
+        raise Conflict(f"Tenant {tenant.owner!r} already has a partner named {name!r}.",
+                       code="duplicate_name") from None
+    return partner, raw_key, secret.secret
+
+
+def signing_secret_rotate(*, partner: Partner, overlap_hours: int = 24) -> SigningSecret:
+    """Add a new signing secret; the current ones expire after `overlap_hours`.
+
+    While both are live every delivery carries both signatures.
+    """
+    expires = timezone.now() + timedelta(hours=overlap_hours)
+    with transaction.atomic():
+        SigningSecret.objects.filter(partner=partner, expires_at__isnull=True).update(
+            expires_at=expires
+        )
+        return SigningSecret.objects.create(partner=partner, secret=generate_secret())
+
+
+def user_create(*, tenant: Tenant, username: str, role: str, email: str = ""
+                ) -> tuple[object, str]:
+    """Create a staff user with a generated password and a role in the tenant.
+
+    Returns (user, password); raises PortalError (bad role) and Conflict (username taken).
+    """
+    if role not in TenantMembership.Role.values:
+        raise PortalError(f"role must be one of {', '.join(TenantMembership.Role.values)}.",
+                          code="invalid_role")
+    username = username.strip()
+    if not username:
+        raise PortalError("username is required.", code="invalid_arguments")
+    user_model = get_user_model()
+    password = secrets.token_urlsafe(12)
+    try:
+        with transaction.atomic():
+            user = user_model.objects.create_user(
+                username=username, email=email, password=password, is_staff=True
+            )
+            TenantMembership.objects.create(user=user, tenant=tenant, role=role)
+    except IntegrityError:
+        raise Conflict(f"A user named {username!r} exists already.",
+                       code="duplicate_username") from None
+    return user, password

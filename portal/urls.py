@@ -1,0 +1,25 @@
+from django.conf import settings
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from integrations import demo, health
+from integrations.api import errors as api_errors
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include("integrations.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    # Anything else under /api/ answers the JSON envelope, in DEBUG too.
+    re_path(r"^api/", api_errors.handler404),
+]
+if settings.DEBUG or settings.PORTAL_DEMO_ENDPOINTS:
+    urlpatterns.append(
+        path("demo/<str:role>/<path:path>", demo.demo_receiver, name="demo-receiver")
+    )
+
+handler404 = "integrations.api.errors.handler404"
+handler500 = "integrations.api.errors.handler500"
