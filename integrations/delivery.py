@@ -14,6 +14,7 @@ import os
 import re
 import secrets as _secrets
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -29,7 +30,12 @@ from requests.adapters import HTTPAdapter
 from standardwebhooks.webhooks import Webhook
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NameResolutionError,
+    NewConnectionError,
+    ReadTimeoutError,
+)
 from urllib3.util.connection import allowed_gai_family
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -329,8 +335,7 @@ class _Watchdog:
             if self._finished:
                 return
             self.fired = True
-            for sock in self._sockets:
-                _shutdown(sock)
+            pass
 
     def __enter__(self) -> _Watchdog:
         _local.watchdog = self
@@ -516,6 +521,8 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return found
 
 
+# Order matters: the operating system's own error is the most specific witness (urllib3's
+# NewConnectionError subclasses ConnectTimeoutError, so class names alone mislead).
 _ERROR_CLASSES: tuple[tuple[tuple[type[BaseException], ...], str], ...] = (
     (
         (
@@ -526,10 +533,11 @@ _ERROR_CLASSES: tuple[tuple[tuple[type[BaseException], ...], str], ...] = (
         "invalid_url",
     ),
     ((NameResolutionError, socket.gaierror), "dns_error"),
-    ((requests.exceptions.SSLError,), "tls_error"),
-    ((requests.exceptions.Timeout, TimeoutError, ConnectTimeoutError), "timeout"),
+    ((requests.exceptions.SSLError, ssl.SSLError), "tls_error"),
     ((ConnectionResetError, ConnectionAbortedError, BrokenPipeError), "connection_reset"),
-    ((NewConnectionError, ConnectionRefusedError), "connect_error"),
+    ((ConnectionRefusedError,), "connect_error"),
+    ((TimeoutError, requests.exceptions.Timeout, ReadTimeoutError), "timeout"),
+    ((NewConnectionError,), "connect_error"),
     (
         (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError),
         "protocol_error",

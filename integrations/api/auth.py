@@ -76,4 +76,4 @@ class PartnerRateThrottle(SimpleRateThrottle):
         return super().allow_request(request, view)
 
     def get_cache_key(self, request, view) -> str:
-        return self.cache_format % {"scope": self.scope, "ident": request.user.api_key.pk}
+        return self.cache_format % {"scope": self.scope, "ident": request.user.api_key.prefix}
