@@ -595,12 +595,14 @@ def test_send_webhook_dripping_body_hits_deadline(partner: Partner) -> None:
 def test_send_webhook_reads_at_most_max_body(partner: Partner) -> None:
     # given a partner announcing and streaming a 50 MB answer
     stopped = threading.Event()
+    written: list[int] = []
 
     def huge(h: BaseHTTPRequestHandler) -> None:
         h.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 52428800\r\n\r\n")
         try:
             for _ in range(800):
                 h.wfile.write(b"x" * 65536)
+                written.append(65536)
         finally:
             stopped.set()
 
@@ -612,6 +614,7 @@ def test_send_webhook_reads_at_most_max_body(partner: Partner) -> None:
     assert time.monotonic() - started < 2.0
     assert (result.outcome, len(result.response_body)) == (Outcome.SUCCESS, 65536)
     assert stopped.wait(5)
+    assert sum(written) < 52428800  # the client hung up instead of draining the rest
 
 
 def test_send_webhook_connection_refused_retries() -> None:
