@@ -197,6 +197,14 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "AcceptedStatusEnum": "integrations.api.schemas.SUCCESS_STATUS",
+        "ErrorStatusEnum": "integrations.api.schemas.ERROR_STATUS",
+        "TicketStatusEnum": "integrations.api.schemas.TICKET_STATUS",
+        "DeliveryStatusEnum": "integrations.models.Delivery.Status",
+        "AnyMessageTypeEnum": "integrations.api.schemas.ALL_TYPES",
+        "PartnerMessageTypeEnum": "integrations.payloads.MESSAGE_TYPES",
+    },
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------------

@@ -13,6 +13,10 @@ from integrations import payloads as p
 from integrations.models import Delivery
 
 ALL_TYPES = (*p.MESSAGE_TYPES, p.STICKER)
+# Named choice sets, so the schema's enum names are stable (see ENUM_NAME_OVERRIDES).
+SUCCESS_STATUS = ("success",)
+ERROR_STATUS = ("error",)
+TICKET_STATUS = ("open", "closed")
 
 
 class _MessageFields(serializers.Serializer):
@@ -61,12 +65,12 @@ class CommandEventSerializer(serializers.Serializer):
 
 
 class AcceptedSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=["success"])
+    status = serializers.ChoiceField(choices=SUCCESS_STATUS)
     eventId = serializers.UUIDField()
 
 
 class ErrorSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=["error"])
+    status = serializers.ChoiceField(choices=ERROR_STATUS)
     code = serializers.CharField()
     message = serializers.CharField()
     errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
@@ -74,7 +78,7 @@ class ErrorSerializer(serializers.Serializer):
 
 class DeliveryStatusSerializer(serializers.Serializer):
     target = serializers.CharField(help_text="'engine' or 'partner:<id>'.")
-    status = serializers.ChoiceField(choices=Delivery.Status.values)
+    status = serializers.ChoiceField(choices=Delivery.Status.choices)
 
 
 class HistoryItemSerializer(serializers.Serializer):
@@ -95,7 +99,7 @@ class HistorySerializer(serializers.Serializer):
 
 class ContactTicketSerializer(serializers.Serializer):
     ticketNumber = serializers.CharField()
-    status = serializers.ChoiceField(choices=["open", "closed"])
+    status = serializers.ChoiceField(choices=TICKET_STATUS)
 
 
 class ContactSerializer(serializers.Serializer):
