@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import math
 import os
 import re
 import secrets as _secrets
@@ -43,6 +44,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Outcome(StrEnum):
+    """What one attempt means for its delivery (SPEC §5)."""
+
     SUCCESS = "success"
     RETRY = "retry"
     DEAD = "dead"
@@ -86,6 +89,9 @@ _V4_BLOCKED = _table(
 _V6_BLOCKED = _table(
     ("::/128", "unspecified"),
     ("::1/128", "loopback"),
+    # Local-use NAT64 (RFC 8215) translates inside the operator's own network, and where
+    # the IPv4 sits depends on that translator's prefix length: refuse it whole.
+    ("64:ff9b:1::/48", "reserved (local-use NAT64)"),
     ("fc00::/7", "private"),
     ("fec0::/10", "private"),
     ("fe80::/10", "link-local"),
@@ -100,17 +106,7 @@ _V6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _COMPATIBLE = ipaddress.IPv6Network("::/96")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 _SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
-
-
-def _rfc6052_ipv4(value: int, prefix_len: int) -> ipaddress.IPv4Address:
-    """The IPv4 address embedded after a NAT64 prefix of `prefix_len` bits (RFC 6052 §2.2)."""
-    if prefix_len == 96:
-        return ipaddress.IPv4Address(value & 0xFFFFFFFF)
-    # Bits 64..71 (the "u" octet) are never part of the address: squeeze them out.
-    squeezed = ((value >> 64) << 56) | (value & ((1 << 56) - 1))
-    return ipaddress.IPv4Address((squeezed >> (120 - prefix_len - 32)) & 0xFFFFFFFF)
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
@@ -120,10 +116,7 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4A
     if ip in _COMPATIBLE:
         return [("IPv4-compatible", ipaddress.IPv4Address(value & 0xFFFFFFFF))]
     if ip in _NAT64:
-        return [("NAT64", _rfc6052_ipv4(value, 96))]
-    if ip in _NAT64_LOCAL:
-        # The local translator's prefix length is unknown: every legal position must be clean.
-        return [("NAT64", _rfc6052_ipv4(value, length)) for length in (48, 56, 64, 96)]
+        return [("NAT64", ipaddress.IPv4Address(value & 0xFFFFFFFF))]
     if ip in _SIX_TO_FOUR:
         return [("6to4", ipaddress.IPv4Address((value >> 80) & 0xFFFFFFFF))]
     return []
@@ -138,7 +131,7 @@ def address_block_reason(ip: IPAddress) -> str | None:
     """
     if ip.version == 4:
         return next((reason for net, reason in _V4_BLOCKED if ip in net), None)
-    for net, reason in _V6_BLOCKED[:2]:  # :: and ::1 also sit inside ::/96 (compatible)
+    for net, reason in _V6_BLOCKED[:3]:  # these win over the embedded-IPv4 forms below
         if ip in net:
             return reason
     embedded = _embedded_ipv4(ip)
@@ -222,8 +215,8 @@ def sign_headers(
     Raises ValueError with no secret, a secret without the "whsec_" prefix or an undecodable
     one, or a body that is not UTF-8.
     """
-    if not secrets:
-        raise ValueError("sign_headers needs at least one whsec_ secret")
+    if isinstance(secrets, str) or not secrets:
+        raise ValueError("sign_headers needs a non-empty sequence of whsec_ secrets")
     moment = timestamp or datetime.now(UTC)
     # Webhook.sign() *replaces* tzinfo with UTC, so hand it a UTC wall-clock time.
     moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -238,7 +231,7 @@ def sign_headers(
             raise ValueError(f"unusable signing secret: {exc}") from exc
     return {
         "webhook-id": msg_id,
-        "webhook-timestamp": str(int(moment.timestamp())),
+        "webhook-timestamp": str(math.floor(moment.timestamp())),  # as Webhook.sign()
         "webhook-signature": " ".join(signatures),
     }
 
@@ -335,7 +328,8 @@ class _Watchdog:
             if self._finished:
                 return
             self.fired = True
-            pass
+            for sock in self._sockets:
+                _shutdown(sock)
 
     def __enter__(self) -> _Watchdog:
         _local.watchdog = self
@@ -487,16 +481,18 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 @dataclass(frozen=True)
 class DeliveryResult:
+    """Everything the delivery service stores about one attempt."""
+
     outcome: Outcome
-    status_code: int | None
-    request_headers: dict[str, str]
+    status_code: int | None  # None when no status line arrived
+    request_headers: dict[str, str]  # as sent, Authorization redacted to "Bearer ***"
     response_headers: dict[str, str]
-    response_body: bytes
-    duration_ms: int
-    error_class: str
+    response_body: bytes  # at most max_body bytes; the caller truncates further to store
+    duration_ms: int  # monotonic clock, request start to result
+    error_class: str  # "" or e.g. "timeout", "blocked_destination", "deadline_exceeded"
     error_message: str
-    retry_after: float | None
-    gone: bool
+    retry_after: float | None  # parsed Retry-After seconds, None if absent or invalid
+    gone: bool  # a clean 410: the caller pauses the partner
 
 
 def _redacted(headers: Any) -> dict[str, str]:
@@ -603,81 +599,53 @@ def send_webhook(
     if bearer_token:
         headers["Authorization"] = f"Bearer {bearer_token}"
     sent = _redacted(headers)
-    if not _is_http_url(url):
-        return DeliveryResult(
-            Outcome.DEAD,
-            None,
-            sent,
-            {},
-            b"",
-            0,
-            "invalid_url",
-            f"not an absolute http(s) URL: {url!r}"[:1000],
-            None,
-            False,
-        )
     status: int | None = None
     response_headers: dict[str, str] = {}
     received = bytearray()
-    error: BaseException | None = None
-    cut_short = False  # stopped reading because the deadline passed between chunks
+    error_class = message = ""
     started = time.monotonic()
-    with _Watchdog(deadline) as watchdog:
-        try:
-            response = _session_for(policy).post(
-                url,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                stream=True,
-                # The read timeout only bounds one recv; the watchdog bounds the whole.
-                timeout=(connect_timeout, deadline),
-            )
-            try:
-                status, response_headers = response.status_code, dict(response.headers)
-                sent = _redacted(response.request.headers)
-                chunks = response.iter_content(chunk_size=min(16384, max_body)) if max_body else ()
-                for chunk in chunks:
-                    received += chunk[: max_body - len(received)]
-                    if len(received) >= max_body:
-                        break
-                    if watchdog.expired:
-                        cut_short = True
-                        break
-            finally:
-                response.close()  # unread rest -> the connection is dropped, not pooled
-        except Exception as exc:  # the transport boundary: every failure becomes a result
-            error = exc
-    duration_ms = int((time.monotonic() - started) * 1000)
-    retry_after = parse_retry_after(response_headers.get("Retry-After"))
-    if error is None and not cut_short:
-        outcome = classify(status, bytes(received), response_headers.get("Content-Type"))
-        return DeliveryResult(
-            outcome,
-            status,
-            sent,
-            response_headers,
-            bytes(received),
-            duration_ms,
-            "",
-            "",
-            retry_after,
-            status == 410,
-        )
-    if error is None:
-        error_class, message = "deadline_exceeded", "answer not complete before the deadline"
+    if not _is_http_url(url):
+        error_class, message = "invalid_url", f"not an absolute http(s) URL: {url!r}"[:1000]
     else:
-        error_class, message = _error_class(error, watchdog)
-    outcome = Outcome.DEAD if error_class in _DEAD_ERRORS else Outcome.RETRY
+        with _Watchdog(deadline) as watchdog:
+            try:
+                response = _session_for(policy).post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    stream=True,
+                    # The read timeout only bounds one recv; the watchdog bounds the whole.
+                    timeout=(connect_timeout, deadline),
+                )
+                try:
+                    status, response_headers = response.status_code, dict(response.headers)
+                    sent = _redacted(response.request.headers)
+                    size = min(16384, max_body)
+                    for chunk in response.iter_content(chunk_size=size) if max_body else ():
+                        received += chunk[: max_body - len(received)]
+                        if len(received) >= max_body:
+                            break
+                        if watchdog.expired:  # between chunks: no exception to catch
+                            error_class, message = "deadline_exceeded", "answer too slow"
+                            break
+                finally:
+                    response.close()  # unread rest -> the connection is dropped, not pooled
+            except Exception as exc:  # the transport boundary: every failure becomes a result
+                error_class, message = _error_class(exc, watchdog)
+    if error_class:
+        outcome = Outcome.DEAD if error_class in _DEAD_ERRORS else Outcome.RETRY
+    else:
+        outcome = classify(status, bytes(received), response_headers.get("Content-Type"))
     return DeliveryResult(
-        outcome,
-        status,
-        sent,
-        response_headers,
-        bytes(received),
-        duration_ms,
-        error_class,
-        message,
-        retry_after,
-        False,
+        outcome=outcome,
+        status_code=status,
+        request_headers=sent,
+        response_headers=response_headers,
+        response_body=bytes(received),
+        duration_ms=int((time.monotonic() - started) * 1000),
+        error_class=error_class,
+        error_message=message,
+        retry_after=parse_retry_after(response_headers.get("Retry-After")),
+        gone=not error_class and status == 410,
     )

@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 from integrations.models import ApiKey
 from integrations.services.accounts import api_key_create, partner_create
 from tests.factories import TenantFactory
+from tests.partner_server import PartnerServer
 
 OWNER = "82ab0fd5cfd1e80d1ff97c0cfc9aa9e2"
 
@@ -122,3 +123,17 @@ def _clear_cache():
     from django.core.cache import cache
 
     cache.clear()
+
+
+@pytest.fixture
+def partner_server_factory():
+    servers: list[PartnerServer] = []
+
+    def make(respond=None) -> PartnerServer:
+        server = PartnerServer(respond)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()

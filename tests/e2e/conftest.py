@@ -7,16 +7,13 @@ are skipped with the reason.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -111,76 +108,6 @@ def workers(e2e_ready, tmp_path) -> Iterator[Workers]:
     w = Workers(tmp=tmp_path)
     yield w
     w.stop_all()
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def json(self) -> dict:
-        return json.loads(self.body)
-
-
-class PartnerServer:
-    """A loopback HTTP partner; `respond(received, n)` picks (status, body, headers) for the
-    n-th request (1-based) on a path."""
-
-    def __init__(self, respond: Callable[[Received, int], tuple[int, bytes, dict]] | None = None):
-        self.received: list[Received] = []
-        self.lock = threading.Lock()
-        self.respond = respond or (lambda r, n: (200, b'{"status":"success"}', {}))
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):  # noqa: N802
-                length = int(self.headers.get("Content-Length") or 0)
-                item = Received(self.path, dict(self.headers.items()), self.rfile.read(length))
-                with server.lock:
-                    server.received.append(item)
-                    count = len(server.received)
-                status, body, headers = server.respond(item, count)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def partner_server_factory():
-    servers: list[PartnerServer] = []
-
-    def make(respond=None) -> PartnerServer:
-        server = PartnerServer(respond)
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.close()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str,

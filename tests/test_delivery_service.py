@@ -1,0 +1,258 @@
+"""The delivery service against a real loopback partner: claim, attempt, record, schedule,
+order, leases, partner health (SPEC §5). Attempts are driven directly, without a worker."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from standardwebhooks.webhooks import Webhook
+
+from integrations.models import Delivery, DeliveryAttempt, Partner, SigningSecret
+from integrations.services import deliveries as svc
+from integrations.services.accounts import signing_secret_rotate
+from tests.conftest import command_body, incoming_body
+
+IN = "/api/v1/engine/incoming"
+OK = (200, b'{"status":"success"}', {})
+
+
+@pytest.fixture
+def sink(partner_server_factory):
+    return partner_server_factory()
+
+
+@pytest.fixture
+def partner_at(partner):
+    def point(server) -> Partner:
+        partner.base_url = server.url
+        partner.save()
+        return partner
+
+    return point
+
+
+def _ingest(engine_api, **overrides) -> Delivery:
+    event_id = engine_api.post(IN, incoming_body(**overrides)).json()["eventId"]
+    return Delivery.objects.get(event_id=event_id, partner__isnull=False)
+
+
+def test_attempt_success_is_signed_recorded_and_final(engine_api, partner_at, sink, partner):
+    # given a partner that answers {"status":"success"}
+    partner_at(sink)
+    delivery = _ingest(engine_api)
+    # when the delivery is attempted
+    assert svc.delivery_attempt(delivery_id=delivery.pk) == "succeeded"
+    # then the partner got the normalized payload, signed with its secret
+    received = sink.received[0]
+    assert received.path == "/incoming" and received.json == incoming_body()
+    secret = SigningSecret.objects.get(partner=partner).secret
+    Webhook(secret).verify(received.body, received.headers)
+    assert received.headers["webhook-id"] == str(delivery.event_id)
+    # and the delivery, its attempt and the partner's health are stored
+    delivery.refresh_from_db()
+    assert delivery.status == "succeeded" and delivery.attempts == 1
+    assert delivery.delivered_at is not None and delivery.last_status_code == 200
+    attempt = DeliveryAttempt.objects.get(delivery=delivery)
+    assert attempt.response_status == 200 and attempt.outcome == "success"
+    assert attempt.url == f"{sink.url}/incoming"
+    assert "success" in attempt.response_body
+    partner.refresh_from_db()
+    assert partner.success_count == 1 and partner.consecutive_failures == 0
+    assert partner.latency_ms_avg is not None
+
+
+def test_attempt_503_schedules_retry_from_schedule(engine_api, partner_at, partner_server_factory,
+                                                   settings):
+    settings.PORTAL_RETRY_SCHEDULE = (0, 100, 200)
+    partner_at(partner_server_factory(lambda r, n: (503, b"down", {})))
+    delivery = _ingest(engine_api)
+    before = timezone.now()
+    assert svc.delivery_attempt(delivery_id=delivery.pk) == "retrying"
+    delivery.refresh_from_db()
+    delay = (delivery.next_attempt_at - before).total_seconds()
+    assert 80 - 1 <= delay <= 120 + 1  # 100 s ± 20 % jitter
+    assert delivery.last_status_code == 503 and delivery.lease_token is None
+
+
+def test_attempt_retry_after_longer_than_schedule_wins(engine_api, partner_at,
+                                                       partner_server_factory, settings):
+    settings.PORTAL_RETRY_SCHEDULE = (0, 5, 5)
+    partner_at(partner_server_factory(lambda r, n: (429, b"", {"Retry-After": "600"})))
+    delivery = _ingest(engine_api)
+    svc.delivery_attempt(delivery_id=delivery.pk)
+    delivery.refresh_from_db()
+    delay = (delivery.next_attempt_at - timezone.now()).total_seconds()
+    assert 590 <= delay <= 601
+
+
+def test_attempt_retry_after_is_capped_at_ten_hours(engine_api, partner_at,
+                                                    partner_server_factory, settings):
+    settings.PORTAL_RETRY_SCHEDULE = (0, 5)
+    partner_at(partner_server_factory(lambda r, n: (503, b"", {"Retry-After": "999999"})))
+    delivery = _ingest(engine_api)
+    svc.delivery_attempt(delivery_id=delivery.pk)
+    delivery.refresh_from_db()
+    assert (delivery.next_attempt_at - timezone.now()) <= timedelta(hours=10)
+
+
+def test_attempt_2xx_with_error_status_is_retried(engine_api, partner_at, partner_server_factory):
+    partner_at(partner_server_factory(lambda r, n: (200, b'{"status":"error"}', {})))
+    delivery = _ingest(engine_api)
+    assert svc.delivery_attempt(delivery_id=delivery.pk) == "retrying"
+
+
+def test_attempt_4xx_is_dead_at_once(engine_api, partner_at, partner_server_factory):
+    partner_at(partner_server_factory(lambda r, n: (422, b'{"error":"bad"}', {})))
+    delivery = _ingest(engine_api)
+    assert svc.delivery_attempt(delivery_id=delivery.pk) == "dead"
+    assert DeliveryAttempt.objects.get().response_body == '{"error":"bad"}'
+
+
+def test_attempt_410_is_dead_and_pauses_partner(engine_api, partner_at, partner_server_factory,
+                                               partner):
+    partner_at(partner_server_factory(lambda r, n: (410, b"", {})))
+    first = _ingest(engine_api)
+    second = _ingest(engine_api, ticketNumber="other-ticket")
+    assert svc.delivery_attempt(delivery_id=first.pk) == "dead"
+    partner.refresh_from_db()
+    assert partner.state == "paused" and "410" in partner.state_reason
+    # a paused partner's deliveries wait: not claimable, not due
+    assert svc.delivery_attempt(delivery_id=second.pk) == "not_claimed"
+    assert second.pk not in svc.deliveries_due(now=timezone.now() + timedelta(hours=1))
+    second.refresh_from_db()
+    assert second.status == "pending"
+
+
+def test_attempt_schedule_used_up_is_dead(engine_api, partner_at, partner_server_factory,
+                                          settings):
+    settings.PORTAL_RETRY_SCHEDULE = (0, 0, 0)
+    partner_at(partner_server_factory(lambda r, n: (500, b"", {})))
+    delivery = _ingest(engine_api)
+    outcomes = [svc.delivery_attempt(delivery_id=delivery.pk) for _ in range(4)]
+    assert outcomes == ["retrying", "retrying", "dead", "not_claimed"]
+    assert DeliveryAttempt.objects.filter(delivery=delivery).count() == 3
+
+
+def test_attempt_pauses_partner_failing_longer_than_pause_after(engine_api, partner_at,
+                                                                partner_server_factory,
+                                                                settings, partner):
+    settings.PORTAL_PARTNER_PAUSE_AFTER = 60
+    partner_at(partner_server_factory(lambda r, n: (500, b"", {})))
+    Partner.objects.filter(pk=partner.pk).update(
+        failing_since=timezone.now() - timedelta(seconds=61))
+    delivery = _ingest(engine_api)
+    svc.delivery_attempt(delivery_id=delivery.pk)
+    partner.refresh_from_db()
+    assert partner.state == "paused" and "PORTAL_PARTNER_PAUSE_AFTER" in partner.state_reason
+
+
+def test_claim_twice_only_one_wins(engine_api, partner_at, sink):
+    partner_at(sink)
+    delivery = _ingest(engine_api)
+    now = timezone.now()
+    import uuid
+
+    assert svc.delivery_claim(delivery_id=delivery.pk, token=uuid.uuid4(), now=now)
+    assert not svc.delivery_claim(delivery_id=delivery.pk, token=uuid.uuid4(), now=now)
+
+
+def test_expired_lease_is_taken_again(engine_api, partner_at, sink):
+    import uuid
+
+    partner_at(sink)
+    delivery = _ingest(engine_api)
+    svc.delivery_claim(delivery_id=delivery.pk, token=uuid.uuid4(), now=timezone.now())
+    Delivery.objects.filter(pk=delivery.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert svc.delivery_attempt(delivery_id=delivery.pk) == "succeeded"
+    delivery.refresh_from_db()
+    assert delivery.attempts == 2 and len(sink.received) == 1
+
+
+def test_lost_worker_on_last_try_ends_dead_without_sending(engine_api, partner_at, sink,
+                                                           settings):
+    import uuid
+
+    settings.PORTAL_RETRY_SCHEDULE = (0,)
+    partner_at(sink)
+    delivery = _ingest(engine_api)
+    svc.delivery_claim(delivery_id=delivery.pk, token=uuid.uuid4(), now=timezone.now())
+    Delivery.objects.filter(pk=delivery.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert svc.delivery_attempt(delivery_id=delivery.pk) == "dead"
+    assert sink.received == []
+
+
+def test_order_later_delivery_waits_for_older_of_same_ticket(engine_api, partner_at,
+                                                             partner_server_factory):
+    partner_at(partner_server_factory(lambda r, n: (503, b"", {}) if n == 1 else OK))
+    first = _ingest(engine_api, message="one")
+    second = _ingest(engine_api, message="two")
+    other_ticket = _ingest(engine_api, ticketNumber="another", message="three")
+    # the first fails and will retry: the second of its ticket is held back
+    assert svc.delivery_attempt(delivery_id=first.pk) == "retrying"
+    assert svc.delivery_attempt(delivery_id=second.pk) == "not_claimed"
+    # another ticket is not held back
+    assert svc.delivery_attempt(delivery_id=other_ticket.pk) == "succeeded"
+    due = svc.deliveries_due(now=timezone.now() + timedelta(hours=20))
+    assert first.pk in due and second.pk not in due
+
+
+def test_order_final_delivery_queues_next_of_ticket(engine_api, partner_at, sink, request,
+                                                    django_capture_on_commit_callbacks):
+    partner_at(sink)
+    first = _ingest(engine_api, message="one")
+    second = _ingest(engine_api, message="two")
+    request.node.queued_deliveries.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        svc.delivery_attempt(delivery_id=first.pk)
+    assert request.node.queued_deliveries == [second.pk]
+
+
+def test_dispatcher_skips_recently_queued_and_takes_stale(engine_api, partner_at, sink,
+                                                          settings):
+    settings.PORTAL_REDISPATCH_AFTER = 60
+    partner_at(sink)
+    delivery = _ingest(engine_api)
+    now = timezone.now()
+    assert delivery.pk not in svc.deliveries_due(now=now)  # queued on commit a moment ago
+    assert delivery.pk in svc.deliveries_due(now=now + timedelta(seconds=61))
+
+
+def test_rotation_sends_both_signatures(engine_api, partner_at, sink, partner):
+    partner_at(sink)
+    old = SigningSecret.objects.get(partner=partner).secret
+    new = signing_secret_rotate(partner=partner).secret
+    svc.delivery_attempt(delivery_id=_ingest(engine_api).pk)
+    received = sink.received[0]
+    assert len(received.headers["webhook-signature"].split(" ")) == 2
+    for secret in (old, new):
+        Webhook(secret).verify(received.body, received.headers)
+
+
+def test_engine_relay_gets_bearer_and_tenant_signature(engine_api, partner_api, tenant,
+                                                      partner_server_factory):
+    engine = partner_server_factory()
+    tenant.engine_base_url = engine.url
+    tenant.engine_command_path = "/commands"
+    tenant.engine_token = "engine-secret-token"
+    tenant.save()
+    engine_api.post(IN, incoming_body())
+    event_id = partner_api.post("/api/v1/command", command_body()).json()["eventId"]
+    relay = Delivery.objects.get(event_id=event_id)
+    assert svc.delivery_attempt(delivery_id=relay.pk) == "succeeded"
+    received = engine.received[0]
+    assert received.path == "/commands" and received.json == command_body()
+    assert received.headers["Authorization"] == "Bearer engine-secret-token"
+    Webhook(tenant.engine_signing_secret).verify(received.body, received.headers)
+    stored = DeliveryAttempt.objects.get(delivery=relay).request_headers
+    assert "engine-secret-token" not in str(stored)
+
+
+def test_blocked_destination_is_dead_and_never_sent(engine_api, partner, settings):
+    settings.PORTAL_OUTBOUND_ALLOWLIST = []
+    partner.base_url = "http://169.254.169.254"
+    partner.save()
+    delivery = _ingest(engine_api)
+    assert svc.delivery_attempt(delivery_id=delivery.pk) == "dead"
+    assert DeliveryAttempt.objects.get().error_class == "blocked_destination"
