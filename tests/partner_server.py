@@ -14,6 +14,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    status: int = 0  # what the server answered
 
     @property
     def json(self) -> dict:
@@ -40,6 +41,7 @@ class PartnerServer:
                     server.received.append(item)
                     count = len(server.received)
                 status, body, headers = server.respond(item, count)
+                item.status = status
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

@@ -22,14 +22,8 @@ def test_readyz_reports_database_and_broker(settings):
 
 @pytest.mark.django_db
 def test_readyz_is_503_when_broker_is_unreachable(settings):
-    from portal.celery import app
-
-    original = app.conf.broker_url
-    app.conf.broker_url = "redis://127.0.0.1:1/0"
-    try:
-        response = Client().get("/readyz")
-    finally:
-        app.conf.broker_url = original
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
+    response = Client().get("/readyz")
     assert response.status_code == 503
     assert "broker unreachable" in response.json()["problems"][0]
 
