@@ -108,6 +108,8 @@ class Partner(models.Model):
     success_count = models.PositiveBigIntegerField(default=0)
     failure_count = models.PositiveBigIntegerField(default=0)
     latency_ms_avg = models.FloatField(null=True, blank=True)
+    # Alerts to the tenant's admins: at most one "deliveries went dead" mail an hour.
+    dead_alert_sent_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -313,6 +315,9 @@ class Delivery(models.Model):
     endpoint = models.CharField(max_length=16, choices=Endpoint.choices)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
+    # `attempts` when the delivery was last redelivered by hand: the retry schedule starts
+    # over from here, while attempt numbers keep counting up.
+    retry_base = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     # When a queue message was last sent for it; the dispatcher re-sends only after a while,
     # so a backlog in the broker is not flooded with duplicates every second.

@@ -49,3 +49,11 @@ def ping(marker: str) -> str:
 
     WorkerHeartbeat.objects.update_or_create(marker=marker, defaults={"seen_at": timezone.now()})
     return marker
+
+
+@shared_task(name="integrations.tasks.events_prune", ignore_result=True)
+def events_prune() -> int:
+    """Apply each tenant's retention (run by beat every hour)."""
+    from integrations.services.operations import events_prune as prune
+
+    return prune()

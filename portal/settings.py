@@ -175,6 +175,11 @@ CELERY_BEAT_SCHEDULE = {
         # A dispatch that waited longer than one interval is superseded by the next one.
         "options": {"expires": max(PORTAL_DISPATCH_INTERVAL * 5, 5)},
     },
+    "prune-old-events": {
+        "task": "integrations.tasks.events_prune",
+        "schedule": 3600.0,
+        "options": {"expires": 3000},
+    },
 }
 
 # --- REST framework and schema --------------------------------------------------------------

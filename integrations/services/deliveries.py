@@ -24,6 +24,7 @@ from django.utils import timezone
 from integrations.delivery import DeliveryResult, OutboundPolicy, Outcome, send_webhook
 from integrations.models import Delivery, DeliveryAttempt, Partner, SigningSecret
 from integrations.payloads import canonical_json
+from integrations.services import alerts
 from integrations.services.events import engine_relay_for
 from portal.env import parse_retry_schedule
 
@@ -151,7 +152,7 @@ def delivery_attempt(*, delivery_id: int) -> str:
         return "not_claimed"
     delivery = Delivery.objects.select_related("event", "partner", "tenant").get(pk=delivery_id)
     schedule = retry_schedule_for(delivery.partner)
-    if delivery.attempts > len(schedule):
+    if delivery.attempts - delivery.retry_base > len(schedule):
         # The previous holder died after taking the last try; nothing is sent again.
         _finish(delivery, token, Delivery.Status.DEAD,
                 error="Attempts used up (a worker was lost during the last one).")
@@ -183,7 +184,8 @@ def _record(delivery: Delivery, token: uuid.UUID, url: str, result: DeliveryResu
     if result.outcome == Outcome.SUCCESS:
         status, next_at = Delivery.Status.SUCCEEDED, None
     else:
-        delay = _next_delay(result, delivery.attempts, schedule) if (
+        tries = delivery.attempts - delivery.retry_base
+        delay = _next_delay(result, tries, schedule) if (
             result.outcome == Outcome.RETRY
         ) else None
         if delay is None:
@@ -204,10 +206,16 @@ def _record(delivery: Delivery, token: uuid.UUID, url: str, result: DeliveryResu
             dispatched_at=None, last_status_code=result.status_code, last_error=error[:500],
             delivered_at=now if status == Delivery.Status.SUCCEEDED else None, updated_at=now,
         )
+        paused_now = False
         if delivery.partner_id is not None:
-            _partner_health_update(delivery.partner_id, result, now)
+            paused_now = _partner_health_update(delivery.partner_id, result, now)
         if status in Delivery.FINAL_STATUSES:
             _queue_next_in_order(delivery)
+    # Mail after the commit: an SMTP hiccup must not undo what was recorded.
+    if paused_now:
+        alerts.partner_paused_alert(partner_id=delivery.partner_id)
+    if status == Delivery.Status.DEAD and delivery.partner_id is not None:
+        alerts.deliveries_dead_alert(partner_id=delivery.partner_id, now=now)
     return status
 
 
@@ -237,8 +245,11 @@ def _queue_next_in_order(delivery: Delivery) -> None:
         transaction.on_commit(lambda: deliveries_enqueue([next_id]), robust=True)
 
 
-def _partner_health_update(partner_id: int, result: DeliveryResult, now: datetime) -> None:
-    """Keep the partner's counters; pause it on 410 or after failing for too long."""
+def _partner_health_update(partner_id: int, result: DeliveryResult, now: datetime) -> bool:
+    """Keep the partner's counters; pause it on 410 or after failing for too long.
+
+    Returns True when this update paused the partner.
+    """
     partners = Partner.objects.filter(pk=partner_id)
     if result.outcome == Outcome.SUCCESS:
         partners.update(
@@ -247,7 +258,7 @@ def _partner_health_update(partner_id: int, result: DeliveryResult, now: datetim
             latency_ms_avg=Coalesce(F("latency_ms_avg") * 0.8 + result.duration_ms * 0.2,
                                     float(result.duration_ms)),
         )
-        return
+        return False
     partners.update(
         consecutive_failures=F("consecutive_failures") + 1,
         failing_since=Coalesce(F("failing_since"), now), last_failure_at=now,
@@ -255,15 +266,17 @@ def _partner_health_update(partner_id: int, result: DeliveryResult, now: datetim
         last_error=(result.error_message or f"HTTP {result.status_code}")[:500],
     )
     if result.gone:
-        partner_pause(partner_id=partner_id, reason="The partner answered 410 Gone.", now=now)
-    else:
-        limit = now - timedelta(seconds=settings.PORTAL_PARTNER_PAUSE_AFTER)
-        if partners.filter(failing_since__lte=limit, last_success_at__isnull=True).exists() or \
-                partners.filter(failing_since__lte=limit, last_success_at__lt=limit).exists():
-            partner_pause(
-                partner_id=partner_id, now=now,
-                reason="Every attempt failed for longer than PORTAL_PARTNER_PAUSE_AFTER.",
-            )
+        return partner_pause(partner_id=partner_id, reason="The partner answered 410 Gone.",
+                             now=now)
+    # failing_since is cleared by every success, so it marks the start of an unbroken run of
+    # failures; a run longer than PORTAL_PARTNER_PAUSE_AFTER pauses the partner.
+    limit = now - timedelta(seconds=settings.PORTAL_PARTNER_PAUSE_AFTER)
+    if partners.filter(failing_since__lte=limit).exists():
+        return partner_pause(
+            partner_id=partner_id, now=now,
+            reason="Every attempt failed for longer than PORTAL_PARTNER_PAUSE_AFTER.",
+        )
+    return False
 
 
 def partner_pause(*, partner_id: int, reason: str, now: datetime) -> bool:
