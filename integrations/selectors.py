@@ -138,3 +138,106 @@ def event_detail(*, principal: Principal, event_id: str) -> dict[str, Any]:
             for d in _visible_deliveries(principal, deliveries)
         ],
     }
+
+
+# --- admin pages ------------------------------------------------------------------------------
+
+
+def _percentile(sorted_values: list[int], fraction: float) -> int | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+HEALTH_SAMPLE = 5000
+
+
+def partner_health(*, partner, now=None) -> dict[str, Any]:
+    """Health figures for the partner page: 24 h success rate, p50/p95 latency (from at most
+    the last HEALTH_SAMPLE attempts), last error, consecutive failures, pending/dead counts."""
+    from datetime import timedelta
+
+    from django.db.models import Count, Q
+    from django.utils import timezone
+
+    from integrations.models import DeliveryAttempt
+
+    now = now or timezone.now()
+    since = now - timedelta(hours=24)
+    attempts = DeliveryAttempt.objects.filter(delivery__partner=partner, created_at__gte=since)
+    totals = attempts.aggregate(total=Count("id"), ok=Count("id", filter=Q(outcome="success")))
+    durations = sorted(attempts.order_by("-created_at").values_list("duration_ms", flat=True)
+                       [:HEALTH_SAMPLE])
+    counts = dict(
+        Delivery.objects.filter(partner=partner, status__in=["pending", "retrying", "dead"])
+        .values_list("status").annotate(n=Count("id")).values_list("status", "n")
+    )
+    return {
+        "attempts_24h": totals["total"],
+        "success_rate_24h": (totals["ok"] / totals["total"]) if totals["total"] else None,
+        "latency_p50_ms": _percentile(durations, 0.50),
+        "latency_p95_ms": _percentile(durations, 0.95),
+        "last_error": partner.last_error,
+        "consecutive_failures": partner.consecutive_failures,
+        "pending": counts.get("pending", 0) + counts.get("retrying", 0),
+        "dead": counts.get("dead", 0),
+    }
+
+
+def dashboard_stats(*, tenant_ids: list[int] | None, now=None) -> dict[str, Any]:
+    """Per-partner volume and success rate over 24 h, and the queue depth, for the index."""
+    from datetime import timedelta
+
+    from django.db.models import Count, Q
+    from django.utils import timezone
+
+    now = now or timezone.now()
+    deliveries = Delivery.objects.all()
+    if tenant_ids is not None:
+        deliveries = deliveries.filter(tenant_id__in=tenant_ids)
+    recent = deliveries.filter(created_at__gte=now - timedelta(hours=24))
+    rows = (
+        recent.values("target", "partner__name", "tenant__name")
+        .annotate(total=Count("id"), ok=Count("id", filter=Q(status="succeeded")),
+                  dead=Count("id", filter=Q(status="dead")))
+        .order_by("-total")[:20]
+    )
+    partners = [
+        {
+            "name": r["partner__name"] or "Engine relay",
+            "tenant": r["tenant__name"],
+            "total": r["total"],
+            "succeeded": r["ok"],
+            "dead": r["dead"],
+            "rate": r["ok"] / r["total"] if r["total"] else None,
+        }
+        for r in rows
+    ]
+    waiting = deliveries.filter(status__in=Delivery.WAITING_STATUSES)
+    return {
+        "partners": partners,
+        "max_total": max((p["total"] for p in partners), default=0),
+        "pending": waiting.count(),
+        "due_now": waiting.filter(next_attempt_at__lte=now).count(),
+        "dead": deliveries.filter(status=Delivery.Status.DEAD).count(),
+    }
+
+
+def ticket_timeline(*, ticket) -> list[dict[str, Any]]:
+    """A ticket's events in the order they entered, each with its deliveries."""
+    events = (
+        Event.objects.filter(ticket=ticket).order_by("sequence")
+        .select_related("partner")
+        .prefetch_related(Prefetch("deliveries",
+                                   queryset=Delivery.objects.select_related("partner")
+                                   .order_by("id")))
+    )
+    return [
+        {
+            "event": event,
+            "payload": event.payload,
+            "deliveries": list(event.deliveries.all()),
+        }
+        for event in events
+    ]

@@ -91,11 +91,12 @@ def test_create_engine_key_for_named_and_all_tenants(tenant):
 
 @pytest.mark.django_db
 def test_create_user_prints_password_once(tenant):
-    from django.contrib.auth import authenticate
+    from django.contrib.auth import get_user_model
 
     result = run("create_user", "--owner", tenant.owner, "--username", "sari", "--role",
                  "support")
-    assert authenticate(username="sari", password=result["password"]) is not None
+    user = get_user_model().objects.get(username="sari")
+    assert user.check_password(result["password"]) and user.is_staff
     assert TenantMembership.objects.get(user__username="sari").role == "support"
 
 
@@ -108,14 +109,15 @@ def test_create_user_duplicate_fails(tenant):
 
 @pytest.mark.django_db
 def test_seed_demo_is_idempotent_and_its_credentials_work(settings, tmp_path):
-    from django.contrib.auth import authenticate
+    from django.contrib.auth import get_user_model
 
     settings.VAR_DIR = tmp_path
     first = run("seed_demo")
     second = run("seed_demo")
     assert first["password"] == second["password"] and first["apiKey"] == second["apiKey"]
     assert Tenant.objects.count() == 1 and Partner.objects.count() == 1
-    assert authenticate(username=first["username"], password=first["password"]).is_staff
+    user = get_user_model().objects.get(username=first["username"])
+    assert user.check_password(first["password"]) and user.is_staff
     assert principal_authenticate(first["apiKey"]).partner.name == "Demo Partner"
     assert principal_authenticate(first["engineApiKey"]).is_engine
 

@@ -76,15 +76,21 @@ def api_key_create(*, kind: str, partner: Partner | None = None,
                    tenants: list[Tenant] | None = None, name: str = "",
                    expires_at: datetime | None = None) -> tuple[ApiKey, str]:
     """Create a key and return it with its raw value, which is never stored or shown again."""
-    prefix = f"{KEY_PREFIXES[kind]}_{secrets.token_hex(6)}"
-    raw = f"{prefix}.{secrets.token_urlsafe(32)}"
-    key = ApiKey.objects.create(
-        kind=kind, partner=partner, name=name, prefix=prefix, key_hash=_hash_key(raw),
-        expires_at=expires_at,
-    )
+    key = ApiKey(kind=kind, partner=partner, name=name, expires_at=expires_at)
+    raw = api_key_generate(key=key)
+    key.save()
     if tenants:
         key.tenants.set(tenants)
     return key, raw
+
+
+def api_key_generate(*, key: ApiKey) -> str:
+    """Give an unsaved key a fresh random value; returns the raw value (only the prefix and
+    a SHA-256 hash are kept)."""
+    prefix = f"{KEY_PREFIXES[key.kind]}_{secrets.token_hex(6)}"
+    raw = f"{prefix}.{secrets.token_urlsafe(32)}"
+    key.prefix, key.key_hash = prefix, _hash_key(raw)
+    return raw
 
 
 def api_key_revoke(*, key: ApiKey) -> ApiKey:

@@ -1,0 +1,5 @@
+"""The admin: tenant-scoped configuration (accounts) and logs. The site itself, whose index
+is the dashboard, is portal.admin_site (outside this package, so that building the lazy
+default site never re-enters these registrations)."""
+
+from integrations.admin import accounts, logs  # noqa: F401 - registers the ModelAdmins

@@ -1,0 +1,309 @@
+"""Admin for what happened: tickets, contacts, events, deliveries and their attempts.
+
+Built for millions of rows: no exact COUNT(*) (EstimatedCountPaginator,
+show_full_result_count off), exact-match searches that hit indexes, select_related lists.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+
+from django.contrib import admin, messages
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+
+from integrations import selectors
+from integrations.admin.scoping import ADMIN, SUPPORT, EstimatedCountPaginator, TenantScopedAdmin
+from integrations.errors import Conflict
+from integrations.models import (
+    Contact,
+    Delivery,
+    DeliveryAttempt,
+    Event,
+    IdempotencyRecord,
+    Ticket,
+    WorkerHeartbeat,
+)
+from integrations.services import operations
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value.strip())
+    except ValueError:
+        return False
+    return True
+
+
+class RecentFilter(admin.SimpleListFilter):
+    """Time windows that use the time index instead of a date hierarchy's aggregates."""
+
+    title = _("time")
+    parameter_name = "recent"
+    field = "created_at"
+    WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7),
+               "30d": timedelta(days=30)}
+
+    def lookups(self, request, model_admin):
+        return [("1h", _("Last hour")), ("24h", _("Last 24 hours")), ("7d", _("Last 7 days")),
+                ("30d", _("Last 30 days"))]
+
+    def queryset(self, request, queryset):
+        window = self.WINDOWS.get(self.value() or "")
+        if window is None:
+            return queryset
+        return queryset.filter(**{f"{self.field}__gte": timezone.now() - window})
+
+
+class EventRecentFilter(RecentFilter):
+    field = "received_at"
+
+
+class LogAdmin(TenantScopedAdmin):
+    """Read-only log pages."""
+
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+    list_per_page = 50
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+def pretty_json(value) -> str:
+    return format_html("<pre class='json'>{}</pre>",
+                       json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))
+
+
+def timeline_link(ticket_id: int, label: str):
+    url = reverse("admin:integrations_ticket_timeline", args=[ticket_id])
+    return format_html('<a href="{}">{}</a>', url, label)
+
+
+@admin.register(Ticket)
+class TicketAdmin(LogAdmin):
+    list_display = ["ticket_number", "tenant", "channel", "status", "customer_name",
+                    "created_date", "timeline"]
+    list_filter = ["status", "channel"]
+    search_fields = ["=ticket_number", "=contact__contact_id"]
+    list_select_related = ["tenant"]
+    readonly_fields = ["timeline"]
+
+    @admin.display(description=_("timeline"))
+    def timeline(self, obj):
+        return timeline_link(obj.pk, _("Open the timeline"))
+
+    def get_urls(self):
+        return [
+            path("<path:object_id>/timeline/", self.admin_site.admin_view(self.timeline_view),
+                 name="integrations_ticket_timeline"),
+        ] + super().get_urls()
+
+    def timeline_view(self, request, object_id):
+        ticket = get_object_or_404(self.get_queryset(request).select_related("tenant", "contact"),
+                                   pk=object_id)
+        context = {
+            **self.admin_site.each_context(request), "opts": self.opts, "ticket": ticket,
+            "items": selectors.ticket_timeline(ticket=ticket),
+            "title": _("Ticket %(number)s") % {"number": ticket.ticket_number},
+        }
+        return TemplateResponse(request, "admin/integrations/ticket/timeline.html", context)
+
+
+@admin.register(Contact)
+class ContactAdmin(LogAdmin):
+    list_display = ["contact_id", "customer_name", "channel", "tenant", "last_seen"]
+    search_fields = ["=contact_id", "customer_name"]
+    list_select_related = ["tenant"]
+
+
+class DeliveryInline(admin.TabularInline):
+    model = Delivery
+    extra = 0
+    fields = ["target_link", "status", "attempts", "last_status_code", "last_error",
+              "next_attempt_at", "delivered_at"]
+    readonly_fields = fields
+    can_delete = False
+
+    @admin.display(description=_("delivery"))
+    def target_link(self, obj):
+        url = reverse("admin:integrations_delivery_change", args=[obj.pk])
+        return format_html('<a href="{}">{}</a>', url, obj.partner.name if obj.partner else
+                           _("Engine relay"))
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Event)
+class EventAdmin(LogAdmin):
+    list_display = ["id", "kind", "source", "ticket_number", "channel", "tenant", "received_at"]
+    list_filter = [EventRecentFilter, "kind", "source",
+                   ("partner", admin.RelatedOnlyFieldListFilter), "ticket__channel"]
+    search_fields = ["=ticket_number", "=ticket__contact__contact_id", "=id"]
+    list_select_related = ["tenant", "ticket"]
+    fields = ["id", "kind", "source", "partner", "tenant", "ticket_link", "sequence",
+              "received_at", "idempotency_key", "payload_pretty", "raw_pretty"]
+    readonly_fields = fields
+    inlines = [DeliveryInline]
+    ordering = ["-received_at"]
+
+    def get_search_fields(self, request):
+        # "=id" on a UUID column only when the term is a UUID (else the lookup would fail).
+        if _is_uuid(request.GET.get("q", "")):
+            return self.search_fields
+        return [f for f in self.search_fields if f != "=id"]
+
+    @admin.display(description=_("channel"))
+    def channel(self, obj):
+        return obj.ticket.channel
+
+    @admin.display(description=_("ticket"))
+    def ticket_link(self, obj):
+        return timeline_link(obj.ticket_id, obj.ticket_number)
+
+    @admin.display(description=_("payload sent on"))
+    def payload_pretty(self, obj):
+        return pretty_json(obj.payload)
+
+    @admin.display(description=_("body received"))
+    def raw_pretty(self, obj):
+        raw = bytes(obj.raw_body)
+        try:
+            return pretty_json(json.loads(raw))
+        except ValueError:
+            return format_html("<pre>{}</pre>", raw.decode("utf-8", "replace"))
+
+
+class AttemptInline(admin.TabularInline):
+    model = DeliveryAttempt
+    extra = 0
+    fields = ["number", "created_at", "response_status", "duration_ms", "outcome",
+              "error_class", "error_message", "response_excerpt"]
+    readonly_fields = fields
+    can_delete = False
+
+    @admin.display(description=_("response"))
+    def response_excerpt(self, obj):
+        return format_html("<pre class='excerpt'>{}</pre>", obj.response_body[:500])
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(LogAdmin):
+    tenant_path = "tenant"
+    list_display = ["id", "event_link", "ticket_number", "target_name", "status", "attempts",
+                    "next_attempt_at", "last_status_code", "created_at"]
+    list_filter = [RecentFilter, "status", ("partner", admin.RelatedOnlyFieldListFilter),
+                   "endpoint", "ticket__channel"]
+    search_fields = ["=ticket__ticket_number", "=ticket__contact__contact_id"]
+    list_select_related = ["partner", "ticket", "event"]
+    fields = ["event_link", "ticket_number", "target_name", "endpoint", "status", "attempts",
+              "next_attempt_at", "last_status_code", "last_error", "delivered_at", "created_at"]
+    readonly_fields = fields
+    inlines = [AttemptInline]
+    ordering = ["-id"]
+    actions = ["redeliver", "cancel"]
+
+    def get_search_results(self, request, queryset, search_term):
+        if _is_uuid(search_term):
+            return queryset.filter(event_id=search_term.strip()), False
+        return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description=_("event"))
+    def event_link(self, obj):
+        url = reverse("admin:integrations_event_change", args=[obj.event_id])
+        return format_html('<a href="{}">{}</a>', url, obj.event_id)
+
+    @admin.display(description=_("ticket"))
+    def ticket_number(self, obj):
+        return timeline_link(obj.ticket_id, obj.ticket.ticket_number)
+
+    @admin.display(description=_("target"))
+    def target_name(self, obj):
+        return obj.partner.name if obj.partner else _("Engine relay")
+
+    # Support staff may redeliver; cancelling is for tenant admins.
+    def has_redeliver_permission(self, request):
+        return self._allowed(request, "view")
+
+    def has_cancel_permission(self, request):
+        return self._allowed(request, "operate")
+
+    role_permissions = {ADMIN: {"view", "operate"}, SUPPORT: {"view"}}
+
+    def _run(self, request, queryset, service, done: str) -> None:
+        count, refused = 0, 0
+        for delivery in queryset:
+            try:
+                service(delivery=delivery)
+            except Conflict:
+                refused += 1
+            else:
+                count += 1
+                self.log_change(request, delivery, done)
+        messages.success(request, _("%(n)d done, %(r)d skipped (not in a state that allows "
+                                    "it).") % {"n": count, "r": refused})
+
+    @admin.action(description=_("Redeliver the selected deliveries"), permissions=["redeliver"])
+    def redeliver(self, request, queryset):
+        self._run(request, queryset, operations.delivery_redeliver, "Redelivered.")
+
+    @admin.action(description=_("Cancel the selected deliveries"), permissions=["cancel"])
+    def cancel(self, request, queryset):
+        self._run(request, queryset, operations.delivery_cancel, "Cancelled.")
+
+
+@admin.register(DeliveryAttempt)
+class DeliveryAttemptAdmin(LogAdmin):
+    tenant_path = "delivery__tenant"
+    list_display = ["delivery", "number", "response_status", "duration_ms", "outcome",
+                    "error_class", "created_at"]
+    list_filter = ["outcome"]
+    list_select_related = ["delivery"]
+    fields = ["delivery", "number", "url", "request_headers", "response_status",
+              "response_headers", "response_body", "duration_ms", "outcome", "error_class",
+              "error_message", "created_at"]
+    readonly_fields = fields
+    ordering = ["-id"]
+
+
+class SuperuserOnlyAdmin(admin.ModelAdmin):
+    """Internal bookkeeping: visible to superusers, changed by nobody."""
+
+    def has_module_permission(self, request):
+        return request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+admin.site.register(IdempotencyRecord, SuperuserOnlyAdmin,
+                    list_display=["holder", "key", "state", "response_status", "created_at"])
+admin.site.register(WorkerHeartbeat, SuperuserOnlyAdmin, list_display=["marker", "seen_at"])

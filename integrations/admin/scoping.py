@@ -1,0 +1,132 @@
+"""Tenant scoping for the admin: who sees and may change what (issue 6).
+
+Superusers see everything. Everyone else sees only the tenants they are a member of, with
+the role's rights per model; another tenant's objects are absent from lists, filters,
+autocomplete and raw-id popups (all built on `get_queryset`) and their URLs answer 404.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.core.paginator import Paginator
+from django.db import connection
+from django.http import Http404
+from django.utils.functional import cached_property
+
+from integrations.models import Partner, Tenant, TenantMembership, Ticket
+
+ADMIN = TenantMembership.Role.ADMIN
+SUPPORT = TenantMembership.Role.SUPPORT
+
+
+def tenant_roles(request) -> dict[int, str]:
+    """{tenant id: role} of the signed-in user, memoized on the request."""
+    if not hasattr(request, "_portal_roles"):
+        user = request.user
+        request._portal_roles = (
+            dict(TenantMembership.objects.filter(user=user).values_list("tenant_id", "role"))
+            if user.is_authenticated and user.is_active else {}
+        )
+    return request._portal_roles
+
+
+def tenant_ids_for(request, *, role: str | None = None) -> list[int] | None:
+    """Tenant ids the user may act in (with `role` when given); None means all (superuser)."""
+    if request.user.is_superuser:
+        return None
+    return [t for t, r in tenant_roles(request).items() if role is None or r == role]
+
+
+class TenantScopedAdmin(admin.ModelAdmin):
+    """A ModelAdmin whose rows belong to a tenant through `tenant_path`.
+
+    `role_permissions` says which of view/add/change/delete each role has on this model.
+    """
+
+    tenant_path = "tenant"
+    role_permissions: dict[str, set[str]] = {ADMIN: {"view"}, SUPPORT: {"view"}}
+
+    # --- what is visible ---------------------------------------------------------------
+    def get_queryset(self, request):
+        qs = super().get_queryset(request)
+        ids = tenant_ids_for(request)
+        if ids is None:
+            return qs
+        lookup = f"{self.tenant_path}__in" if self.tenant_path else "pk__in"
+        return qs.filter(**{lookup: ids})
+
+    def obj_tenant_id(self, obj) -> int | None:
+        if not self.tenant_path:
+            return obj.pk
+        value = obj
+        for part in self.tenant_path.split("__"):
+            value = getattr(value, part, None)
+            if value is None:
+                return None
+        return value.pk if hasattr(value, "pk") else value
+
+    # --- what is allowed ----------------------------------------------------------------
+    def _allowed(self, request, action: str, obj=None) -> bool:
+        if request.user.is_superuser:
+            return True
+        roles = tenant_roles(request)
+        if obj is not None:
+            role = roles.get(self.obj_tenant_id(obj))
+            return role is not None and action in self.role_permissions.get(role, set())
+        return any(action in self.role_permissions.get(r, set()) for r in roles.values())
+
+    def has_module_permission(self, request) -> bool:
+        return request.user.is_active and request.user.is_staff and (
+            request.user.is_superuser or bool(tenant_roles(request)))
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return self._allowed(request, "view", obj) or self._allowed(request, "change", obj)
+
+    def has_add_permission(self, request) -> bool:
+        return self._allowed(request, "add")
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return self._allowed(request, "change", obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return self._allowed(request, "delete", obj)
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        # Another tenant's object (or a missing one): a plain 404, no hint it exists.
+        raise Http404
+
+    # --- choices in forms never offer another tenant's objects --------------------------
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        model = db_field.related_model
+        ids = tenant_ids_for(request, role=ADMIN)
+        if ids is not None:
+            if model is Tenant:
+                kwargs["queryset"] = Tenant.objects.filter(pk__in=ids)
+            elif model in (Partner, Ticket):
+                kwargs["queryset"] = model.objects.filter(tenant_id__in=ids)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        ids = tenant_ids_for(request, role=ADMIN)
+        if ids is not None and db_field.related_model is Tenant:
+            kwargs["queryset"] = Tenant.objects.filter(pk__in=ids)
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
+
+class EstimatedCountPaginator(Paginator):
+    """Never runs an exact COUNT(*) over a big table: counts at most CAP rows, and for an
+    unfiltered PostgreSQL table uses the planner's estimate."""
+
+    CAP = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        qs = self.object_list
+        if connection.vendor == "postgresql" and not qs.query.where:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE relname = %s",
+                               [qs.model._meta.db_table])
+                row = cursor.fetchone()
+            if row and row[0] > self.CAP:
+                return int(row[0])
+        return qs[: self.CAP + 1].count()
