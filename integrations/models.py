@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
@@ -82,8 +83,13 @@ class Partner(models.Model):
     channels = models.JSONField(
         _("channels"), default=list, blank=True, help_text=_("Empty means every channel.")
     )
-    connect_timeout = models.FloatField(_("connect timeout (s)"), default=3.0)
-    timeout = models.FloatField(_("response deadline (s)"), default=10.0)
+    connect_timeout = models.FloatField(
+        _("connect timeout (s)"), default=3.0,
+        validators=[MinValueValidator(0.5), MaxValueValidator(30)])
+    # At most 60 s: the delivery lease (PORTAL_DELIVERY_LEASE_SECONDS, 120 s) must outlast it.
+    timeout = models.FloatField(
+        _("response deadline (s)"), default=10.0,
+        validators=[MinValueValidator(0.5), MaxValueValidator(60)])
     retry_schedule = models.CharField(
         _("retry schedule override"),
         max_length=500,

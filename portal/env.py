@@ -6,14 +6,13 @@ parse, so a typo in production stops the process at start instead of misbehaving
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_FALSE = {"0", "false", "no", "off"}
 
 
 def env_str(name: str, default: str = "") -> str:
@@ -24,8 +23,8 @@ def env_str(name: str, default: str = "") -> str:
 def env_bool(name: str, default: bool = False) -> bool:
     """Return a boolean; accepts 1/0, true/false, yes/no, on/off (any case)."""
     raw = os.environ.get(name)
-    if raw is None:
-        return default
+    if raw is None or not raw.strip():
+        return default  # set but empty (as a copied .env.example leaves it): the default
     value = raw.strip().lower()
     if value in _TRUE:
         return True
@@ -99,14 +98,12 @@ def parse_duration(value: str, *, name: str) -> int:
 
 
 def parse_allowlist(value: str, *, name: str = "PORTAL_OUTBOUND_ALLOWLIST") -> list[str]:
-    """Check comma-separated CIDRs and host names; return the entries."""
-    entries = [item.strip() for item in value.split(",") if item.strip()]
-    for entry in entries:
-        try:
-            ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            if not re.match(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$", entry):
-                raise ImproperlyConfigured(
-                    f"{name} entry {entry!r} is neither a CIDR nor a host name."
-                ) from None
-    return entries
+    """Check comma-separated CIDRs and host names with the delivery transport's own parser
+    (so what starts is exactly what deliveries accept); return the entries."""
+    from integrations.delivery import OutboundPolicy
+
+    try:
+        OutboundPolicy.from_setting(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}") from None
+    return [item.strip() for item in value.split(",") if item.strip()]

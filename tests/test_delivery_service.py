@@ -256,3 +256,29 @@ def test_blocked_destination_is_dead_and_never_sent(engine_api, partner, setting
     delivery = _ingest(engine_api)
     assert svc.delivery_attempt(delivery_id=delivery.pk) == "dead"
     assert DeliveryAttempt.objects.get().error_class == "blocked_destination"
+
+
+def test_first_schedule_entry_delays_the_first_attempt(engine_api, partner_at, sink, partner):
+    partner.retry_schedule = "60,5"
+    partner_at(sink)
+    delivery = _ingest(engine_api)
+    assert (delivery.next_attempt_at - timezone.now()).total_seconds() > 55
+    assert svc.delivery_attempt(delivery_id=delivery.pk) == "not_claimed"
+
+
+def test_configuration_error_is_recorded_and_dead(engine_api, partner_at, sink, partner):
+    # given a partner whose only signing secret has expired: nothing valid to sign with
+    partner_at(sink)
+    SigningSecret.objects.filter(partner=partner).update(
+        expires_at=timezone.now() - timedelta(seconds=1))
+    delivery = _ingest(engine_api)
+    assert svc.delivery_attempt(delivery_id=delivery.pk) == "dead"
+    attempt = DeliveryAttempt.objects.get(delivery=delivery)
+    assert attempt.error_class == "configuration_error" and sink.received == []
+
+
+def test_key_use_is_recorded(partner_api, partner):
+    from integrations.models import ApiKey
+
+    partner_api.get("/api/v1/contacts/x")
+    assert ApiKey.objects.get(partner=partner).last_used_at is not None

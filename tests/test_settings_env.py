@@ -32,7 +32,8 @@ def load_settings(**overrides) -> subprocess.CompletedProcess:
         ("PORTAL_RETRY_SCHEDULE", "0,-5", "none negative"),
         ("PORTAL_PARTNER_RATE", "fast", "must look like"),
         ("PORTAL_PARTNER_RATE", "0/second", "must look like"),
-        ("PORTAL_OUTBOUND_ALLOWLIST", "10.0.0.0/33", "neither a CIDR"),
+        ("PORTAL_OUTBOUND_ALLOWLIST", "10.0.0.0/33", "neither a network"),
+        ("PORTAL_OUTBOUND_ALLOWLIST", "10.0.0.1/8", "host bits set"),
         ("PORTAL_PARTNER_PAUSE_AFTER", "five days", "duration"),
         ("PORTAL_ENGINE_BASE_URL", "engine.local", "not an http"),
         ("DEBUG", "maybe", "not a boolean"),
@@ -44,6 +45,16 @@ def test_settings_bad_value_fails_loudly(name, value, message):
     proc = load_settings(**{name: value})
     assert proc.returncode != 0
     assert "ImproperlyConfigured" in proc.stderr and message in proc.stderr
+
+
+def test_settings_empty_boolean_means_default():
+    # a copied .env.example leaves SESSION_COOKIE_SECURE= empty: secure cookies stay on
+    code = "from django.conf import settings; print(settings.SESSION_COOKIE_SECURE)"
+    environment = {**os.environ, "SECRET_KEY": "x", "SESSION_COOKIE_SECURE": "",
+                   "DJANGO_SETTINGS_MODULE": "portal.settings"}
+    proc = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True,
+                          text=True)
+    assert proc.stdout.strip() == "True", proc.stderr
 
 
 def test_settings_secret_key_required_without_debug():

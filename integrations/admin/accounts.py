@@ -216,18 +216,6 @@ class PartnerForm(forms.ModelForm):
                 raise forms.ValidationError(str(exc)) from None
         return value
 
-    def clean_timeout(self):
-        value = self.cleaned_data["timeout"]
-        if not 0.5 <= value <= 60:
-            raise forms.ValidationError(_("Between 0.5 and 60 seconds."))
-        return value
-
-    def clean_connect_timeout(self):
-        value = self.cleaned_data["connect_timeout"]
-        if not 0.5 <= value <= 30:
-            raise forms.ValidationError(_("Between 0.5 and 30 seconds."))
-        return value
-
     def _clean_path(self, name):
         value = self.cleaned_data[name].strip()
         if not value.startswith("/") or any(ch.isspace() for ch in value):
@@ -432,6 +420,16 @@ class SigningSecretAdmin(TenantScopedAdmin):
     list_select_related = ["partner"]
     fields = ["partner", "fingerprint", "created_at", "expires_at"]
     readonly_fields = fields
+
+    # Secrets are made and retired only by the partner's "rotate" action, never edited here.
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
     @admin.display(description=_("secret"))
     def fingerprint(self, obj):

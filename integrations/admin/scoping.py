@@ -91,6 +91,14 @@ class TenantScopedAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         return self._allowed(request, "delete", obj)
 
+    def get_object(self, request, object_id, from_field=None):
+        """The object if it is in this user's tenants; else 404 (also before any
+        permission check, so another tenant's URLs look exactly like missing ones)."""
+        obj = super().get_object(request, object_id, from_field)
+        if obj is None:
+            raise Http404
+        return obj
+
     def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
         # Another tenant's object (or a missing one): a plain 404, no hint it exists.
         raise Http404

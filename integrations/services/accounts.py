@@ -152,6 +152,9 @@ def principal_authenticate(raw: str) -> Principal:
     if not hmac.compare_digest(expected, _hash_key(raw)) or key is None:
         raise Unauthorized("The API key is not valid.", code="invalid_key")
     now = timezone.now()
+    if key.last_used_at is None or key.last_used_at < now - timedelta(seconds=60):
+        # At most one write a minute per key: enough to spot unused keys, cheap on hot paths.
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     if key.revoked_at is not None:
         raise Unauthorized("The API key has been revoked.", code="key_revoked")
     if key.expires_at is not None and key.expires_at <= now:

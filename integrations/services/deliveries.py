@@ -162,16 +162,25 @@ def delivery_attempt(*, delivery_id: int) -> str:
         _finish(delivery, token, Delivery.Status.NOT_CONFIGURED,
                 error="No engine relay is configured.")
         return Delivery.Status.NOT_CONFIGURED
-    result = send_webhook(
-        url=target.url,
-        body=canonical_json(delivery.event.payload),
-        msg_id=str(delivery.event_id),
-        secrets=target.secrets,
-        policy=outbound_policy(),
-        bearer_token=target.bearer_token,
-        connect_timeout=target.connect_timeout,
-        deadline=target.deadline,
-    )
+    try:
+        result = send_webhook(
+            url=target.url,
+            body=canonical_json(delivery.event.payload),
+            msg_id=str(delivery.event_id),
+            secrets=target.secrets,
+            policy=outbound_policy(),
+            bearer_token=target.bearer_token,
+            connect_timeout=target.connect_timeout,
+            deadline=target.deadline,
+        )
+    except ValueError as exc:
+        # A configuration problem (no usable signing secret, say): retrying cannot fix it,
+        # so the delivery is dead with the reason recorded, not left leased.
+        result = DeliveryResult(
+            outcome=Outcome.DEAD, status_code=None, request_headers={}, response_headers={},
+            response_body=b"", duration_ms=0, error_class="configuration_error",
+            error_message=str(exc)[:1000], retry_after=None, gone=False,
+        )
     return _record(delivery, token, target.url, result, schedule)
 
 

@@ -4,6 +4,7 @@ writes one delivery row per target (SPEC §3, §5 outbox)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -140,12 +141,20 @@ def _deliveries_create(event: Event, rows: list[Delivery]) -> list[Delivery]:
     return created
 
 
+def _first_attempt_at(partner: Partner | None, now):
+    """Entry 0 of the retry schedule is the delay before the first attempt (0 by default)."""
+    from integrations.services.deliveries import retry_schedule_for
+
+    delay = retry_schedule_for(partner)[0]
+    return now + timedelta(seconds=delay) if delay else now
+
+
 def _partner_deliveries(event: Event, partners: list[Partner], endpoint: str, now
                         ) -> list[Delivery]:
     return _deliveries_create(event, [
         Delivery(event=event, tenant_id=event.tenant_id, ticket_id=event.ticket_id, partner=p,
-                 target=f"partner:{p.pk}", endpoint=endpoint, next_attempt_at=now,
-                 dispatched_at=now)
+                 target=f"partner:{p.pk}", endpoint=endpoint,
+                 next_attempt_at=_first_attempt_at(p, now), dispatched_at=now)
         for p in partners
     ])
 
@@ -156,7 +165,7 @@ def _relay_delivery(event: Event, endpoint: str, now) -> Delivery:
     return _deliveries_create(event, [
         Delivery(event=event, tenant_id=event.tenant_id, ticket_id=event.ticket_id,
                  partner=None, target=Delivery.ENGINE_TARGET, endpoint=endpoint, status=status,
-                 next_attempt_at=now if configured else None,
+                 next_attempt_at=_first_attempt_at(None, now) if configured else None,
                  dispatched_at=now if configured else None,
                  last_error="" if configured else "No engine relay is configured.")
     ])[0]

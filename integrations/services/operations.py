@@ -17,6 +17,7 @@ from integrations.errors import Conflict
 from integrations.models import Delivery, Event, IdempotencyRecord, Partner, SigningSecret, Tenant
 from integrations.payloads import canonical_json, format_created_date
 from integrations.services.deliveries import _queue_next_in_order, outbound_policy
+from integrations.services.events import engine_relay_for
 
 RETENTION_BATCH = 500
 
@@ -33,10 +34,13 @@ def _restart(queryset, now: datetime) -> int:
 def delivery_redeliver(*, delivery: Delivery) -> Delivery:
     """Send a final delivery again (same webhook-id), with a fresh retry schedule.
 
-    It keeps its place in its ticket's order. Raises Conflict if it is not final yet, or is
-    an engine relay with no engine configured.
+    It keeps its place in its ticket's order. A `not_configured` relay delivery can be sent
+    once the engine relay is configured. Raises Conflict if it is not final yet, or is an
+    engine relay with still no engine configured.
     """
-    if delivery.status == Delivery.Status.NOT_CONFIGURED:
+    if delivery.status == Delivery.Status.NOT_CONFIGURED and not engine_relay_for(
+        delivery.tenant
+    ).url_for(delivery.endpoint):
         raise Conflict("Configure the engine relay first.", code="not_configured")
     now = timezone.now()
     restarted = _restart(
