@@ -7,6 +7,8 @@ What it does, in order:
 1. install-check: finds the PostgreSQL server binaries (PG_BIN, else the newest
    /usr/lib/postgresql/*/bin, else `pg_config --bindir`) and `redis-server`; when one is
    missing and we are root, installs it with apt-get, otherwise exits saying what to install.
+   Debian's Chromium (browser tests) is installed the same way as root; without it, as a
+   normal user, the browser tests skip and say so.
 2. postgres: `initdb` + `pg_ctl start` in a new temporary directory, on a free loopback port.
    PostgreSQL refuses to run as root, so as root the directory belongs to the `postgres` user
    and the server commands run through `runuser -u postgres --`.
@@ -164,6 +166,24 @@ def ensure_binaries() -> tuple[Path, str]:
         if redis_server is None:
             raise SetupError("redis-server installed but still not on PATH")
     return pg_bin, redis_server
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def ensure_chromium() -> None:
+    """Debian's Chromium for the browser tests (Playwright drives it; no browser download).
+
+    Installed with apt when missing and we are root; otherwise the browser tests skip and
+    say what to install.
+    """
+    if Path(CHROMIUM).exists():
+        return
+    if not is_root():
+        log(f"{CHROMIUM} not found: browser tests will skip "
+            "(Debian/Ubuntu: sudo apt-get install chromium)")
+        return
+    apt_install("chromium")
 
 
 def ensure_pg_user() -> None:
@@ -417,6 +437,7 @@ def main(argv: list[str]) -> int:
     try:
         started = time.monotonic()
         pg_bin, redis_server = ensure_binaries()
+        ensure_chromium()
         if servers.run_as:
             ensure_pg_user()
         servers.pg_bin = pg_bin

@@ -232,9 +232,11 @@ class DeliveryAdmin(LogAdmin):
     actions = ["redeliver", "cancel"]
 
     def get_search_results(self, request, queryset, search_term):
+        # A ticket number can look like a UUID (32 hex digits): match either.
+        results, duplicates = super().get_search_results(request, queryset, search_term)
         if _is_uuid(search_term):
-            return queryset.filter(event_id=search_term.strip()), False
-        return super().get_search_results(request, queryset, search_term)
+            results = results | queryset.filter(event_id=search_term.strip())
+        return results, duplicates
 
     @admin.display(description=_("event"))
     def event_link(self, obj):
