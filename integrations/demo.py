@@ -16,6 +16,11 @@ logger = logging.getLogger(__name__)
 @csrf_exempt
 @require_POST
 def demo_receiver(request, role: str, path: str) -> JsonResponse:
-    logger.info("demo %s received /%s webhook-id=%s: %s", role, path,
-                request.headers.get("webhook-id"), request.body[:500])
+    logger.info(
+        "demo %s received /%s webhook-id=%s: %s",
+        role,
+        path,
+        request.headers.get("webhook-id"),
+        request.body[:500],
+    )
     return JsonResponse({"status": "success"})

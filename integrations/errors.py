@@ -11,8 +11,9 @@ class PortalError(Exception):
     status_code = 400
     code = "bad_request"
 
-    def __init__(self, message: str, *, code: str | None = None,
-                 errors: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, errors: dict[str, list[str]] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code:

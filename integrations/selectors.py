@@ -40,8 +40,9 @@ class HistoryPage:
     next_after: int | None
 
 
-def ticket_history(*, principal: Principal, ticket_number: str, after: int = 0,
-                   limit: int = HISTORY_DEFAULT_LIMIT) -> HistoryPage:
+def ticket_history(
+    *, principal: Principal, ticket_number: str, after: int = 0, limit: int = HISTORY_DEFAULT_LIMIT
+) -> HistoryPage:
     """A ticket's messages, oldest first, `limit` at a time after sequence `after`.
 
     Raises NotFound when the ticket is not in the caller's tenant.
@@ -54,11 +55,13 @@ def ticket_history(*, principal: Principal, ticket_number: str, after: int = 0,
     if ticket is None:
         raise NotFound(f"No ticket {ticket_number!r}.", code="ticket_not_found")
     events = list(
-        Event.objects.filter(ticket=ticket, sequence__gt=after,
-                             kind__in=[Event.Kind.INCOMING, Event.Kind.OUTGOING])
+        Event.objects.filter(
+            ticket=ticket, sequence__gt=after, kind__in=[Event.Kind.INCOMING, Event.Kind.OUTGOING]
+        )
         .order_by("sequence")
-        .prefetch_related(Prefetch("deliveries", queryset=Delivery.objects.order_by("id")))
-        [: limit + 1]
+        .prefetch_related(Prefetch("deliveries", queryset=Delivery.objects.order_by("id")))[
+            : limit + 1
+        ]
     )
     more = len(events) > limit
     events = events[:limit]
@@ -167,11 +170,14 @@ def partner_health(*, partner, now=None) -> dict[str, Any]:
     since = now - timedelta(hours=24)
     attempts = DeliveryAttempt.objects.filter(delivery__partner=partner, created_at__gte=since)
     totals = attempts.aggregate(total=Count("id"), ok=Count("id", filter=Q(outcome="success")))
-    durations = sorted(attempts.order_by("-created_at").values_list("duration_ms", flat=True)
-                       [:HEALTH_SAMPLE])
+    durations = sorted(
+        attempts.order_by("-created_at").values_list("duration_ms", flat=True)[:HEALTH_SAMPLE]
+    )
     counts = dict(
         Delivery.objects.filter(partner=partner, status__in=["pending", "retrying", "dead"])
-        .values_list("status").annotate(n=Count("id")).values_list("status", "n")
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .values_list("status", "n")
     )
     return {
         "attempts_24h": totals["total"],
@@ -199,8 +205,11 @@ def dashboard_stats(*, tenant_ids: list[int] | None, now=None) -> dict[str, Any]
     recent = deliveries.filter(created_at__gte=now - timedelta(hours=24))
     rows = (
         recent.values("target", "partner__name", "tenant__name")
-        .annotate(total=Count("id"), ok=Count("id", filter=Q(status="succeeded")),
-                  dead=Count("id", filter=Q(status="dead")))
+        .annotate(
+            total=Count("id"),
+            ok=Count("id", filter=Q(status="succeeded")),
+            dead=Count("id", filter=Q(status="dead")),
+        )
         .order_by("-total")[:20]
     )
     partners = [
@@ -227,11 +236,14 @@ def dashboard_stats(*, tenant_ids: list[int] | None, now=None) -> dict[str, Any]
 def ticket_timeline(*, ticket) -> list[dict[str, Any]]:
     """A ticket's events in the order they entered, each with its deliveries."""
     events = (
-        Event.objects.filter(ticket=ticket).order_by("sequence")
+        Event.objects.filter(ticket=ticket)
+        .order_by("sequence")
         .select_related("partner")
-        .prefetch_related(Prefetch("deliveries",
-                                   queryset=Delivery.objects.select_related("partner")
-                                   .order_by("id")))
+        .prefetch_related(
+            Prefetch(
+                "deliveries", queryset=Delivery.objects.select_related("partner").order_by("id")
+            )
+        )
     )
     return [
         {

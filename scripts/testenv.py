@@ -180,8 +180,10 @@ def ensure_chromium() -> None:
     if Path(CHROMIUM).exists():
         return
     if not is_root():
-        log(f"{CHROMIUM} not found: browser tests will skip "
-            "(Debian/Ubuntu: sudo apt-get install chromium)")
+        log(
+            f"{CHROMIUM} not found: browser tests will skip "
+            "(Debian/Ubuntu: sudo apt-get install chromium)"
+        )
         return
     apt_install("chromium")
 

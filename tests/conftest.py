@@ -19,11 +19,18 @@ OWNER = "82ab0fd5cfd1e80d1ff97c0cfc9aa9e2"
 def incoming_body(**overrides) -> dict:
     """The guide's example incoming event, with overrides."""
     body = {
-        "ticketNumber": "294c9ea88f7e649f8c37ae895ebab247", "channel": "whatsapp",
-        "accountId": "628128778222", "contactId": "d61d77735f3fe08bcf6d6b96fa06ba9d",
-        "messageType": "text", "message": "Halo", "mediaLink": "",
-        "customerName": "Farhan Akbar", "createdDate": "2021-04-28T15:39:37.945",
-        "owner": OWNER, "groupId": "", "language": "",
+        "ticketNumber": "294c9ea88f7e649f8c37ae895ebab247",
+        "channel": "whatsapp",
+        "accountId": "628128778222",
+        "contactId": "d61d77735f3fe08bcf6d6b96fa06ba9d",
+        "messageType": "text",
+        "message": "Halo",
+        "mediaLink": "",
+        "customerName": "Farhan Akbar",
+        "createdDate": "2021-04-28T15:39:37.945",
+        "owner": OWNER,
+        "groupId": "",
+        "language": "",
     }
     body.update(overrides)
     return {k: v for k, v in body.items() if v is not ...}
@@ -31,17 +38,25 @@ def incoming_body(**overrides) -> dict:
 
 def outgoing_body(**overrides) -> dict:
     body = {
-        "ticketNumber": "294c9ea88f7e649f8c37ae895ebab247", "channel": "whatsapp",
-        "messageType": "text", "message": "Halo, ada yang bisa dibantu?", "mediaLink": "",
-        "customerName": "Farhan Akbar", "owner": OWNER,
+        "ticketNumber": "294c9ea88f7e649f8c37ae895ebab247",
+        "channel": "whatsapp",
+        "messageType": "text",
+        "message": "Halo, ada yang bisa dibantu?",
+        "mediaLink": "",
+        "customerName": "Farhan Akbar",
+        "owner": OWNER,
     }
     body.update(overrides)
     return {k: v for k, v in body.items() if v is not ...}
 
 
 def command_body(**overrides) -> dict:
-    body = {"ticketNumber": "294c9ea88f7e649f8c37ae895ebab247", "channel": "whatsapp",
-            "owner": OWNER, "event": "close"}
+    body = {
+        "ticketNumber": "294c9ea88f7e649f8c37ae895ebab247",
+        "channel": "whatsapp",
+        "owner": OWNER,
+        "event": "close",
+    }
     body.update(overrides)
     return {k: v for k, v in body.items() if v is not ...}
 
@@ -55,8 +70,13 @@ class Caller:
 
     def post(self, path: str, body, **headers):
         data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-        return self.client.post(path, data=data, content_type="application/json",
-                                HTTP_AUTHORIZATION=f"Bearer {self.key}", **headers)
+        return self.client.post(
+            path,
+            data=data,
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {self.key}",
+            **headers,
+        )
 
     def get(self, path: str, **params):
         return self.client.get(path, params, HTTP_AUTHORIZATION=f"Bearer {self.key}")
@@ -75,8 +95,12 @@ def other_tenant(db):
 @pytest.fixture
 def partner_with_key(tenant):
     partner, key, secret = partner_create(
-        tenant=tenant, name="Desk", base_url="http://127.0.0.1:9",
-        incoming_message_path="/incoming", send_message_path="/send")
+        tenant=tenant,
+        name="Desk",
+        base_url="http://127.0.0.1:9",
+        incoming_message_path="/incoming",
+        send_message_path="/send",
+    )
     return partner, key, secret
 
 
@@ -99,8 +123,12 @@ def engine_api(tenant):
 @pytest.fixture
 def other_partner_api(other_tenant):
     _, key, _ = partner_create(
-        tenant=other_tenant, name="Rival", base_url="http://127.0.0.1:9",
-        incoming_message_path="/in", send_message_path="/out")
+        tenant=other_tenant,
+        name="Rival",
+        base_url="http://127.0.0.1:9",
+        incoming_message_path="/in",
+        send_message_path="/out",
+    )
     return Caller(APIClient(), key)
 
 

@@ -40,9 +40,21 @@ def test_create_tenant_unknown_time_zone_fails():
 
 @pytest.mark.django_db
 def test_create_partner_prints_key_and_secret_once(tenant):
-    result = run("create_partner", "--owner", tenant.owner, "--name", "Desk",
-                 "--base-url", "https://desk.example/hooks/", "--incoming-path", "/in",
-                 "--send-path", "/out", "--channels", "whatsapp, Telegram")
+    result = run(
+        "create_partner",
+        "--owner",
+        tenant.owner,
+        "--name",
+        "Desk",
+        "--base-url",
+        "https://desk.example/hooks/",
+        "--incoming-path",
+        "/in",
+        "--send-path",
+        "/out",
+        "--channels",
+        "whatsapp, Telegram",
+    )
     partner = Partner.objects.get(pk=result["partnerId"])
     assert partner.base_url == "https://desk.example/hooks"
     assert partner.channels == ["telegram", "whatsapp"]
@@ -63,8 +75,13 @@ def test_create_partner_prints_key_and_secret_once(tenant):
     ],
 )
 def test_create_partner_bad_arguments_fail(tenant, args, message):
-    base = {"--owner": tenant.owner, "--name": "Desk", "--base-url": "https://d.example",
-            "--incoming-path": "/in", "--send-path": "/out"}
+    base = {
+        "--owner": tenant.owner,
+        "--name": "Desk",
+        "--base-url": "https://d.example",
+        "--incoming-path": "/in",
+        "--send-path": "/out",
+    }
     base.update(dict(zip(args[::2], args[1::2], strict=True)))
     with pytest.raises(CommandError, match=message):
         run("create_partner", *[x for kv in base.items() for x in kv])
@@ -73,8 +90,19 @@ def test_create_partner_bad_arguments_fail(tenant, args, message):
 
 @pytest.mark.django_db
 def test_create_partner_duplicate_name_fails(tenant):
-    args = ["create_partner", "--owner", tenant.owner, "--name", "Desk", "--base-url",
-            "https://d.example", "--incoming-path", "/in", "--send-path", "/out"]
+    args = [
+        "create_partner",
+        "--owner",
+        tenant.owner,
+        "--name",
+        "Desk",
+        "--base-url",
+        "https://d.example",
+        "--incoming-path",
+        "/in",
+        "--send-path",
+        "/out",
+    ]
     run(*args)
     with pytest.raises(CommandError, match="already has a partner"):
         run(*args)
@@ -93,8 +121,7 @@ def test_create_engine_key_for_named_and_all_tenants(tenant):
 def test_create_user_prints_password_once(tenant):
     from django.contrib.auth import get_user_model
 
-    result = run("create_user", "--owner", tenant.owner, "--username", "sari", "--role",
-                 "support")
+    result = run("create_user", "--owner", tenant.owner, "--username", "sari", "--role", "support")
     user = get_user_model().objects.get(username="sari")
     assert user.check_password(result["password"]) and user.is_staff
     assert TenantMembership.objects.get(user__username="sari").role == "support"
@@ -127,12 +154,31 @@ def test_command_exit_status_is_non_zero_on_error(tmp_path):
     import subprocess
     import sys
 
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/x.sqlite3",
-           "PORTAL_VAR_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/x.sqlite3",
+        "PORTAL_VAR_DIR": str(tmp_path),
+    }
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], env=env, check=True)
-    proc = subprocess.run([sys.executable, "manage.py", "create_partner", "--owner", "ghost",
-                           "--name", "n", "--base-url", "https://x.example",
-                           "--incoming-path", "/i", "--send-path", "/s"],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "create_partner",
+            "--owner",
+            "ghost",
+            "--name",
+            "n",
+            "--base-url",
+            "https://x.example",
+            "--incoming-path",
+            "/i",
+            "--send-path",
+            "/s",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     assert "No tenant with owner 'ghost'" in proc.stderr and proc.stdout == ""

@@ -61,8 +61,9 @@ def test_attempt_success_is_signed_recorded_and_final(engine_api, partner_at, si
     assert partner.latency_ms_avg is not None
 
 
-def test_attempt_503_schedules_retry_from_schedule(engine_api, partner_at, partner_server_factory,
-                                                   settings):
+def test_attempt_503_schedules_retry_from_schedule(
+    engine_api, partner_at, partner_server_factory, settings
+):
     settings.PORTAL_RETRY_SCHEDULE = (0, 100, 200)
     partner_at(partner_server_factory(lambda r, n: (503, b"down", {})))
     delivery = _ingest(engine_api)
@@ -74,8 +75,9 @@ def test_attempt_503_schedules_retry_from_schedule(engine_api, partner_at, partn
     assert delivery.last_status_code == 503 and delivery.lease_token is None
 
 
-def test_attempt_retry_after_longer_than_schedule_wins(engine_api, partner_at,
-                                                       partner_server_factory, settings):
+def test_attempt_retry_after_longer_than_schedule_wins(
+    engine_api, partner_at, partner_server_factory, settings
+):
     settings.PORTAL_RETRY_SCHEDULE = (0, 5, 5)
     partner_at(partner_server_factory(lambda r, n: (429, b"", {"Retry-After": "600"})))
     delivery = _ingest(engine_api)
@@ -85,8 +87,9 @@ def test_attempt_retry_after_longer_than_schedule_wins(engine_api, partner_at,
     assert 590 <= delay <= 601
 
 
-def test_attempt_retry_after_is_capped_at_ten_hours(engine_api, partner_at,
-                                                    partner_server_factory, settings):
+def test_attempt_retry_after_is_capped_at_ten_hours(
+    engine_api, partner_at, partner_server_factory, settings
+):
     settings.PORTAL_RETRY_SCHEDULE = (0, 5)
     partner_at(partner_server_factory(lambda r, n: (503, b"", {"Retry-After": "999999"})))
     delivery = _ingest(engine_api)
@@ -108,8 +111,9 @@ def test_attempt_4xx_is_dead_at_once(engine_api, partner_at, partner_server_fact
     assert DeliveryAttempt.objects.get().response_body == '{"error":"bad"}'
 
 
-def test_attempt_410_is_dead_and_pauses_partner(engine_api, partner_at, partner_server_factory,
-                                               partner):
+def test_attempt_410_is_dead_and_pauses_partner(
+    engine_api, partner_at, partner_server_factory, partner
+):
     partner_at(partner_server_factory(lambda r, n: (410, b"", {})))
     first = _ingest(engine_api)
     second = _ingest(engine_api, ticketNumber="other-ticket")
@@ -123,8 +127,7 @@ def test_attempt_410_is_dead_and_pauses_partner(engine_api, partner_at, partner_
     assert second.status == "pending"
 
 
-def test_attempt_schedule_used_up_is_dead(engine_api, partner_at, partner_server_factory,
-                                          settings):
+def test_attempt_schedule_used_up_is_dead(engine_api, partner_at, partner_server_factory, settings):
     settings.PORTAL_RETRY_SCHEDULE = (0, 0, 0)
     partner_at(partner_server_factory(lambda r, n: (500, b"", {})))
     delivery = _ingest(engine_api)
@@ -133,13 +136,14 @@ def test_attempt_schedule_used_up_is_dead(engine_api, partner_at, partner_server
     assert DeliveryAttempt.objects.filter(delivery=delivery).count() == 3
 
 
-def test_attempt_pauses_partner_failing_longer_than_pause_after(engine_api, partner_at,
-                                                                partner_server_factory,
-                                                                settings, partner):
+def test_attempt_pauses_partner_failing_longer_than_pause_after(
+    engine_api, partner_at, partner_server_factory, settings, partner
+):
     settings.PORTAL_PARTNER_PAUSE_AFTER = 60
     partner_at(partner_server_factory(lambda r, n: (500, b"", {})))
     Partner.objects.filter(pk=partner.pk).update(
-        failing_since=timezone.now() - timedelta(seconds=61))
+        failing_since=timezone.now() - timedelta(seconds=61)
+    )
     delivery = _ingest(engine_api)
     svc.delivery_attempt(delivery_id=delivery.pk)
     partner.refresh_from_db()
@@ -163,14 +167,14 @@ def test_expired_lease_is_taken_again(engine_api, partner_at, sink):
     delivery = _ingest(engine_api)
     svc.delivery_claim(delivery_id=delivery.pk, token=uuid.uuid4(), now=timezone.now())
     Delivery.objects.filter(pk=delivery.pk).update(
-        lease_expires_at=timezone.now() - timedelta(seconds=1))
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
     assert svc.delivery_attempt(delivery_id=delivery.pk) == "succeeded"
     delivery.refresh_from_db()
     assert delivery.attempts == 2 and len(sink.received) == 1
 
 
-def test_lost_worker_on_last_try_ends_dead_without_sending(engine_api, partner_at, sink,
-                                                           settings):
+def test_lost_worker_on_last_try_ends_dead_without_sending(engine_api, partner_at, sink, settings):
     import uuid
 
     settings.PORTAL_RETRY_SCHEDULE = (0,)
@@ -178,13 +182,15 @@ def test_lost_worker_on_last_try_ends_dead_without_sending(engine_api, partner_a
     delivery = _ingest(engine_api)
     svc.delivery_claim(delivery_id=delivery.pk, token=uuid.uuid4(), now=timezone.now())
     Delivery.objects.filter(pk=delivery.pk).update(
-        lease_expires_at=timezone.now() - timedelta(seconds=1))
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
     assert svc.delivery_attempt(delivery_id=delivery.pk) == "dead"
     assert sink.received == []
 
 
-def test_order_later_delivery_waits_for_older_of_same_ticket(engine_api, partner_at,
-                                                             partner_server_factory):
+def test_order_later_delivery_waits_for_older_of_same_ticket(
+    engine_api, partner_at, partner_server_factory
+):
     partner_at(partner_server_factory(lambda r, n: (503, b"", {}) if n == 1 else OK))
     first = _ingest(engine_api, message="one")
     second = _ingest(engine_api, message="two")
@@ -198,8 +204,9 @@ def test_order_later_delivery_waits_for_older_of_same_ticket(engine_api, partner
     assert first.pk in due and second.pk not in due
 
 
-def test_order_final_delivery_queues_next_of_ticket(engine_api, partner_at, sink, request,
-                                                    django_capture_on_commit_callbacks):
+def test_order_final_delivery_queues_next_of_ticket(
+    engine_api, partner_at, sink, request, django_capture_on_commit_callbacks
+):
     partner_at(sink)
     first = _ingest(engine_api, message="one")
     second = _ingest(engine_api, message="two")
@@ -209,8 +216,7 @@ def test_order_final_delivery_queues_next_of_ticket(engine_api, partner_at, sink
     assert request.node.queued_deliveries == [second.pk]
 
 
-def test_dispatcher_skips_recently_queued_and_takes_stale(engine_api, partner_at, sink,
-                                                          settings):
+def test_dispatcher_skips_recently_queued_and_takes_stale(engine_api, partner_at, sink, settings):
     settings.PORTAL_REDISPATCH_AFTER = 60
     partner_at(sink)
     delivery = _ingest(engine_api)
@@ -230,8 +236,9 @@ def test_rotation_sends_both_signatures(engine_api, partner_at, sink, partner):
         Webhook(secret).verify(received.body, received.headers)
 
 
-def test_engine_relay_gets_bearer_and_tenant_signature(engine_api, partner_api, tenant,
-                                                      partner_server_factory):
+def test_engine_relay_gets_bearer_and_tenant_signature(
+    engine_api, partner_api, tenant, partner_server_factory
+):
     engine = partner_server_factory()
     tenant.engine_base_url = engine.url
     tenant.engine_command_path = "/commands"
@@ -270,7 +277,8 @@ def test_configuration_error_is_recorded_and_dead(engine_api, partner_at, sink, 
     # given a partner whose only signing secret has expired: nothing valid to sign with
     partner_at(sink)
     SigningSecret.objects.filter(partner=partner).update(
-        expires_at=timezone.now() - timedelta(seconds=1))
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
     delivery = _ingest(engine_api)
     assert svc.delivery_attempt(delivery_id=delivery.pk) == "dead"
     attempt = DeliveryAttempt.objects.get(delivery=delivery)

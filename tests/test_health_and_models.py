@@ -48,10 +48,17 @@ def test_contact_unique_per_tenant_only():
 
 
 def _event(ticket, sequence):
-    return Event.objects.create(tenant=ticket.tenant, kind="incoming", source="engine",
-                                ticket=ticket, ticket_number=ticket.ticket_number,
-                                sequence=sequence, raw_body=b"{}", payload={},
-                                received_at=timezone.now())
+    return Event.objects.create(
+        tenant=ticket.tenant,
+        kind="incoming",
+        source="engine",
+        ticket=ticket,
+        ticket_number=ticket.ticket_number,
+        sequence=sequence,
+        raw_body=b"{}",
+        payload={},
+        received_at=timezone.now(),
+    )
 
 
 @pytest.mark.django_db
@@ -67,8 +74,14 @@ def test_one_delivery_per_event_and_target():
     ticket = TicketFactory()
     partner = PartnerFactory(tenant=ticket.tenant)
     event = _event(ticket, 1)
-    fields = {"event": event, "tenant": ticket.tenant, "ticket": ticket, "partner": partner,
-              "target": f"partner:{partner.pk}", "endpoint": "incoming"}
+    fields = {
+        "event": event,
+        "tenant": ticket.tenant,
+        "ticket": ticket,
+        "partner": partner,
+        "target": f"partner:{partner.pk}",
+        "endpoint": "incoming",
+    }
     Delivery.objects.create(**fields)
     with pytest.raises(IntegrityError):
         Delivery.objects.create(**fields)

@@ -19,8 +19,7 @@ OK = (200, b'{"status":"success"}', {})
 
 @pytest.fixture
 def admin_mailbox(tenant):
-    user = get_user_model().objects.create_user("boss", email="boss@tenant.example",
-                                                is_staff=True)
+    user = get_user_model().objects.create_user("boss", email="boss@tenant.example", is_staff=True)
     TenantMembership.objects.create(user=user, tenant=tenant, role="admin")
     return user
 
@@ -48,7 +47,8 @@ def _drain(limit: int = 50) -> list[str]:
 
 
 def test_410_pauses_partner_mails_admins_and_holds_later_deliveries(
-        engine_api, partner, partner_server_factory, admin_mailbox, settings):
+    engine_api, partner, partner_server_factory, admin_mailbox, settings
+):
     # given a partner that answers 410 once, then works
     server = partner_server_factory(lambda r, n: (410, b"", {}) if n == 1 else OK)
     _point(partner, server)
@@ -64,29 +64,31 @@ def test_410_pauses_partner_mails_admins_and_holds_later_deliveries(
     # and later deliveries wait, never dropped
     later = [_ingest(engine_api, message=f"later-{i}") for i in range(3)]
     assert _drain() == []
-    assert {d.status for d in Delivery.objects.filter(pk__in=[d.pk for d in later])} == {
-        "pending"}
+    assert {d.status for d in Delivery.objects.filter(pk__in=[d.pk for d in later])} == {"pending"}
     # when an admin resumes it, the held ones go out in order
     ops.partner_resume(partner=partner)
     assert _drain() == ["succeeded"] * 3
     assert [r.json["message"] for r in server.received[1:]] == ["later-0", "later-1", "later-2"]
 
 
-def test_dead_alert_is_sent_at_most_once_an_hour(engine_api, partner, partner_server_factory,
-                                                 admin_mailbox):
+def test_dead_alert_is_sent_at_most_once_an_hour(
+    engine_api, partner, partner_server_factory, admin_mailbox
+):
     _point(partner, partner_server_factory(lambda r, n: (400, b"", {})))
     for i in range(3):
         svc.delivery_attempt(delivery_id=_ingest(engine_api, ticketNumber=f"T{i}").pk)
     dead_mails = [m for m in mail.outbox if "failed" in m.subject]
     assert len(dead_mails) == 1 and "3 dead" not in dead_mails[0].body
     Partner.objects.filter(pk=partner.pk).update(
-        dead_alert_sent_at=timezone.now() - timedelta(hours=2))
+        dead_alert_sent_at=timezone.now() - timedelta(hours=2)
+    )
     svc.delivery_attempt(delivery_id=_ingest(engine_api, ticketNumber="T9").pk)
     assert len([m for m in mail.outbox if "failed" in m.subject]) == 2
 
 
 def test_disabled_partner_gets_nothing_and_its_waiting_deliveries_hold(
-        engine_api, partner, partner_server_factory):
+    engine_api, partner, partner_server_factory
+):
     server = partner_server_factory()
     _point(partner, server)
     waiting = _ingest(engine_api)
@@ -97,8 +99,9 @@ def test_disabled_partner_gets_nothing_and_its_waiting_deliveries_hold(
     assert server.received == []
 
 
-def test_recover_restores_dead_deliveries_in_original_order(engine_api, partner,
-                                                            partner_server_factory, settings):
+def test_recover_restores_dead_deliveries_in_original_order(
+    engine_api, partner, partner_server_factory, settings
+):
     # given a partner that was down: three messages of one ticket went dead
     settings.PORTAL_RETRY_SCHEDULE = (0,)
     state = {"down": True}
@@ -109,8 +112,11 @@ def test_recover_restores_dead_deliveries_in_original_order(engine_api, partner,
     assert _drain() == ["dead"] * 3
     # when it is back and an admin recovers the window
     state["down"] = False
-    restored = ops.deliveries_recover(partner=partner, since=start - timedelta(seconds=1),
-                                      until=timezone.now() + timedelta(seconds=1))
+    restored = ops.deliveries_recover(
+        partner=partner,
+        since=start - timedelta(seconds=1),
+        until=timezone.now() + timedelta(seconds=1),
+    )
     # then all three go out again, in their original order, under the same webhook-id
     assert restored == 3
     assert _drain() == ["succeeded"] * 3
@@ -168,14 +174,14 @@ def test_prune_removes_only_old_events_whose_deliveries_are_final(engine_api, pa
     Delivery.objects.filter(pk__in=[old_final.pk, recent.pk]).update(status="succeeded")
     long_ago = timezone.now() - timedelta(days=tenant.retention_days + 1)
     Event.objects.filter(pk__in=[old_final.event_id, old_open.event_id]).update(
-        received_at=long_ago)
+        received_at=long_ago
+    )
     assert ops.events_prune(batch=1) == 1
     assert set(Event.objects.values_list("ticket_number", flat=True)) == {"B", "C"}
     assert not Delivery.objects.filter(pk=old_final.pk).exists()
 
 
-def test_pause_after_a_short_failing_period(engine_api, partner, partner_server_factory,
-                                            settings):
+def test_pause_after_a_short_failing_period(engine_api, partner, partner_server_factory, settings):
     import time
 
     # given PORTAL_PARTNER_PAUSE_AFTER of one second and a partner that always fails

@@ -17,12 +17,15 @@ def load_settings(**overrides) -> subprocess.CompletedProcess:
     for name, value in overrides.items():
         if value is None:
             environment.pop(name, None)
-    code = ("import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE','portal.settings');"
-            "from django.conf import settings; print(settings.PORTAL_RETRY_SCHEDULE,"
-            " settings.PORTAL_PARTNER_RATE, settings.DATABASES['default']['ENGINE'],"
-            " settings.CELERY_BROKER_URL)")
-    return subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True,
-                          text=True)
+    code = (
+        "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE','portal.settings');"
+        "from django.conf import settings; print(settings.PORTAL_RETRY_SCHEDULE,"
+        " settings.PORTAL_PARTNER_RATE, settings.DATABASES['default']['ENGINE'],"
+        " settings.CELERY_BROKER_URL)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True
+    )
 
 
 @pytest.mark.parametrize(
@@ -50,10 +53,15 @@ def test_settings_bad_value_fails_loudly(name, value, message):
 def test_settings_empty_boolean_means_default():
     # a copied .env.example leaves SESSION_COOKIE_SECURE= empty: secure cookies stay on
     code = "from django.conf import settings; print(settings.SESSION_COOKIE_SECURE)"
-    environment = {**os.environ, "SECRET_KEY": "x", "SESSION_COOKIE_SECURE": "",
-                   "DJANGO_SETTINGS_MODULE": "portal.settings"}
-    proc = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True,
-                          text=True)
+    environment = {
+        **os.environ,
+        "SECRET_KEY": "x",
+        "SESSION_COOKIE_SECURE": "",
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True
+    )
     assert proc.stdout.strip() == "True", proc.stderr
 
 
@@ -63,33 +71,64 @@ def test_settings_secret_key_required_without_debug():
 
 
 def test_settings_embedded_defaults(tmp_path):
-    proc = load_settings(SECRET_KEY="x", DATABASE_URL=None, REDIS_URL=None,
-                         CELERY_BROKER_URL=None, PORTAL_RETRY_SCHEDULE=None,
-                         PORTAL_PARTNER_RATE=None, PORTAL_VAR_DIR=str(tmp_path))
+    proc = load_settings(
+        SECRET_KEY="x",
+        DATABASE_URL=None,
+        REDIS_URL=None,
+        CELERY_BROKER_URL=None,
+        PORTAL_RETRY_SCHEDULE=None,
+        PORTAL_PARTNER_RATE=None,
+        PORTAL_VAR_DIR=str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["(0,", "5,", "300,", "1800,", "7200,", "18000,", "36000,",
-                                   "36000)", "50/second", "django.db.backends.sqlite3",
-                                   "filesystem://"]
+    assert proc.stdout.split() == [
+        "(0,",
+        "5,",
+        "300,",
+        "1800,",
+        "7200,",
+        "18000,",
+        "36000,",
+        "36000)",
+        "50/second",
+        "django.db.backends.sqlite3",
+        "filesystem://",
+    ]
 
 
 def test_settings_sqlite_uses_wal_immediate_and_busy_timeout(tmp_path):
-    code = ("from django.conf import settings; o=settings.DATABASES['default']['OPTIONS'];"
-            "print(o['transaction_mode'], o['timeout'], 'WAL' in o['init_command'])")
-    environment = {**os.environ, "SECRET_KEY": "x", "PORTAL_VAR_DIR": str(tmp_path),
-                   "DJANGO_SETTINGS_MODULE": "portal.settings"}
+    code = (
+        "from django.conf import settings; o=settings.DATABASES['default']['OPTIONS'];"
+        "print(o['transaction_mode'], o['timeout'], 'WAL' in o['init_command'])"
+    )
+    environment = {
+        **os.environ,
+        "SECRET_KEY": "x",
+        "PORTAL_VAR_DIR": str(tmp_path),
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+    }
     environment.pop("DATABASE_URL", None)
-    proc = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True
+    )
     assert proc.stdout.split() == ["IMMEDIATE", "30", "True"], proc.stderr
 
 
 def test_parse_duration_units():
     assert [env.parse_duration(v, name="X") for v in ("90", "90s", "5m", "2h", "5d")] == [
-        90, 90, 300, 7200, 432000]
+        90,
+        90,
+        300,
+        7200,
+        432000,
+    ]
 
 
 def test_parse_allowlist_accepts_cidrs_and_hosts():
     assert env.parse_allowlist("127.0.0.0/8, ::1,partner.local") == [
-        "127.0.0.0/8", "::1", "partner.local"]
+        "127.0.0.0/8",
+        "::1",
+        "partner.local",
+    ]
     with pytest.raises(ImproperlyConfigured):
         env.parse_allowlist("bad host!")

@@ -47,12 +47,20 @@ class RecentFilter(admin.SimpleListFilter):
     title = _("time")
     parameter_name = "recent"
     field = "created_at"
-    WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7),
-               "30d": timedelta(days=30)}
+    WINDOWS = {
+        "1h": timedelta(hours=1),
+        "24h": timedelta(hours=24),
+        "7d": timedelta(days=7),
+        "30d": timedelta(days=30),
+    }
 
     def lookups(self, request, model_admin):
-        return [("1h", _("Last hour")), ("24h", _("Last 24 hours")), ("7d", _("Last 7 days")),
-                ("30d", _("Last 30 days"))]
+        return [
+            ("1h", _("Last hour")),
+            ("24h", _("Last 24 hours")),
+            ("7d", _("Last 7 days")),
+            ("30d", _("Last 30 days")),
+        ]
 
     def queryset(self, request, queryset):
         window = self.WINDOWS.get(self.value() or "")
@@ -83,8 +91,10 @@ class LogAdmin(TenantScopedAdmin):
 
 
 def pretty_json(value) -> str:
-    return format_html("<pre class='json'>{}</pre>",
-                       json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))
+    return format_html(
+        "<pre class='json'>{}</pre>",
+        json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False),
+    )
 
 
 def timeline_link(ticket_id: int, label: str):
@@ -94,8 +104,15 @@ def timeline_link(ticket_id: int, label: str):
 
 @admin.register(Ticket)
 class TicketAdmin(LogAdmin):
-    list_display = ["ticket_number", "tenant", "channel", "status", "customer_name",
-                    "created_date", "timeline"]
+    list_display = [
+        "ticket_number",
+        "tenant",
+        "channel",
+        "status",
+        "customer_name",
+        "created_date",
+        "timeline",
+    ]
     list_filter = ["status", "channel"]
     search_fields = ["=ticket_number", "=contact__contact_id"]
     list_select_related = ["tenant"]
@@ -107,15 +124,21 @@ class TicketAdmin(LogAdmin):
 
     def get_urls(self):
         return [
-            path("<path:object_id>/timeline/", self.admin_site.admin_view(self.timeline_view),
-                 name="integrations_ticket_timeline"),
+            path(
+                "<path:object_id>/timeline/",
+                self.admin_site.admin_view(self.timeline_view),
+                name="integrations_ticket_timeline",
+            ),
         ] + super().get_urls()
 
     def timeline_view(self, request, object_id):
-        ticket = get_object_or_404(self.get_queryset(request).select_related("tenant", "contact"),
-                                   pk=object_id)
+        ticket = get_object_or_404(
+            self.get_queryset(request).select_related("tenant", "contact"), pk=object_id
+        )
         context = {
-            **self.admin_site.each_context(request), "opts": self.opts, "ticket": ticket,
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "ticket": ticket,
             "items": selectors.ticket_timeline(ticket=ticket),
             "title": _("Ticket %(number)s") % {"number": ticket.ticket_number},
         }
@@ -132,16 +155,24 @@ class ContactAdmin(LogAdmin):
 class DeliveryInline(admin.TabularInline):
     model = Delivery
     extra = 0
-    fields = ["target_link", "status", "attempts", "last_status_code", "last_error",
-              "next_attempt_at", "delivered_at"]
+    fields = [
+        "target_link",
+        "status",
+        "attempts",
+        "last_status_code",
+        "last_error",
+        "next_attempt_at",
+        "delivered_at",
+    ]
     readonly_fields = fields
     can_delete = False
 
     @admin.display(description=_("delivery"))
     def target_link(self, obj):
         url = reverse("admin:integrations_delivery_change", args=[obj.pk])
-        return format_html('<a href="{}">{}</a>', url, obj.partner.name if obj.partner else
-                           _("Engine relay"))
+        return format_html(
+            '<a href="{}">{}</a>', url, obj.partner.name if obj.partner else _("Engine relay")
+        )
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -156,12 +187,28 @@ class DeliveryInline(admin.TabularInline):
 @admin.register(Event)
 class EventAdmin(LogAdmin):
     list_display = ["id", "kind", "source", "ticket_number", "channel", "tenant", "received_at"]
-    list_filter = [EventRecentFilter, "kind", "source",
-                   ("partner", admin.RelatedOnlyFieldListFilter), "ticket__channel"]
+    list_filter = [
+        EventRecentFilter,
+        "kind",
+        "source",
+        ("partner", admin.RelatedOnlyFieldListFilter),
+        "ticket__channel",
+    ]
     search_fields = ["=ticket_number", "=ticket__contact__contact_id", "=id"]
     list_select_related = ["tenant", "ticket"]
-    fields = ["id", "kind", "source", "partner", "tenant", "ticket_link", "sequence",
-              "received_at", "idempotency_key", "payload_pretty", "raw_pretty"]
+    fields = [
+        "id",
+        "kind",
+        "source",
+        "partner",
+        "tenant",
+        "ticket_link",
+        "sequence",
+        "received_at",
+        "idempotency_key",
+        "payload_pretty",
+        "raw_pretty",
+    ]
     readonly_fields = fields
     inlines = [DeliveryInline]
     ordering = ["-received_at"]
@@ -196,8 +243,16 @@ class EventAdmin(LogAdmin):
 class AttemptInline(admin.TabularInline):
     model = DeliveryAttempt
     extra = 0
-    fields = ["number", "created_at", "response_status", "duration_ms", "outcome",
-              "error_class", "error_message", "response_excerpt"]
+    fields = [
+        "number",
+        "created_at",
+        "response_status",
+        "duration_ms",
+        "outcome",
+        "error_class",
+        "error_message",
+        "response_excerpt",
+    ]
     readonly_fields = fields
     can_delete = False
 
@@ -218,14 +273,39 @@ class AttemptInline(admin.TabularInline):
 @admin.register(Delivery)
 class DeliveryAdmin(LogAdmin):
     tenant_path = "tenant"
-    list_display = ["id", "event_link", "ticket_number", "target_name", "status", "attempts",
-                    "next_attempt_at", "last_status_code", "created_at"]
-    list_filter = [RecentFilter, "status", ("partner", admin.RelatedOnlyFieldListFilter),
-                   "endpoint", "ticket__channel"]
+    list_display = [
+        "id",
+        "event_link",
+        "ticket_number",
+        "target_name",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "last_status_code",
+        "created_at",
+    ]
+    list_filter = [
+        RecentFilter,
+        "status",
+        ("partner", admin.RelatedOnlyFieldListFilter),
+        "endpoint",
+        "ticket__channel",
+    ]
     search_fields = ["=ticket__ticket_number", "=ticket__contact__contact_id"]
     list_select_related = ["partner", "ticket", "event"]
-    fields = ["event_link", "ticket_number", "target_name", "endpoint", "status", "attempts",
-              "next_attempt_at", "last_status_code", "last_error", "delivered_at", "created_at"]
+    fields = [
+        "event_link",
+        "ticket_number",
+        "target_name",
+        "endpoint",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "last_status_code",
+        "last_error",
+        "delivered_at",
+        "created_at",
+    ]
     readonly_fields = fields
     inlines = [AttemptInline]
     ordering = ["-id"]
@@ -270,8 +350,11 @@ class DeliveryAdmin(LogAdmin):
             else:
                 count += 1
                 self.log_change(request, delivery, done)
-        messages.success(request, _("%(n)d done, %(r)d skipped (not in a state that allows "
-                                    "it).") % {"n": count, "r": refused})
+        messages.success(
+            request,
+            _("%(n)d done, %(r)d skipped (not in a state that allows it).")
+            % {"n": count, "r": refused},
+        )
 
     @admin.action(description=_("Redeliver the selected deliveries"), permissions=["redeliver"])
     def redeliver(self, request, queryset):
@@ -285,13 +368,31 @@ class DeliveryAdmin(LogAdmin):
 @admin.register(DeliveryAttempt)
 class DeliveryAttemptAdmin(LogAdmin):
     tenant_path = "delivery__tenant"
-    list_display = ["delivery", "number", "response_status", "duration_ms", "outcome",
-                    "error_class", "created_at"]
+    list_display = [
+        "delivery",
+        "number",
+        "response_status",
+        "duration_ms",
+        "outcome",
+        "error_class",
+        "created_at",
+    ]
     list_filter = ["outcome"]
     list_select_related = ["delivery"]
-    fields = ["delivery", "number", "url", "request_headers", "response_status",
-              "response_headers", "response_body", "duration_ms", "outcome", "error_class",
-              "error_message", "created_at"]
+    fields = [
+        "delivery",
+        "number",
+        "url",
+        "request_headers",
+        "response_status",
+        "response_headers",
+        "response_body",
+        "duration_ms",
+        "outcome",
+        "error_class",
+        "error_message",
+        "created_at",
+    ]
     readonly_fields = fields
     ordering = ["-id"]
 
@@ -315,6 +416,9 @@ class SuperuserOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-admin.site.register(IdempotencyRecord, SuperuserOnlyAdmin,
-                    list_display=["holder", "key", "state", "response_status", "created_at"])
+admin.site.register(
+    IdempotencyRecord,
+    SuperuserOnlyAdmin,
+    list_display=["holder", "key", "state", "response_status", "created_at"],
+)
 admin.site.register(WorkerHeartbeat, SuperuserOnlyAdmin, list_display=["marker", "seen_at"])

@@ -25,7 +25,8 @@ def tenant_roles(request) -> dict[int, str]:
         user = request.user
         request._portal_roles = (
             dict(TenantMembership.objects.filter(user=user).values_list("tenant_id", "role"))
-            if user.is_authenticated and user.is_active else {}
+            if user.is_authenticated and user.is_active
+            else {}
         )
     return request._portal_roles
 
@@ -76,8 +77,11 @@ class TenantScopedAdmin(admin.ModelAdmin):
         return any(action in self.role_permissions.get(r, set()) for r in roles.values())
 
     def has_module_permission(self, request) -> bool:
-        return request.user.is_active and request.user.is_staff and (
-            request.user.is_superuser or bool(tenant_roles(request)))
+        return (
+            request.user.is_active
+            and request.user.is_staff
+            and (request.user.is_superuser or bool(tenant_roles(request)))
+        )
 
     def has_view_permission(self, request, obj=None) -> bool:
         return self._allowed(request, "view", obj) or self._allowed(request, "change", obj)
@@ -132,8 +136,10 @@ class EstimatedCountPaginator(Paginator):
         qs = self.object_list
         if connection.vendor == "postgresql" and not qs.query.where:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE relname = %s",
-                               [qs.model._meta.db_table])
+                cursor.execute(
+                    "SELECT reltuples::bigint FROM pg_class WHERE relname = %s",
+                    [qs.model._meta.db_table],
+                )
                 row = cursor.fetchone()
             if row and row[0] > self.CAP:
                 return int(row[0])

@@ -19,11 +19,13 @@ class ApiKeyAuthentication(BaseAuthentication):
         header = request.META.get("HTTP_AUTHORIZATION", "")
         scheme, _, raw = header.partition(" ")
         if not header:
-            raise Unauthorized("Send your API key as 'Authorization: Bearer <key>'.",
-                               code="not_authenticated")
+            raise Unauthorized(
+                "Send your API key as 'Authorization: Bearer <key>'.", code="not_authenticated"
+            )
         if scheme.lower() != "bearer" or not raw.strip():
-            raise Unauthorized("The Authorization header must be 'Bearer <key>'.",
-                               code="invalid_key")
+            raise Unauthorized(
+                "The Authorization header must be 'Bearer <key>'.", code="invalid_key"
+            )
         principal = principal_authenticate(raw.strip())
         return principal, principal.api_key
 

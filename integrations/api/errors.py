@@ -36,8 +36,10 @@ def envelope(code: str, message: str, errors: dict | None = None) -> dict:
 
 def _drf_errors(detail) -> dict[str, list[str]]:
     if isinstance(detail, dict):
-        return {str(k): [str(v) for v in (vs if isinstance(vs, list) else [vs])]
-                for k, vs in detail.items()}
+        return {
+            str(k): [str(v) for v in (vs if isinstance(vs, list) else [vs])]
+            for k, vs in detail.items()
+        }
     if isinstance(detail, list):
         return {"non_field_errors": [str(v) for v in detail]}
     return {}
@@ -49,11 +51,13 @@ def api_exception_handler(exc, context) -> Response:
         return Response(envelope(exc.code, exc.message, exc.errors), status=400)
     if isinstance(exc, PortalError):
         headers = {"WWW-Authenticate": 'Bearer realm="api"'} if exc.status_code == 401 else None
-        return Response(envelope(exc.code, exc.message, exc.errors), status=exc.status_code,
-                        headers=headers)
+        return Response(
+            envelope(exc.code, exc.message, exc.errors), status=exc.status_code, headers=headers
+        )
     if isinstance(exc, RequestDataTooBig):
-        return Response(envelope("payload_too_large", "The body is larger than 256 KiB."),
-                        status=413)
+        return Response(
+            envelope("payload_too_large", "The body is larger than 256 KiB."), status=413
+        )
     if isinstance(exc, Http404):
         return Response(envelope("not_found", "Not found."), status=404)
     if isinstance(exc, exceptions.APIException):
@@ -64,14 +68,20 @@ def api_exception_handler(exc, context) -> Response:
             headers["Retry-After"] = str(wait)
             message = f"Too many requests; retry in {wait} s."
         else:
-            message = str(exc.detail) if not isinstance(exc.detail, (dict, list)) else (
-                "The request is not valid."
+            message = (
+                str(exc.detail)
+                if not isinstance(exc.detail, (dict, list))
+                else ("The request is not valid.")
             )
-        return Response(envelope(code, message, _drf_errors(exc.detail)),
-                        status=exc.status_code, headers=headers)
+        return Response(
+            envelope(code, message, _drf_errors(exc.detail)),
+            status=exc.status_code,
+            headers=headers,
+        )
     logger.exception("unhandled API error", exc_info=exc)
-    return Response(envelope("internal_error", "An unexpected error occurred; it was logged."),
-                    status=500)
+    return Response(
+        envelope("internal_error", "An unexpected error occurred; it was logged."), status=500
+    )
 
 
 def handler404(request, exception=None):

@@ -21,15 +21,22 @@ TICKET_STATUS = ("open", "closed")
 
 class _MessageFields(serializers.Serializer):
     ticketNumber = serializers.RegexField(r"^\S+$", max_length=p.MAX_TICKET_NUMBER)
-    channel = serializers.RegexField(p.CHANNEL_PATTERN, max_length=p.MAX_CHANNEL,
-                                     help_text="Lower-case channel name, e.g. whatsapp.")
+    channel = serializers.RegexField(
+        p.CHANNEL_PATTERN,
+        max_length=p.MAX_CHANNEL,
+        help_text="Lower-case channel name, e.g. whatsapp.",
+    )
     message = serializers.CharField(
-        max_length=p.MAX_MESSAGE, allow_blank=True,
+        max_length=p.MAX_MESSAGE,
+        allow_blank=True,
         help_text="text: non-empty; location: 'latitude,longitude'; media: caption or file "
-                  "name, may be empty.")
+        "name, may be empty.",
+    )
     mediaLink = serializers.CharField(
-        max_length=p.MAX_MEDIA_LINK, allow_blank=True,
-        help_text="'' for text and location; an absolute http(s) URL for media.")
+        max_length=p.MAX_MEDIA_LINK,
+        allow_blank=True,
+        help_text="'' for text and location; an absolute http(s) URL for media.",
+    )
     customerName = serializers.CharField(max_length=p.MAX_NAME)
     owner = serializers.CharField(max_length=p.MAX_ID, help_text="The tenant id.")
 
@@ -38,13 +45,13 @@ class IncomingEventSerializer(_MessageFields):
     accountId = serializers.CharField(max_length=p.MAX_ID)
     contactId = serializers.CharField(max_length=p.MAX_ID)
     messageType = serializers.ChoiceField(
-        choices=ALL_TYPES, help_text="Case-insensitive; sticker becomes text (the sticker text).")
+        choices=ALL_TYPES, help_text="Case-insensitive; sticker becomes text (the sticker text)."
+    )
     createdDate = serializers.RegexField(
-        p.CREATED_DATE_PATTERN, help_text="yyyy-MM-dd'T'HH:mm:ss.SSS, the tenant's local time.")
-    groupId = serializers.CharField(max_length=p.MAX_OPTIONAL, required=False,
-                                    allow_blank=True)
-    language = serializers.CharField(max_length=p.MAX_OPTIONAL, required=False,
-                                     allow_blank=True)
+        p.CREATED_DATE_PATTERN, help_text="yyyy-MM-dd'T'HH:mm:ss.SSS, the tenant's local time."
+    )
+    groupId = serializers.CharField(max_length=p.MAX_OPTIONAL, required=False, allow_blank=True)
+    language = serializers.CharField(max_length=p.MAX_OPTIONAL, required=False, allow_blank=True)
 
 
 class EngineOutgoingEventSerializer(_MessageFields):
@@ -135,26 +142,41 @@ class EventDetailSerializer(serializers.Serializer):
 INCOMING_EXAMPLE = OpenApiExample(
     "Incoming text",
     value={
-        "ticketNumber": "294c9ea88f7e649f8c37ae895ebab247", "channel": "whatsapp",
-        "accountId": "628128778222", "contactId": "d61d77735f3fe08bcf6d6b96fa06ba9d",
-        "messageType": "text", "message": "Halo", "mediaLink": "",
-        "customerName": "Farhan Akbar", "createdDate": "2021-04-28T15:39:37.945",
-        "owner": "82ab0fd5cfd1e80d1ff97c0cfc9aa9e2", "groupId": "", "language": "",
+        "ticketNumber": "294c9ea88f7e649f8c37ae895ebab247",
+        "channel": "whatsapp",
+        "accountId": "628128778222",
+        "contactId": "d61d77735f3fe08bcf6d6b96fa06ba9d",
+        "messageType": "text",
+        "message": "Halo",
+        "mediaLink": "",
+        "customerName": "Farhan Akbar",
+        "createdDate": "2021-04-28T15:39:37.945",
+        "owner": "82ab0fd5cfd1e80d1ff97c0cfc9aa9e2",
+        "groupId": "",
+        "language": "",
     },
     request_only=True,
 )
 OUTGOING_EXAMPLE = OpenApiExample(
     "Agent reply",
     value={
-        "ticketNumber": "294c9ea88f7e649f8c37ae895ebab247", "channel": "whatsapp",
-        "messageType": "text", "message": "Halo, ada yang bisa kami bantu?", "mediaLink": "",
-        "customerName": "Farhan Akbar", "owner": "82ab0fd5cfd1e80d1ff97c0cfc9aa9e2",
+        "ticketNumber": "294c9ea88f7e649f8c37ae895ebab247",
+        "channel": "whatsapp",
+        "messageType": "text",
+        "message": "Halo, ada yang bisa kami bantu?",
+        "mediaLink": "",
+        "customerName": "Farhan Akbar",
+        "owner": "82ab0fd5cfd1e80d1ff97c0cfc9aa9e2",
     },
     request_only=True,
 )
 COMMAND_EXAMPLE = OpenApiExample(
     "Close the ticket",
-    value={"ticketNumber": "294c9ea88f7e649f8c37ae895ebab247", "channel": "whatsapp",
-           "owner": "82ab0fd5cfd1e80d1ff97c0cfc9aa9e2", "event": "close"},
+    value={
+        "ticketNumber": "294c9ea88f7e649f8c37ae895ebab247",
+        "channel": "whatsapp",
+        "owner": "82ab0fd5cfd1e80d1ff97c0cfc9aa9e2",
+        "event": "close",
+    },
     request_only=True,
 )

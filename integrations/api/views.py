@@ -37,7 +37,10 @@ from integrations.services.idempotency import (
 _ERRORS = {code: schemas.ErrorSerializer for code in (400, 401, 403, 404, 409, 413, 415, 429)}
 _GET_ERRORS = {code: schemas.ErrorSerializer for code in (400, 401, 403, 404, 429)}
 IDEMPOTENCY_HEADER = OpenApiParameter(
-    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    required=False,
     description="Up to 255 characters; a repeat within 24 h returns the first answer.",
 )
 
@@ -59,20 +62,24 @@ class _IngestView(PortalView):
         raw = _read_json_body(request)
         key = request.META.get("HTTP_IDEMPOTENCY_KEY", "")
         if len(key) > payloads.MAX_IDEMPOTENCY_KEY:
-            raise PortalError("Idempotency-Key may have at most 255 characters.",
-                              code="validation_error",
-                              errors={"Idempotency-Key": ["Too long (max 255)."]})
+            raise PortalError(
+                "Idempotency-Key may have at most 255 characters.",
+                code="validation_error",
+                errors={"Idempotency-Key": ["Too long (max 255)."]},
+            )
         data = payloads.parse_json_object(raw)
         if not key:
             event = self.ingest(data, raw, "")
             return Response(_accepted(event), status=self.success_status)
         record = idempotency_begin(
-            holder=request.user.holder, key=key,
+            holder=request.user.holder,
+            key=key,
             fingerprint=request_fingerprint(request.method, request.path, raw),
         )
         if isinstance(record, Replay):
-            return Response(record.body, status=record.status,
-                            headers={"Idempotent-Replayed": "true"})
+            return Response(
+                record.body, status=record.status, headers={"Idempotent-Replayed": "true"}
+            )
         try:
             with transaction.atomic():
                 event = self.ingest(data, raw, key)
@@ -93,30 +100,42 @@ def _read_json_body(request: Request) -> bytes:
     content_type = request.META.get("CONTENT_TYPE", "")
     media_type, _, params = content_type.partition(";")
     if media_type.strip().lower() != "application/json":
-        raise PortalError("Send the body as Content-Type: application/json.",
-                          code="unsupported_media_type").with_status(415)
-    charset = next((p.split("=", 1)[1].strip().strip('"').lower() for p in params.split(";")
-                    if p.strip().lower().startswith("charset=")), "utf-8")
+        raise PortalError(
+            "Send the body as Content-Type: application/json.", code="unsupported_media_type"
+        ).with_status(415)
+    charset = next(
+        (
+            p.split("=", 1)[1].strip().strip('"').lower()
+            for p in params.split(";")
+            if p.strip().lower().startswith("charset=")
+        ),
+        "utf-8",
+    )
     if charset not in ("utf-8", "utf8"):
-        raise PortalError("The body must be UTF-8 JSON.",
-                          code="unsupported_media_type").with_status(415)
+        raise PortalError(
+            "The body must be UTF-8 JSON.", code="unsupported_media_type"
+        ).with_status(415)
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         length = 0
     if length > settings.PORTAL_MAX_BODY_BYTES:
-        raise PortalError("The body is larger than 256 KiB.",
-                          code="payload_too_large").with_status(413)
+        raise PortalError("The body is larger than 256 KiB.", code="payload_too_large").with_status(
+            413
+        )
     try:
         return request.body
     except RequestDataTooBig:
-        raise PortalError("The body is larger than 256 KiB.",
-                          code="payload_too_large").with_status(413) from None
+        raise PortalError("The body is larger than 256 KiB.", code="payload_too_large").with_status(
+            413
+        ) from None
 
 
 def _ingest_schema(request_serializer, example, status: int, summary: str) -> Callable:
     return extend_schema(
-        summary=summary, request=request_serializer, examples=[example],
+        summary=summary,
+        request=request_serializer,
+        examples=[example],
         parameters=[IDEMPOTENCY_HEADER],
         responses={status: schemas.AcceptedSerializer, **_ERRORS},
     )
@@ -126,58 +145,86 @@ class EngineIncomingView(_IngestView):
     permission_classes = [IsEngine]
     success_status = 202
 
-    @_ingest_schema(schemas.IncomingEventSerializer, schemas.INCOMING_EXAMPLE, 202,
-                    "Engine: a customer's message (incoming event)")
+    @_ingest_schema(
+        schemas.IncomingEventSerializer,
+        schemas.INCOMING_EXAMPLE,
+        202,
+        "Engine: a customer's message (incoming event)",
+    )
     def post(self, request: Request) -> Response:
         return super().post(request)
 
     def ingest(self, data: dict, raw: bytes, idempotency_key: str) -> Event:
         return event_services.event_ingest_incoming(
-            principal=self.request.user, msg=payloads.parse_incoming(data), raw_body=raw,
-            idempotency_key=idempotency_key)
+            principal=self.request.user,
+            msg=payloads.parse_incoming(data),
+            raw_body=raw,
+            idempotency_key=idempotency_key,
+        )
 
 
 class EngineOutgoingView(_IngestView):
     permission_classes = [IsEngine]
     success_status = 202
 
-    @_ingest_schema(schemas.EngineOutgoingEventSerializer, schemas.OUTGOING_EXAMPLE, 202,
-                    "Engine: a message the platform sent (mirrored to partners)")
+    @_ingest_schema(
+        schemas.EngineOutgoingEventSerializer,
+        schemas.OUTGOING_EXAMPLE,
+        202,
+        "Engine: a message the platform sent (mirrored to partners)",
+    )
     def post(self, request: Request) -> Response:
         return super().post(request)
 
     def ingest(self, data: dict, raw: bytes, idempotency_key: str) -> Event:
         return event_services.event_ingest_engine_outgoing(
-            principal=self.request.user, msg=payloads.parse_outgoing(data, from_engine=True),
-            raw_body=raw, idempotency_key=idempotency_key)
+            principal=self.request.user,
+            msg=payloads.parse_outgoing(data, from_engine=True),
+            raw_body=raw,
+            idempotency_key=idempotency_key,
+        )
 
 
 class PartnerOutgoingView(_IngestView):
     permission_classes = [IsPartner]
 
-    @_ingest_schema(schemas.PartnerOutgoingEventSerializer, schemas.OUTGOING_EXAMPLE, 200,
-                    "Partner: reply to the customer on a ticket")
+    @_ingest_schema(
+        schemas.PartnerOutgoingEventSerializer,
+        schemas.OUTGOING_EXAMPLE,
+        200,
+        "Partner: reply to the customer on a ticket",
+    )
     def post(self, request: Request) -> Response:
         return super().post(request)
 
     def ingest(self, data: dict, raw: bytes, idempotency_key: str) -> Event:
         return event_services.event_ingest_partner_outgoing(
-            principal=self.request.user, msg=payloads.parse_outgoing(data, from_engine=False),
-            raw_body=raw, idempotency_key=idempotency_key)
+            principal=self.request.user,
+            msg=payloads.parse_outgoing(data, from_engine=False),
+            raw_body=raw,
+            idempotency_key=idempotency_key,
+        )
 
 
 class PartnerCommandView(_IngestView):
     permission_classes = [IsPartner]
 
-    @_ingest_schema(schemas.CommandEventSerializer, schemas.COMMAND_EXAMPLE, 200,
-                    "Partner: ticket command (close)")
+    @_ingest_schema(
+        schemas.CommandEventSerializer,
+        schemas.COMMAND_EXAMPLE,
+        200,
+        "Partner: ticket command (close)",
+    )
     def post(self, request: Request) -> Response:
         return super().post(request)
 
     def ingest(self, data: dict, raw: bytes, idempotency_key: str) -> Event:
         return event_services.event_ingest_command(
-            principal=self.request.user, cmd=payloads.parse_command(data), raw_body=raw,
-            idempotency_key=idempotency_key)
+            principal=self.request.user,
+            cmd=payloads.parse_command(data),
+            raw_body=raw,
+            idempotency_key=idempotency_key,
+        )
 
 
 def _int_param(request: Request, name: str, default: int, *, minimum: int, maximum: int) -> int:
@@ -189,9 +236,11 @@ def _int_param(request: Request, name: str, default: int, *, minimum: int, maxim
     except ValueError:
         value = minimum - 1
     if not minimum <= value <= maximum:
-        raise PortalError(f"{name} must be a whole number from {minimum} to {maximum}.",
-                          code="validation_error",
-                          errors={name: [f"Must be from {minimum} to {maximum}."]})
+        raise PortalError(
+            f"{name} must be a whole number from {minimum} to {maximum}.",
+            code="validation_error",
+            errors={name: [f"Must be from {minimum} to {maximum}."]},
+        )
     return value
 
 
@@ -207,11 +256,17 @@ class TicketMessagesView(PortalView):
         responses={200: schemas.HistorySerializer, **_GET_ERRORS},
     )
     def get(self, request: Request, ticket_number: str) -> Response:
-        limit = _int_param(request, "limit", selectors.HISTORY_DEFAULT_LIMIT, minimum=1,
-                           maximum=selectors.HISTORY_MAX_LIMIT)
+        limit = _int_param(
+            request,
+            "limit",
+            selectors.HISTORY_DEFAULT_LIMIT,
+            minimum=1,
+            maximum=selectors.HISTORY_MAX_LIMIT,
+        )
         after = _int_param(request, "after", 0, minimum=0, maximum=2**62)
-        page = selectors.ticket_history(principal=request.user, ticket_number=ticket_number,
-                                        after=after, limit=limit)
+        page = selectors.ticket_history(
+            principal=request.user, ticket_number=ticket_number, after=after, limit=limit
+        )
         next_url = None
         if page.next_after is not None:
             query = urlencode({"limit": limit, "after": page.next_after})
@@ -222,8 +277,10 @@ class TicketMessagesView(PortalView):
 class ContactView(PortalView):
     permission_classes = [IsPartner]
 
-    @extend_schema(summary="Partner: a contact and its tickets",
-                   responses={200: schemas.ContactSerializer, **_GET_ERRORS})
+    @extend_schema(
+        summary="Partner: a contact and its tickets",
+        responses={200: schemas.ContactSerializer, **_GET_ERRORS},
+    )
     def get(self, request: Request, contact_id: str) -> Response:
         return Response(selectors.contact_detail(principal=request.user, contact_id=contact_id))
 
@@ -231,7 +288,9 @@ class ContactView(PortalView):
 class EventDetailView(PortalView):
     permission_classes = []
 
-    @extend_schema(summary="One event and the status of its deliveries",
-                   responses={200: schemas.EventDetailSerializer, **_GET_ERRORS})
+    @extend_schema(
+        summary="One event and the status of its deliveries",
+        responses={200: schemas.EventDetailSerializer, **_GET_ERRORS},
+    )
     def get(self, request: Request, event_id: str) -> Response:
         return Response(selectors.event_detail(principal=request.user, event_id=event_id))

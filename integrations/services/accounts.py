@@ -38,9 +38,7 @@ def validate_base_url(url: str) -> str:
     try:
         URLValidator(schemes=["http", "https"])(url)
     except ValidationError:
-        raise PortalError(
-            f"{url!r} is not an absolute http(s) URL.", code="invalid_url"
-        ) from None
+        raise PortalError(f"{url!r} is not an absolute http(s) URL.", code="invalid_url") from None
     return url.rstrip("/")
 
 
@@ -56,12 +54,15 @@ def tenant_create(*, owner: str, name: str, time_zone: str = "Asia/Jakarta") -> 
     try:
         with transaction.atomic():
             return Tenant.objects.create(
-                owner=owner, name=name, time_zone=time_zone,
+                owner=owner,
+                name=name,
+                time_zone=time_zone,
                 engine_signing_secret=generate_secret(),
             )
     except IntegrityError:
-        raise Conflict(f"A tenant with owner {owner!r} exists already.",
-                       code="duplicate_owner") from None
+        raise Conflict(
+            f"A tenant with owner {owner!r} exists already.", code="duplicate_owner"
+        ) from None
 
 
 def tenant_get(*, owner: str) -> Tenant:
@@ -72,9 +73,14 @@ def tenant_get(*, owner: str) -> Tenant:
         raise NotFound(f"No tenant with owner {owner!r}.", code="unknown_owner") from None
 
 
-def api_key_create(*, kind: str, partner: Partner | None = None,
-                   tenants: list[Tenant] | None = None, name: str = "",
-                   expires_at: datetime | None = None) -> tuple[ApiKey, str]:
+def api_key_create(
+    *,
+    kind: str,
+    partner: Partner | None = None,
+    tenants: list[Tenant] | None = None,
+    name: str = "",
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
     """Create a key and return it with its raw value, which is never stored or shown again."""
     key = ApiKey(kind=kind, partner=partner, name=name, expires_at=expires_at)
     raw = api_key_generate(key=key)
@@ -142,11 +148,7 @@ def principal_authenticate(raw: str) -> Principal:
     prefix, dot, _ = raw.partition(".")
     if not dot or len(prefix) > 32:
         raise Unauthorized("The API key is not valid.", code="invalid_key")
-    key = (
-        ApiKey.objects.select_related("partner__tenant")
-        .filter(prefix=prefix)
-        .first()
-    )
+    key = ApiKey.objects.select_related("partner__tenant").filter(prefix=prefix).first()
     # Compare hashes in constant time even when the prefix is unknown.
     expected = key.key_hash if key else "0" * 64
     if not hmac.compare_digest(expected, _hash_key(raw)) or key is None:
@@ -169,9 +171,15 @@ def principal_authenticate(raw: str) -> Principal:
     return Principal(api_key=key, partner=None, tenant_ids=tenant_ids or None)
 
 
-def partner_create(*, tenant: Tenant, name: str, base_url: str, incoming_message_path: str,
-                   send_message_path: str, channels: list[str] | None = None
-                   ) -> tuple[Partner, str, str]:
+def partner_create(
+    *,
+    tenant: Tenant,
+    name: str,
+    base_url: str,
+    incoming_message_path: str,
+    send_message_path: str,
+    channels: list[str] | None = None,
+) -> tuple[Partner, str, str]:
     """Create a partner with one API key and one signing secret.
 
     Returns (partner, raw API key, signing secret); both are shown once.
@@ -184,22 +192,26 @@ def partner_create(*, tenant: Tenant, name: str, base_url: str, incoming_message
     paths = {"incoming path": incoming_message_path, "send path": send_message_path}
     for label, path in paths.items():
         if not path.startswith("/") or any(ch.isspace() for ch in path):
-            raise PortalError(f"The {label} must start with '/' and have no spaces.",
-                              code="invalid_path")
+            raise PortalError(
+                f"The {label} must start with '/' and have no spaces.", code="invalid_path"
+            )
     channel_list = sorted({c.strip().lower() for c in channels or [] if c.strip()})
     try:
         with transaction.atomic():
             partner = Partner.objects.create(
-                tenant=tenant, name=name, base_url=base_url,
+                tenant=tenant,
+                name=name,
+                base_url=base_url,
                 incoming_message_path=incoming_message_path,
-                send_message_path=send_message_path, channels=channel_list,
+                send_message_path=send_message_path,
+                channels=channel_list,
             )
-            _, raw_key = api_key_create(kind=ApiKey.Kind.PARTNER, partner=partner,
-                                        name="initial")
+            _, raw_key = api_key_create(kind=ApiKey.Kind.PARTNER, partner=partner, name="initial")
             secret = SigningSecret.objects.create(partner=partner, secret=generate_secret())
     except IntegrityError:
-        raise Conflict(f"Tenant {tenant.owner!r} already has a partner named {name!r}.",
-                       code="duplicate_name") from None
+        raise Conflict(
+            f"Tenant {tenant.owner!r} already has a partner named {name!r}.", code="duplicate_name"
+        ) from None
     return partner, raw_key, secret.secret
 
 
@@ -216,15 +228,15 @@ def signing_secret_rotate(*, partner: Partner, overlap_hours: int = 24) -> Signi
         return SigningSecret.objects.create(partner=partner, secret=generate_secret())
 
 
-def user_create(*, tenant: Tenant, username: str, role: str, email: str = ""
-                ) -> tuple[object, str]:
+def user_create(*, tenant: Tenant, username: str, role: str, email: str = "") -> tuple[object, str]:
     """Create a staff user with a generated password and a role in the tenant.
 
     Returns (user, password); raises PortalError (bad role) and Conflict (username taken).
     """
     if role not in TenantMembership.Role.values:
-        raise PortalError(f"role must be one of {', '.join(TenantMembership.Role.values)}.",
-                          code="invalid_role")
+        raise PortalError(
+            f"role must be one of {', '.join(TenantMembership.Role.values)}.", code="invalid_role"
+        )
     username = username.strip()
     if not username:
         raise PortalError("username is required.", code="invalid_arguments")
@@ -237,6 +249,7 @@ def user_create(*, tenant: Tenant, username: str, role: str, email: str = ""
             )
             TenantMembership.objects.create(user=user, tenant=tenant, role=role)
     except IntegrityError:
-        raise Conflict(f"A user named {username!r} exists already.",
-                       code="duplicate_username") from None
+        raise Conflict(
+            f"A user named {username!r} exists already.", code="duplicate_username"
+        ) from None
     return user, password

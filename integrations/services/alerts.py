@@ -30,8 +30,9 @@ def tenant_admin_emails(*, tenant_id: int) -> list[str]:
 def _send(partner: Partner, subject: str, body: str) -> bool:
     recipients = tenant_admin_emails(tenant_id=partner.tenant_id)
     if not recipients:
-        logger.warning("no admin e-mail for tenant %s: alert not sent: %s",
-                       partner.tenant.owner, subject)
+        logger.warning(
+            "no admin e-mail for tenant %s: alert not sent: %s", partner.tenant.owner, subject
+        )
         return False
     try:
         send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, recipients)
@@ -60,9 +61,14 @@ def deliveries_dead_alert(*, partner_id: int, now: datetime) -> bool:
 
     The hourly slot is taken with a conditional UPDATE, so concurrent workers send one mail.
     """
-    taken = Partner.objects.filter(pk=partner_id).filter(
-        Q(dead_alert_sent_at__isnull=True) | Q(dead_alert_sent_at__lte=now - DEAD_ALERT_INTERVAL)
-    ).update(dead_alert_sent_at=now)
+    taken = (
+        Partner.objects.filter(pk=partner_id)
+        .filter(
+            Q(dead_alert_sent_at__isnull=True)
+            | Q(dead_alert_sent_at__lte=now - DEAD_ALERT_INTERVAL)
+        )
+        .update(dead_alert_sent_at=now)
+    )
     if not taken:
         return False
     partner = Partner.objects.select_related("tenant").get(pk=partner_id)

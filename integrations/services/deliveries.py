@@ -154,13 +154,18 @@ def delivery_attempt(*, delivery_id: int) -> str:
     schedule = retry_schedule_for(delivery.partner)
     if delivery.attempts - delivery.retry_base > len(schedule):
         # The previous holder died after taking the last try; nothing is sent again.
-        _finish(delivery, token, Delivery.Status.DEAD,
-                error="Attempts used up (a worker was lost during the last one).")
+        _finish(
+            delivery,
+            token,
+            Delivery.Status.DEAD,
+            error="Attempts used up (a worker was lost during the last one).",
+        )
         return Delivery.Status.DEAD
     target = _target_for(delivery, now)
     if not target.url:
-        _finish(delivery, token, Delivery.Status.NOT_CONFIGURED,
-                error="No engine relay is configured.")
+        _finish(
+            delivery, token, Delivery.Status.NOT_CONFIGURED, error="No engine relay is configured."
+        )
         return Delivery.Status.NOT_CONFIGURED
     try:
         result = send_webhook(
@@ -177,15 +182,27 @@ def delivery_attempt(*, delivery_id: int) -> str:
         # A configuration problem (no usable signing secret, say): retrying cannot fix it,
         # so the delivery is dead with the reason recorded, not left leased.
         result = DeliveryResult(
-            outcome=Outcome.DEAD, status_code=None, request_headers={}, response_headers={},
-            response_body=b"", duration_ms=0, error_class="configuration_error",
-            error_message=str(exc)[:1000], retry_after=None, gone=False,
+            outcome=Outcome.DEAD,
+            status_code=None,
+            request_headers={},
+            response_headers={},
+            response_body=b"",
+            duration_ms=0,
+            error_class="configuration_error",
+            error_message=str(exc)[:1000],
+            retry_after=None,
+            gone=False,
         )
     return _record(delivery, token, target.url, result, schedule)
 
 
-def _record(delivery: Delivery, token: uuid.UUID, url: str, result: DeliveryResult,
-            schedule: tuple[int, ...]) -> str:
+def _record(
+    delivery: Delivery,
+    token: uuid.UUID,
+    url: str,
+    result: DeliveryResult,
+    schedule: tuple[int, ...],
+) -> str:
     now = timezone.now()
     error = result.error_message or (
         f"HTTP {result.status_code}" if result.outcome != Outcome.SUCCESS else ""
@@ -194,26 +211,35 @@ def _record(delivery: Delivery, token: uuid.UUID, url: str, result: DeliveryResu
         status, next_at = Delivery.Status.SUCCEEDED, None
     else:
         tries = delivery.attempts - delivery.retry_base
-        delay = _next_delay(result, tries, schedule) if (
-            result.outcome == Outcome.RETRY
-        ) else None
+        delay = _next_delay(result, tries, schedule) if (result.outcome == Outcome.RETRY) else None
         if delay is None:
             status, next_at = Delivery.Status.DEAD, None
         else:
             status, next_at = Delivery.Status.RETRYING, now + timedelta(seconds=delay)
     with transaction.atomic():
         DeliveryAttempt.objects.create(
-            delivery=delivery, number=delivery.attempts, url=url,
-            request_headers=result.request_headers, response_status=result.status_code,
+            delivery=delivery,
+            number=delivery.attempts,
+            url=url,
+            request_headers=result.request_headers,
+            response_status=result.status_code,
             response_headers=result.response_headers,
             response_body=result.response_body[:STORED_BODY_BYTES].decode("utf-8", "replace"),
-            duration_ms=result.duration_ms, outcome=result.outcome,
-            error_class=result.error_class, error_message=result.error_message[:1000],
+            duration_ms=result.duration_ms,
+            outcome=result.outcome,
+            error_class=result.error_class,
+            error_message=result.error_message[:1000],
         )
         Delivery.objects.filter(pk=delivery.pk, lease_token=token).update(
-            status=status, next_attempt_at=next_at, lease_token=None, lease_expires_at=None,
-            dispatched_at=None, last_status_code=result.status_code, last_error=error[:500],
-            delivered_at=now if status == Delivery.Status.SUCCEEDED else None, updated_at=now,
+            status=status,
+            next_attempt_at=next_at,
+            lease_token=None,
+            lease_expires_at=None,
+            dispatched_at=None,
+            last_status_code=result.status_code,
+            last_error=error[:500],
+            delivered_at=now if status == Delivery.Status.SUCCEEDED else None,
+            updated_at=now,
         )
         paused_now = False
         if delivery.partner_id is not None:
@@ -231,8 +257,12 @@ def _record(delivery: Delivery, token: uuid.UUID, url: str, result: DeliveryResu
 def _finish(delivery: Delivery, token: uuid.UUID, status: str, *, error: str) -> None:
     with transaction.atomic():
         Delivery.objects.filter(pk=delivery.pk, lease_token=token).update(
-            status=status, next_attempt_at=None, lease_token=None, lease_expires_at=None,
-            last_error=error, updated_at=timezone.now(),
+            status=status,
+            next_attempt_at=None,
+            lease_token=None,
+            lease_expires_at=None,
+            last_error=error,
+            updated_at=timezone.now(),
         )
         _queue_next_in_order(delivery)
 
@@ -240,8 +270,9 @@ def _finish(delivery: Delivery, token: uuid.UUID, status: str, *, error: str) ->
 def _queue_next_in_order(delivery: Delivery) -> None:
     """When a delivery becomes final, the next one of its (target, ticket) goes at once."""
     next_id = (
-        Delivery.objects.filter(target=delivery.target, ticket_id=delivery.ticket_id,
-                                id__gt=delivery.pk)
+        Delivery.objects.filter(
+            target=delivery.target, ticket_id=delivery.ticket_id, id__gt=delivery.pk
+        )
         .exclude(status__in=Delivery.FINAL_STATUSES)
         .order_by("id")
         .values_list("id", flat=True)
@@ -262,27 +293,33 @@ def _partner_health_update(partner_id: int, result: DeliveryResult, now: datetim
     partners = Partner.objects.filter(pk=partner_id)
     if result.outcome == Outcome.SUCCESS:
         partners.update(
-            consecutive_failures=0, failing_since=None, last_success_at=now,
+            consecutive_failures=0,
+            failing_since=None,
+            last_success_at=now,
             success_count=F("success_count") + 1,
-            latency_ms_avg=Coalesce(F("latency_ms_avg") * 0.8 + result.duration_ms * 0.2,
-                                    float(result.duration_ms)),
+            latency_ms_avg=Coalesce(
+                F("latency_ms_avg") * 0.8 + result.duration_ms * 0.2, float(result.duration_ms)
+            ),
         )
         return False
     partners.update(
         consecutive_failures=F("consecutive_failures") + 1,
-        failing_since=Coalesce(F("failing_since"), now), last_failure_at=now,
+        failing_since=Coalesce(F("failing_since"), now),
+        last_failure_at=now,
         failure_count=F("failure_count") + 1,
         last_error=(result.error_message or f"HTTP {result.status_code}")[:500],
     )
     if result.gone:
-        return partner_pause(partner_id=partner_id, reason="The partner answered 410 Gone.",
-                             now=now)
+        return partner_pause(
+            partner_id=partner_id, reason="The partner answered 410 Gone.", now=now
+        )
     # failing_since is cleared by every success, so it marks the start of an unbroken run of
     # failures; a run longer than PORTAL_PARTNER_PAUSE_AFTER pauses the partner.
     limit = now - timedelta(seconds=settings.PORTAL_PARTNER_PAUSE_AFTER)
     if partners.filter(failing_since__lte=limit).exists():
         return partner_pause(
-            partner_id=partner_id, now=now,
+            partner_id=partner_id,
+            now=now,
             reason="Every attempt failed for longer than PORTAL_PARTNER_PAUSE_AFTER.",
         )
     return False

@@ -34,8 +34,10 @@ class EngineRelay:
     token: str
 
     def url_for(self, endpoint: str) -> str:
-        path = self.message_path if endpoint == Delivery.Endpoint.ENGINE_MESSAGE else (
-            self.command_path
+        path = (
+            self.message_path
+            if endpoint == Delivery.Endpoint.ENGINE_MESSAGE
+            else (self.command_path)
         )
         if not self.base_url or not path:
             return ""
@@ -61,8 +63,12 @@ def _ticket_for_update(tenant: Tenant, ticket_number: str) -> Ticket | None:
 
 
 def _contact_upsert(tenant: Tenant, msg: MessagePayload, now) -> Contact:
-    fields = {"customer_name": msg.customer_name, "channel": msg.channel,
-              "account_id": msg.account_id, "last_seen": now}
+    fields = {
+        "customer_name": msg.customer_name,
+        "channel": msg.channel,
+        "account_id": msg.account_id,
+        "last_seen": now,
+    }
     updated = Contact.objects.filter(tenant=tenant, contact_id=msg.contact_id).update(**fields)
     if not updated:
         try:
@@ -83,10 +89,15 @@ def _ticket_upsert(tenant: Tenant, msg: MessagePayload, contact: Contact) -> Tic
         try:
             with transaction.atomic():
                 ticket = Ticket.objects.create(
-                    tenant=tenant, ticket_number=msg.ticket_number, contact=contact,
-                    channel=msg.channel, account_id=msg.account_id,
-                    customer_name=msg.customer_name, created_date=created_date,
-                    group_id=msg.group_id, language=msg.language,
+                    tenant=tenant,
+                    ticket_number=msg.ticket_number,
+                    contact=contact,
+                    channel=msg.channel,
+                    account_id=msg.account_id,
+                    customer_name=msg.customer_name,
+                    created_date=created_date,
+                    group_id=msg.group_id,
+                    language=msg.language,
                 )
         except IntegrityError:  # a concurrent first message created it: lock that row
             ticket = _ticket_for_update(tenant, msg.ticket_number)
@@ -106,17 +117,32 @@ def _ticket_upsert(tenant: Tenant, msg: MessagePayload, contact: Contact) -> Tic
     return ticket
 
 
-def _event_create(*, tenant: Tenant, ticket: Ticket, kind: str, principal: Principal,
-                  payload: dict, raw_body: bytes, idempotency_key: str, now) -> Event:
+def _event_create(
+    *,
+    tenant: Tenant,
+    ticket: Ticket,
+    kind: str,
+    principal: Principal,
+    payload: dict,
+    raw_body: bytes,
+    idempotency_key: str,
+    now,
+) -> Event:
     """Take the ticket's next sequence number (the ticket row is locked) and store the event."""
     ticket.last_sequence += 1
     ticket.save()
     return Event.objects.create(
-        tenant=tenant, kind=kind,
+        tenant=tenant,
+        kind=kind,
         source=Event.Source.ENGINE if principal.is_engine else Event.Source.PARTNER,
-        partner=principal.partner, ticket=ticket, ticket_number=ticket.ticket_number,
-        sequence=ticket.last_sequence, raw_body=raw_body, payload=payload,
-        idempotency_key=idempotency_key, received_at=now,
+        partner=principal.partner,
+        ticket=ticket,
+        ticket_number=ticket.ticket_number,
+        sequence=ticket.last_sequence,
+        raw_body=raw_body,
+        payload=payload,
+        idempotency_key=idempotency_key,
+        received_at=now,
     )
 
 
@@ -149,30 +175,52 @@ def _first_attempt_at(partner: Partner | None, now):
     return now + timedelta(seconds=delay) if delay else now
 
 
-def _partner_deliveries(event: Event, partners: list[Partner], endpoint: str, now
-                        ) -> list[Delivery]:
-    return _deliveries_create(event, [
-        Delivery(event=event, tenant_id=event.tenant_id, ticket_id=event.ticket_id, partner=p,
-                 target=f"partner:{p.pk}", endpoint=endpoint,
-                 next_attempt_at=_first_attempt_at(p, now), dispatched_at=now)
-        for p in partners
-    ])
+def _partner_deliveries(
+    event: Event, partners: list[Partner], endpoint: str, now
+) -> list[Delivery]:
+    return _deliveries_create(
+        event,
+        [
+            Delivery(
+                event=event,
+                tenant_id=event.tenant_id,
+                ticket_id=event.ticket_id,
+                partner=p,
+                target=f"partner:{p.pk}",
+                endpoint=endpoint,
+                next_attempt_at=_first_attempt_at(p, now),
+                dispatched_at=now,
+            )
+            for p in partners
+        ],
+    )
 
 
 def _relay_delivery(event: Event, endpoint: str, now) -> Delivery:
     configured = bool(engine_relay_for(event.tenant).url_for(endpoint))
     status = Delivery.Status.PENDING if configured else Delivery.Status.NOT_CONFIGURED
-    return _deliveries_create(event, [
-        Delivery(event=event, tenant_id=event.tenant_id, ticket_id=event.ticket_id,
-                 partner=None, target=Delivery.ENGINE_TARGET, endpoint=endpoint, status=status,
-                 next_attempt_at=_first_attempt_at(None, now) if configured else None,
-                 dispatched_at=now if configured else None,
-                 last_error="" if configured else "No engine relay is configured.")
-    ])[0]
+    return _deliveries_create(
+        event,
+        [
+            Delivery(
+                event=event,
+                tenant_id=event.tenant_id,
+                ticket_id=event.ticket_id,
+                partner=None,
+                target=Delivery.ENGINE_TARGET,
+                endpoint=endpoint,
+                status=status,
+                next_attempt_at=_first_attempt_at(None, now) if configured else None,
+                dispatched_at=now if configured else None,
+                last_error="" if configured else "No engine relay is configured.",
+            )
+        ],
+    )[0]
 
 
-def event_ingest_incoming(*, principal: Principal, msg: MessagePayload, raw_body: bytes,
-                          idempotency_key: str = "") -> Event:
+def event_ingest_incoming(
+    *, principal: Principal, msg: MessagePayload, raw_body: bytes, idempotency_key: str = ""
+) -> Event:
     """Accept an engine incoming event (SPEC §3.1).
 
     Upserts contact and ticket (re-opening a closed ticket), stores the event and queues one
@@ -187,11 +235,19 @@ def event_ingest_incoming(*, principal: Principal, msg: MessagePayload, raw_body
         payload = render_incoming(
             msg, created_date=format_created_date(ticket.created_date, tenant.time_zone)
         )
-        event = _event_create(tenant=tenant, ticket=ticket, kind=Event.Kind.INCOMING,
-                              principal=principal, payload=payload, raw_body=raw_body,
-                              idempotency_key=idempotency_key, now=now)
-        _partner_deliveries(event, _partner_targets(tenant, msg.channel),
-                            Delivery.Endpoint.INCOMING, now)
+        event = _event_create(
+            tenant=tenant,
+            ticket=ticket,
+            kind=Event.Kind.INCOMING,
+            principal=principal,
+            payload=payload,
+            raw_body=raw_body,
+            idempotency_key=idempotency_key,
+            now=now,
+        )
+        _partner_deliveries(
+            event, _partner_targets(tenant, msg.channel), Delivery.Endpoint.INCOMING, now
+        )
     return event
 
 
@@ -210,8 +266,9 @@ def _check_channel(ticket: Ticket, channel: str) -> None:
         )
 
 
-def event_ingest_engine_outgoing(*, principal: Principal, msg: MessagePayload, raw_body: bytes,
-                                 idempotency_key: str = "") -> Event:
+def event_ingest_engine_outgoing(
+    *, principal: Principal, msg: MessagePayload, raw_body: bytes, idempotency_key: str = ""
+) -> Event:
     """Accept an outgoing message from the engine itself (bot greeting, platform agent).
 
     Mirrored to every subscribed partner's send-message path; accepted on a closed ticket
@@ -225,16 +282,25 @@ def event_ingest_engine_outgoing(*, principal: Principal, msg: MessagePayload, r
         payload = render_outgoing(
             msg, created_date=format_created_date(ticket.created_date, tenant.time_zone)
         )
-        event = _event_create(tenant=tenant, ticket=ticket, kind=Event.Kind.OUTGOING,
-                              principal=principal, payload=payload, raw_body=raw_body,
-                              idempotency_key=idempotency_key, now=now)
-        _partner_deliveries(event, _partner_targets(tenant, ticket.channel),
-                            Delivery.Endpoint.SEND, now)
+        event = _event_create(
+            tenant=tenant,
+            ticket=ticket,
+            kind=Event.Kind.OUTGOING,
+            principal=principal,
+            payload=payload,
+            raw_body=raw_body,
+            idempotency_key=idempotency_key,
+            now=now,
+        )
+        _partner_deliveries(
+            event, _partner_targets(tenant, ticket.channel), Delivery.Endpoint.SEND, now
+        )
     return event
 
 
-def event_ingest_partner_outgoing(*, principal: Principal, msg: MessagePayload,
-                                  raw_body: bytes, idempotency_key: str = "") -> Event:
+def event_ingest_partner_outgoing(
+    *, principal: Principal, msg: MessagePayload, raw_body: bytes, idempotency_key: str = ""
+) -> Event:
     """Accept a partner's reply to the customer; relayed to the engine only (no echo).
 
     Raises Forbidden, NotFound (unknown ticket), Conflict (ticket closed, other channel).
@@ -249,15 +315,23 @@ def event_ingest_partner_outgoing(*, principal: Principal, msg: MessagePayload,
         payload = render_outgoing(
             msg, created_date=format_created_date(ticket.created_date, tenant.time_zone)
         )
-        event = _event_create(tenant=tenant, ticket=ticket, kind=Event.Kind.OUTGOING,
-                              principal=principal, payload=payload, raw_body=raw_body,
-                              idempotency_key=idempotency_key, now=now)
+        event = _event_create(
+            tenant=tenant,
+            ticket=ticket,
+            kind=Event.Kind.OUTGOING,
+            principal=principal,
+            payload=payload,
+            raw_body=raw_body,
+            idempotency_key=idempotency_key,
+            now=now,
+        )
         _relay_delivery(event, Delivery.Endpoint.ENGINE_MESSAGE, now)
     return event
 
 
-def event_ingest_command(*, principal: Principal, cmd: CommandPayload, raw_body: bytes,
-                         idempotency_key: str = "") -> Event:
+def event_ingest_command(
+    *, principal: Principal, cmd: CommandPayload, raw_body: bytes, idempotency_key: str = ""
+) -> Event:
     """Apply a partner's ticket command (`close`) and relay it to the engine.
 
     Closing a closed ticket is logged as an event but queues no relay.
@@ -273,9 +347,16 @@ def event_ingest_command(*, principal: Principal, cmd: CommandPayload, raw_body:
             ticket.status = Ticket.Status.CLOSED
             ticket.closed_at = now
             ticket.closed_by = principal.partner.name if principal.partner else "engine"
-        event = _event_create(tenant=tenant, ticket=ticket, kind=Event.Kind.COMMAND,
-                              principal=principal, payload=render_command(cmd),
-                              raw_body=raw_body, idempotency_key=idempotency_key, now=now)
+        event = _event_create(
+            tenant=tenant,
+            ticket=ticket,
+            kind=Event.Kind.COMMAND,
+            principal=principal,
+            payload=render_command(cmd),
+            raw_body=raw_body,
+            idempotency_key=idempotency_key,
+            now=now,
+        )
         if not already_closed:
             _relay_delivery(event, Delivery.Endpoint.ENGINE_COMMAND, now)
     return event

@@ -39,8 +39,7 @@ def request_fingerprint(method: str, path: str, body: bytes) -> str:
     return digest.hexdigest()
 
 
-def idempotency_begin(*, holder: str, key: str, fingerprint: str
-                      ) -> IdempotencyRecord | Replay:
+def idempotency_begin(*, holder: str, key: str, fingerprint: str) -> IdempotencyRecord | Replay:
     """Start a request under a key: returns the new record, or the earlier answer to replay.
 
     Raises Conflict (`idempotency_conflict`) when the key was used with another body, and

@@ -25,8 +25,13 @@ RETENTION_BATCH = 500
 def _restart(queryset, now: datetime) -> int:
     """Put final deliveries back to pending with a fresh retry schedule."""
     return queryset.update(
-        status=Delivery.Status.PENDING, next_attempt_at=now, dispatched_at=None,
-        retry_base=F("attempts"), lease_token=None, lease_expires_at=None, delivered_at=None,
+        status=Delivery.Status.PENDING,
+        next_attempt_at=now,
+        dispatched_at=None,
+        retry_base=F("attempts"),
+        lease_token=None,
+        lease_expires_at=None,
+        delivered_at=None,
         updated_at=now,
     )
 
@@ -58,8 +63,12 @@ def deliveries_recover(*, partner: Partner, since: datetime, until: datetime) ->
     They go out in their original order (per ticket, oldest first). Returns how many.
     """
     return _restart(
-        Delivery.objects.filter(partner=partner, status=Delivery.Status.DEAD,
-                                created_at__gte=since, created_at__lt=until),
+        Delivery.objects.filter(
+            partner=partner,
+            status=Delivery.Status.DEAD,
+            created_at__gte=since,
+            created_at__lt=until,
+        ),
         timezone.now(),
     )
 
@@ -72,11 +81,16 @@ def delivery_cancel(*, delivery: Delivery) -> Delivery:
     with transaction.atomic():
         cancelled = Delivery.objects.filter(
             pk=delivery.pk, status__in=Delivery.WAITING_STATUSES
-        ).update(status=Delivery.Status.CANCELLED, next_attempt_at=None,
-                 last_error="Cancelled by an operator.", updated_at=timezone.now())
+        ).update(
+            status=Delivery.Status.CANCELLED,
+            next_attempt_at=None,
+            last_error="Cancelled by an operator.",
+            updated_at=timezone.now(),
+        )
         if not cancelled:
-            raise Conflict("Only a pending or retrying delivery can be cancelled.",
-                           code="not_cancellable")
+            raise Conflict(
+                "Only a pending or retrying delivery can be cancelled.", code="not_cancellable"
+            )
         _queue_next_in_order(delivery)
     delivery.refresh_from_db()
     return delivery
@@ -88,12 +102,15 @@ def partner_resume(*, partner: Partner) -> Partner:
     now = timezone.now()
     with transaction.atomic():
         Partner.objects.filter(pk=partner.pk).update(
-            state=Partner.State.ACTIVE, state_reason="", state_changed_at=now,
-            consecutive_failures=0, failing_since=None,
+            state=Partner.State.ACTIVE,
+            state_reason="",
+            state_changed_at=now,
+            consecutive_failures=0,
+            failing_since=None,
         )
-        Delivery.objects.filter(
-            partner=partner, status__in=Delivery.WAITING_STATUSES
-        ).update(dispatched_at=None, next_attempt_at=now)
+        Delivery.objects.filter(partner=partner, status__in=Delivery.WAITING_STATUSES).update(
+            dispatched_at=None, next_attempt_at=now
+        )
     partner.refresh_from_db()
     return partner
 
@@ -101,7 +118,8 @@ def partner_resume(*, partner: Partner) -> Partner:
 def partner_disable(*, partner: Partner, reason: str = "") -> Partner:
     """Disable a partner by an admin: its API calls get 403 and nothing is sent to it."""
     Partner.objects.filter(pk=partner.pk).update(
-        state=Partner.State.DISABLED, state_reason=reason or "Disabled by an admin.",
+        state=Partner.State.DISABLED,
+        state_reason=reason or "Disabled by an admin.",
         state_changed_at=timezone.now(),
     )
     partner.refresh_from_db()
@@ -126,30 +144,48 @@ def partner_send_test_event(*, partner: Partner) -> ProbeResult:
     tenant = partner.tenant
     now = timezone.now()
     payload = {
-        "ticketNumber": f"test-{uuid.uuid4().hex[:12]}", "channel": "webchat",
-        "accountId": "test-account", "contactId": "test-contact", "messageType": "text",
-        "message": "Test event from the Integration Portal", "mediaLink": "",
+        "ticketNumber": f"test-{uuid.uuid4().hex[:12]}",
+        "channel": "webchat",
+        "accountId": "test-account",
+        "contactId": "test-contact",
+        "messageType": "text",
+        "message": "Test event from the Integration Portal",
+        "mediaLink": "",
         "customerName": "Test Customer",
         "createdDate": format_created_date(now, tenant.time_zone),
-        "owner": tenant.owner, "groupId": "", "language": "",
+        "owner": tenant.owner,
+        "groupId": "",
+        "language": "",
     }
     url = partner.base_url.rstrip("/") + "/" + partner.incoming_message_path.lstrip("/")
-    secrets = [s.secret for s in SigningSecret.objects.filter(partner=partner)
-               if s.expires_at is None or s.expires_at > now]
+    secrets = [
+        s.secret
+        for s in SigningSecret.objects.filter(partner=partner)
+        if s.expires_at is None or s.expires_at > now
+    ]
     started = time.monotonic()
-    result = send_webhook(url=url, body=canonical_json(payload), msg_id=f"test_{uuid.uuid4()}",
-                          secrets=secrets, policy=outbound_policy(),
-                          connect_timeout=partner.connect_timeout, deadline=partner.timeout)
+    result = send_webhook(
+        url=url,
+        body=canonical_json(payload),
+        msg_id=f"test_{uuid.uuid4()}",
+        secrets=secrets,
+        policy=outbound_policy(),
+        connect_timeout=partner.connect_timeout,
+        deadline=partner.timeout,
+    )
     return ProbeResult(
-        url=url, status_code=result.status_code, outcome=str(result.outcome),
+        url=url,
+        status_code=result.status_code,
+        outcome=str(result.outcome),
         latency_ms=result.duration_ms or int((time.monotonic() - started) * 1000),
         response_excerpt=result.response_body[:2000].decode("utf-8", "replace"),
         error=result.error_message,
     )
 
 
-def events_prune(*, now: datetime | None = None, batch: int = RETENTION_BATCH,
-                 max_batches: int = 1000) -> int:
+def events_prune(
+    *, now: datetime | None = None, batch: int = RETENTION_BATCH, max_batches: int = 1000
+) -> int:
     """Delete events older than their tenant's retention whose deliveries are all final.
 
     Works in small batches (each its own short transaction) so it never locks the tables for
@@ -157,7 +193,8 @@ def events_prune(*, now: datetime | None = None, batch: int = RETENTION_BATCH,
     """
     now = now or timezone.now()
     unfinished = Delivery.objects.filter(event=OuterRef("pk")).exclude(
-        status__in=Delivery.FINAL_STATUSES)
+        status__in=Delivery.FINAL_STATUSES
+    )
     deleted = 0
     for tenant in Tenant.objects.only("pk", "retention_days"):
         cutoff = now - timedelta(days=tenant.retention_days)

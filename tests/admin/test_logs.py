@@ -50,8 +50,7 @@ def test_delivery_and_event_search_by_event_id(support_client, two_tickets):
         assert getattr(rows[0], "event_id", rows[0].pk) == event.pk
 
 
-def test_timeline_lists_events_in_order_with_deliveries(support_client, two_tickets,
-                                                        engine_api):
+def test_timeline_lists_events_in_order_with_deliveries(support_client, two_tickets, engine_api):
     engine_api.post(IN, incoming_body(ticketNumber="T-2", contactId="c-2", message="third"))
     ticket = Ticket.objects.get(ticket_number="T-2")
     response = support_client.get(f"/admin/integrations/ticket/{ticket.pk}/timeline/")

@@ -43,38 +43,70 @@ MATRIX = {
     WorkerHeartbeat: (set(), set()),
 }
 SUPERUSER_RIGHTS = {
-    IdempotencyRecord: {V}, WorkerHeartbeat: {V},
-    Contact: {V}, Ticket: {V}, Event: {V}, Delivery: {V}, DeliveryAttempt: {V},
+    IdempotencyRecord: {V},
+    WorkerHeartbeat: {V},
+    Contact: {V},
+    Ticket: {V},
+    Event: {V},
+    Delivery: {V},
+    DeliveryAttempt: {V},
     SigningSecret: {V},
 }
 
 
 def _world(tenant):
     """One object of every model in `tenant`; returns {model: object}."""
-    partner, _, _ = partner_create(tenant=tenant, name=f"P-{tenant.owner}",
-                                   base_url="http://127.0.0.1:9", incoming_message_path="/i",
-                                   send_message_path="/s")
+    partner, _, _ = partner_create(
+        tenant=tenant,
+        name=f"P-{tenant.owner}",
+        base_url="http://127.0.0.1:9",
+        incoming_message_path="/i",
+        send_message_path="/s",
+    )
     contact = ContactFactory(tenant=tenant)
     ticket = TicketFactory(tenant=tenant, contact=contact)
-    event = Event.objects.create(tenant=tenant, kind="incoming", source="engine", ticket=ticket,
-                                 ticket_number=ticket.ticket_number, sequence=1, raw_body=b"{}",
-                                 payload={"message": "hi"}, received_at=timezone.now())
-    delivery = Delivery.objects.create(event=event, tenant=tenant, ticket=ticket,
-                                       partner=partner, target=f"partner:{partner.pk}",
-                                       endpoint="incoming")
+    event = Event.objects.create(
+        tenant=tenant,
+        kind="incoming",
+        source="engine",
+        ticket=ticket,
+        ticket_number=ticket.ticket_number,
+        sequence=1,
+        raw_body=b"{}",
+        payload={"message": "hi"},
+        received_at=timezone.now(),
+    )
+    delivery = Delivery.objects.create(
+        event=event,
+        tenant=tenant,
+        ticket=ticket,
+        partner=partner,
+        target=f"partner:{partner.pk}",
+        endpoint="incoming",
+    )
     attempt = DeliveryAttempt.objects.create(delivery=delivery, number=1, url="http://x")
     user = get_user_model().objects.create_user(f"member-{tenant.owner}", is_staff=True)
     membership = TenantMembership.objects.create(user=user, tenant=tenant, role="support")
     return {
-        Tenant: tenant, TenantMembership: membership, Partner: partner,
-        ApiKey: ApiKey.objects.get(partner=partner), SigningSecret: partner.secrets.get(),
-        Contact: contact, Ticket: ticket, Event: event, Delivery: delivery,
+        Tenant: tenant,
+        TenantMembership: membership,
+        Partner: partner,
+        ApiKey: ApiKey.objects.get(partner=partner),
+        SigningSecret: partner.secrets.get(),
+        Contact: contact,
+        Ticket: ticket,
+        Event: event,
+        Delivery: delivery,
         DeliveryAttempt: attempt,
         IdempotencyRecord: IdempotencyRecord.objects.create(
-            holder=f"partner:{partner.pk}", key=f"k-{tenant.pk}", request_hash="0",
-            created_at=timezone.now()),
-        WorkerHeartbeat: WorkerHeartbeat.objects.create(marker=f"m-{tenant.pk}",
-                                                        seen_at=timezone.now()),
+            holder=f"partner:{partner.pk}",
+            key=f"k-{tenant.pk}",
+            request_hash="0",
+            created_at=timezone.now(),
+        ),
+        WorkerHeartbeat: WorkerHeartbeat.objects.create(
+            marker=f"m-{tenant.pk}", seen_at=timezone.now()
+        ),
     }
 
 
@@ -83,8 +115,11 @@ def world(db):
     mine, theirs = TenantFactory(owner="tenant-a"), TenantFactory(owner="tenant-b")
     objects = {"mine": _world(mine), "theirs": _world(theirs)}
     users = {}
-    for name, tenant, role in (("admin", mine, "admin"), ("support", mine, "support"),
-                               ("other_admin", theirs, "admin")):
+    for name, tenant, role in (
+        ("admin", mine, "admin"),
+        ("support", mine, "support"),
+        ("other_admin", theirs, "admin"),
+    ):
         user = get_user_model().objects.create_user(name, is_staff=True)
         TenantMembership.objects.create(user=user, tenant=tenant, role=role)
         users[name] = user
@@ -101,16 +136,14 @@ def _status(client, model, action, obj):
     if action == C:  # a change POST with the object's current data would be the real test;
         # the change page only offers a Save button when change is allowed
         response = client.get(reverse(f"{info}_change", args=[obj.pk]))
-        return 200 if response.status_code == 200 and b'name="_save"' in response.content \
-            else 403
+        return 200 if response.status_code == 200 and b'name="_save"' in response.content else 403
     return client.get(reverse(f"{info}_delete", args=[obj.pk])).status_code
 
 
 CASES = [(model, role) for model in MATRIX for role in ("admin", "support", "superuser")]
 
 
-@pytest.mark.parametrize(("model", "role"), CASES,
-                         ids=[f"{m.__name__}-{r}" for m, r in CASES])
+@pytest.mark.parametrize(("model", "role"), CASES, ids=[f"{m.__name__}-{r}" for m, r in CASES])
 def test_admin_rights_on_own_tenant_objects(world, model, role):
     objects, users = world
     client = Client()
@@ -139,18 +172,19 @@ def test_admin_other_tenants_objects_are_404(world, model, role):
             assert response.status_code == 404, (name, response.status_code)
 
 
-@pytest.mark.parametrize("model", [m for m in MATRIX if MATRIX[m][1]],
-                         ids=lambda m: m.__name__)
+@pytest.mark.parametrize("model", [m for m in MATRIX if MATRIX[m][1]], ids=lambda m: m.__name__)
 def test_admin_lists_never_show_other_tenants(world, model):
     objects, users = world
     client = Client()
     client.force_login(users["support"])
     response = client.get(reverse(f"admin:integrations_{model._meta.model_name}_changelist"))
     assert response.status_code == 200
-    mine = reverse(f"admin:integrations_{model._meta.model_name}_change",
-                   args=[objects["mine"][model].pk])
-    theirs = reverse(f"admin:integrations_{model._meta.model_name}_change",
-                     args=[objects["theirs"][model].pk])
+    mine = reverse(
+        f"admin:integrations_{model._meta.model_name}_change", args=[objects["mine"][model].pk]
+    )
+    theirs = reverse(
+        f"admin:integrations_{model._meta.model_name}_change", args=[objects["theirs"][model].pk]
+    )
     html = response.content.decode()
     assert mine in html and theirs not in html
 

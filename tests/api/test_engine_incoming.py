@@ -39,20 +39,23 @@ def test_engine_incoming_reads_created_date_in_tenant_time_zone(engine_api, tena
     engine_api.post(URL, incoming_body(createdDate="2021-04-28T15:39:37.945"))
     # then it is stored as the right instant and rendered back unchanged
     ticket = Ticket.objects.get()
-    assert ticket.created_date.isoformat() in (
-        "2021-04-28T08:39:37.945000+00:00",
-    )
+    assert ticket.created_date.isoformat() in ("2021-04-28T08:39:37.945000+00:00",)
     assert Event.objects.get().payload["createdDate"] == "2021-04-28T15:39:37.945"
 
 
 def test_engine_incoming_converts_sticker_to_tenant_sticker_text(engine_api, tenant, partner):
     tenant.sticker_text = "Stiker lucu"
     tenant.save()
-    engine_api.post(URL, incoming_body(messageType="STICKER", message="",
-                                       mediaLink="https://cdn.example/s.webp"))
+    engine_api.post(
+        URL,
+        incoming_body(messageType="STICKER", message="", mediaLink="https://cdn.example/s.webp"),
+    )
     payload = Event.objects.get().payload
     assert (payload["messageType"], payload["message"], payload["mediaLink"]) == (
-        "text", "Stiker lucu", "")
+        "text",
+        "Stiker lucu",
+        "",
+    )
 
 
 def test_engine_incoming_accepts_aliases_and_emits_camel_case(engine_api, partner):
@@ -64,8 +67,12 @@ def test_engine_incoming_accepts_aliases_and_emits_camel_case(engine_api, partne
 
 
 def test_engine_incoming_message_type_is_case_insensitive(engine_api, partner):
-    response = engine_api.post(URL, incoming_body(messageType="Image", message="photo.jpg",
-                                                  mediaLink="https://cdn.example/p.jpg"))
+    response = engine_api.post(
+        URL,
+        incoming_body(
+            messageType="Image", message="photo.jpg", mediaLink="https://cdn.example/p.jpg"
+        ),
+    )
     assert response.status_code == 202
     assert Event.objects.get().payload["messageType"] == "image"
 
@@ -81,15 +88,36 @@ def test_engine_incoming_reopens_a_closed_ticket(engine_api, partner):
 
 def test_engine_incoming_only_subscribed_enabled_partners_get_deliveries(engine_api, tenant):
     # given partners: all channels, telegram only, whatsapp only but disabled, paused
-    p_all, _, _ = partner_create(tenant=tenant, name="All", base_url="http://127.0.0.1:9",
-                                 incoming_message_path="/i", send_message_path="/s")
-    partner_create(tenant=tenant, name="Tg", base_url="http://127.0.0.1:9",
-                   incoming_message_path="/i", send_message_path="/s", channels=["telegram"])
-    p_off, _, _ = partner_create(tenant=tenant, name="Off", base_url="http://127.0.0.1:9",
-                                 incoming_message_path="/i", send_message_path="/s")
-    p_paused, _, _ = partner_create(tenant=tenant, name="Paused", base_url="http://127.0.0.1:9",
-                                    incoming_message_path="/i", send_message_path="/s",
-                                    channels=["whatsapp"])
+    p_all, _, _ = partner_create(
+        tenant=tenant,
+        name="All",
+        base_url="http://127.0.0.1:9",
+        incoming_message_path="/i",
+        send_message_path="/s",
+    )
+    partner_create(
+        tenant=tenant,
+        name="Tg",
+        base_url="http://127.0.0.1:9",
+        incoming_message_path="/i",
+        send_message_path="/s",
+        channels=["telegram"],
+    )
+    p_off, _, _ = partner_create(
+        tenant=tenant,
+        name="Off",
+        base_url="http://127.0.0.1:9",
+        incoming_message_path="/i",
+        send_message_path="/s",
+    )
+    p_paused, _, _ = partner_create(
+        tenant=tenant,
+        name="Paused",
+        base_url="http://127.0.0.1:9",
+        incoming_message_path="/i",
+        send_message_path="/s",
+        channels=["whatsapp"],
+    )
     Partner.objects.filter(pk=p_off.pk).update(state="disabled")
     Partner.objects.filter(pk=p_paused.pk).update(state="paused")
     # when a whatsapp message arrives
@@ -99,8 +127,9 @@ def test_engine_incoming_only_subscribed_enabled_partners_get_deliveries(engine_
     assert targets == {"All", "Paused"}
 
 
-def test_engine_incoming_queues_deliveries_on_commit(engine_api, partner, request,
-                                                     django_capture_on_commit_callbacks):
+def test_engine_incoming_queues_deliveries_on_commit(
+    engine_api, partner, request, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         engine_api.post(URL, incoming_body())
     assert request.node.queued_deliveries == [Delivery.objects.get().pk]
@@ -138,8 +167,10 @@ VALID_MEDIA = {"messageType": "image", "message": "", "mediaLink": "https://cdn.
         ({**VALID_MEDIA, "mediaLink": "ftp://cdn.example/a.png"}, "mediaLink"),
         ({**VALID_MEDIA, "mediaLink": "/relative/a.png"}, "mediaLink"),
         ({**VALID_MEDIA, "mediaLink": "https://cdn.example/" + "a" * 2048}, "mediaLink"),
-        ({"messageType": "location", "message": "-6.2,106.8", "mediaLink": "https://x.y/z"},
-         "mediaLink"),
+        (
+            {"messageType": "location", "message": "-6.2,106.8", "mediaLink": "https://x.y/z"},
+            "mediaLink",
+        ),
         ({"customerName": ...}, "customerName"),
         ({"createdDate": ...}, "createdDate"),
         ({"createdDate": "2021-04-28 15:39:37.945"}, "createdDate"),
@@ -202,16 +233,20 @@ def test_engine_incoming_rejects_malformed_body(engine_api, raw, code):
 
 
 def test_engine_incoming_rejects_non_json_content_type(engine_api):
-    response = engine_api.client.post(URL, data="a=b", content_type="text/plain",
-                                      HTTP_AUTHORIZATION=f"Bearer {engine_api.key}")
+    response = engine_api.client.post(
+        URL, data="a=b", content_type="text/plain", HTTP_AUTHORIZATION=f"Bearer {engine_api.key}"
+    )
     assert response.status_code == 415
     assert response.json()["code"] == "unsupported_media_type"
 
 
 def test_engine_incoming_rejects_non_utf8_charset(engine_api):
-    response = engine_api.client.post(URL, data=json.dumps(incoming_body()),
-                                      content_type="application/json; charset=utf-16",
-                                      HTTP_AUTHORIZATION=f"Bearer {engine_api.key}")
+    response = engine_api.client.post(
+        URL,
+        data=json.dumps(incoming_body()),
+        content_type="application/json; charset=utf-16",
+        HTTP_AUTHORIZATION=f"Bearer {engine_api.key}",
+    )
     assert response.status_code == 415
 
 

@@ -55,8 +55,10 @@ def test_idempotency_key_too_long_is_400(engine_api, partner):
 
 
 def test_idempotency_sent_ten_times_creates_one_event(engine_api, partner):
-    ids = {engine_api.post(IN, incoming_body(), HTTP_IDEMPOTENCY_KEY="ten").json()["eventId"]
-           for _ in range(10)}
+    ids = {
+        engine_api.post(IN, incoming_body(), HTTP_IDEMPOTENCY_KEY="ten").json()["eventId"]
+        for _ in range(10)
+    }
     assert len(ids) == 1 and Event.objects.count() == 1
 
 
@@ -73,7 +75,8 @@ def test_idempotency_concurrent_duplicates_wait_and_share_result(engine_api, par
 
         barrier.wait()
         response = Caller(APIClient(), engine_api.key).post(
-            IN, incoming_body(), HTTP_IDEMPOTENCY_KEY="race")
+            IN, incoming_body(), HTTP_IDEMPOTENCY_KEY="race"
+        )
         results.append((response.status_code, response.json()))
         connections.close_all()
 

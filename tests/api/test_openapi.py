@@ -27,8 +27,18 @@ def _resolve(schema: dict, node: dict) -> dict:
     return node
 
 
-INCOMING_REQUIRED = {"ticketNumber", "channel", "accountId", "contactId", "messageType",
-                     "message", "mediaLink", "customerName", "createdDate", "owner"}
+INCOMING_REQUIRED = {
+    "ticketNumber",
+    "channel",
+    "accountId",
+    "contactId",
+    "messageType",
+    "message",
+    "mediaLink",
+    "customerName",
+    "createdDate",
+    "owner",
+}
 
 
 def test_schema_incoming_declares_required_keys_enums_and_limits(schema):
@@ -40,7 +50,14 @@ def test_schema_incoming_declares_required_keys_enums_and_limits(schema):
     assert props["mediaLink"]["maxLength"] == payloads.MAX_MEDIA_LINK
     assert props["createdDate"]["pattern"] == payloads.CREATED_DATE_PATTERN
     assert set(_resolve(schema, props["messageType"])["enum"]) == {
-        "text", "image", "video", "audio", "file", "location", "sticker"}
+        "text",
+        "image",
+        "video",
+        "audio",
+        "file",
+        "location",
+        "sticker",
+    }
     assert {"groupId", "language"} <= set(props) - set(incoming["required"])
 
 
@@ -48,7 +65,8 @@ def test_schema_outgoing_and_command_declare_their_rules(schema):
     partner_out = _component(schema, "/api/v1/outgoing")
     assert "createdDate" not in partner_out["required"]
     assert set(_resolve(schema, partner_out["properties"]["messageType"])["enum"]) == set(
-        payloads.MESSAGE_TYPES)
+        payloads.MESSAGE_TYPES
+    )
     command = _component(schema, "/api/v1/command")
     assert set(command["required"]) == {"ticketNumber", "channel", "owner", "event"}
     assert _resolve(schema, command["properties"]["event"])["enum"] == ["close"]

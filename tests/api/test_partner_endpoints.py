@@ -31,7 +31,8 @@ def test_partner_outgoing_relays_to_engine_only(partner_api, ticket, tenant, set
     assert event.payload["createdDate"] == "2021-04-28T15:39:37.945"
     deliveries = list(event.deliveries.all())
     assert [(d.target, d.endpoint, d.status) for d in deliveries] == [
-        ("engine", "engine_message", "pending")]
+        ("engine", "engine_message", "pending")
+    ]
 
 
 def test_partner_outgoing_without_engine_is_not_configured(partner_api, ticket):
@@ -66,19 +67,28 @@ def test_partner_outgoing_other_owner_is_403(partner_api, ticket, other_tenant):
     assert response.status_code == 403 and response.json()["code"] == "owner_forbidden"
 
 
-def test_partner_outgoing_cannot_reach_other_tenants_ticket(other_partner_api, ticket,
-                                                            other_tenant):
+def test_partner_outgoing_cannot_reach_other_tenants_ticket(
+    other_partner_api, ticket, other_tenant
+):
     # the other tenant's partner names its own owner but our ticket number
     response = other_partner_api.post(OUT, outgoing_body(owner=other_tenant.owner))
     assert response.status_code == 404
 
 
 def test_partner_outgoing_is_never_mirrored_to_partners(partner_api, ticket, tenant):
-    partner_create(tenant=tenant, name="Second", base_url="http://127.0.0.1:9",
-                   incoming_message_path="/i", send_message_path="/s")
+    partner_create(
+        tenant=tenant,
+        name="Second",
+        base_url="http://127.0.0.1:9",
+        incoming_message_path="/i",
+        send_message_path="/s",
+    )
     response = partner_api.post(OUT, outgoing_body())
-    targets = list(Delivery.objects.filter(event_id=response.json()["eventId"])
-                   .values_list("target", flat=True))
+    targets = list(
+        Delivery.objects.filter(event_id=response.json()["eventId"]).values_list(
+            "target", flat=True
+        )
+    )
     assert targets == ["engine"]
 
 

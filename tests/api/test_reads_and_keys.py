@@ -16,15 +16,13 @@ TICKET = "294c9ea88f7e649f8c37ae895ebab247"
 
 @pytest.fixture
 def conversation(engine_api, partner_api, partner):
-    ids = [engine_api.post(IN, incoming_body(message=f"m{i}")).json()["eventId"]
-           for i in range(3)]
+    ids = [engine_api.post(IN, incoming_body(message=f"m{i}")).json()["eventId"] for i in range(3)]
     ids.append(partner_api.post("/api/v1/outgoing", outgoing_body()).json()["eventId"])
     partner_api.post("/api/v1/command", command_body())
     return ids
 
 
-def test_history_lists_messages_oldest_first_with_deliveries(partner_api, conversation,
-                                                             partner):
+def test_history_lists_messages_oldest_first_with_deliveries(partner_api, conversation, partner):
     response = partner_api.get(f"/api/v1/tickets/{TICKET}/messages")
     assert response.status_code == 200
     body = response.json()
@@ -33,7 +31,8 @@ def test_history_lists_messages_oldest_first_with_deliveries(partner_api, conver
     assert [r["source"] for r in body["results"]] == ["engine"] * 3 + ["partner"]
     assert body["results"][0]["message"] == "m0"
     assert body["results"][0]["deliveries"] == [
-        {"target": f"partner:{partner.pk}", "status": "pending"}]
+        {"target": f"partner:{partner.pk}", "status": "pending"}
+    ]
     assert body["results"][3]["deliveries"] == [{"target": "engine", "status": "not_configured"}]
     assert body["results"][0]["createdAt"].endswith("Z")
     assert body["next"] is None
@@ -42,8 +41,9 @@ def test_history_lists_messages_oldest_first_with_deliveries(partner_api, conver
 def test_history_paginates_with_cursor(partner_api, conversation):
     first = partner_api.get(f"/api/v1/tickets/{TICKET}/messages", limit=3).json()
     assert len(first["results"]) == 3 and first["next"]
-    second = partner_api.client.get(first["next"],
-                                    HTTP_AUTHORIZATION=f"Bearer {partner_api.key}").json()
+    second = partner_api.client.get(
+        first["next"], HTTP_AUTHORIZATION=f"Bearer {partner_api.key}"
+    ).json()
     assert [r["eventId"] for r in second["results"]] == conversation[3:]
     assert second["next"] is None
 
@@ -55,8 +55,13 @@ def test_history_rejects_bad_limit(partner_api, conversation, limit):
 
 
 def test_history_hides_other_partners_deliveries(partner_api, engine_api, tenant):
-    other, _, _ = partner_create(tenant=tenant, name="Other desk", base_url="http://127.0.0.1:9",
-                                 incoming_message_path="/i", send_message_path="/s")
+    other, _, _ = partner_create(
+        tenant=tenant,
+        name="Other desk",
+        base_url="http://127.0.0.1:9",
+        incoming_message_path="/i",
+        send_message_path="/s",
+    )
     engine_api.post(IN, incoming_body())
     results = partner_api.get(f"/api/v1/tickets/{TICKET}/messages").json()["results"]
     assert len(Delivery.objects.all()) == 2
@@ -135,8 +140,9 @@ def test_api_refuses_right_prefix_wrong_secret(partner_api):
 def test_api_refuses_revoked_and_expired_keys(partner):
     revoked, raw_revoked = api_key_create(kind=ApiKey.Kind.PARTNER, partner=partner)
     api_key_revoke(key=revoked)
-    _, raw_expired = api_key_create(kind=ApiKey.Kind.PARTNER, partner=partner,
-                                    expires_at=timezone.now() - timedelta(seconds=1))
+    _, raw_expired = api_key_create(
+        kind=ApiKey.Kind.PARTNER, partner=partner, expires_at=timezone.now() - timedelta(seconds=1)
+    )
     for raw, code in ((raw_revoked, "key_revoked"), (raw_expired, "key_expired")):
         response = Caller(APIClient(), raw).get("/api/v1/contacts/x")
         assert response.status_code == 401 and response.json()["code"] == code

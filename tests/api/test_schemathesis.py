@@ -20,8 +20,12 @@ from schemathesis.specs.openapi.checks import (
 from tests.conftest import incoming_body
 
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "40"))
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -40,21 +44,28 @@ def test_schemathesis_finds_no_failures(live_server, engine_api, partner_api, pa
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=EXAMPLES, deadline=None, database=None,
-                      suppress_health_check=list(HealthCheck),
-                      phases=[Phase.explicit, Phase.generate, Phase.shrink])
+            @settings(
+                max_examples=EXAMPLES,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+                phases=[Phase.explicit, Phase.generate, Phase.shrink],
+            )
             def exercise(case):
                 nonlocal calls
                 calls += 1
-                case.call_and_validate(base_url=live_server.url,
-                                       headers={"Authorization": f"Bearer {current_key}"},
-                                       checks=CHECKS)
+                case.call_and_validate(
+                    base_url=live_server.url,
+                    headers={"Authorization": f"Bearer {current_key}"},
+                    checks=CHECKS,
+                )
 
             try:
                 exercise()
             except Exception as exc:  # collect every operation's failure, then report all
-                failures.append(f"{operation.method.upper()} {operation.path} [{mode}]: "
-                                f"{str(exc)[:1500]}")
+                failures.append(
+                    f"{operation.method.upper()} {operation.path} [{mode}]: {str(exc)[:1500]}"
+                )
     print(f"schemathesis: {calls} requests, {len(failures)} failures")
     assert calls >= 14 * min(EXAMPLES, 5)
     assert not failures, "\n\n".join(failures)

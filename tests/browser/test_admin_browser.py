@@ -17,8 +17,9 @@ OK = (200, b'{"status":"success","received":true}', {})
 
 @pytest.fixture
 def tenant_admin(tenant):
-    user = get_user_model().objects.create_user("ayu", email="ayu@tenant.example",
-                                                password=PASSWORD, is_staff=True)
+    user = get_user_model().objects.create_user(
+        "ayu", email="ayu@tenant.example", password=PASSWORD, is_staff=True
+    )
     TenantMembership.objects.create(user=user, tenant=tenant, role="admin")
     return user
 
@@ -32,8 +33,9 @@ def login(page, base_url: str, username: str, password: str) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_tenant_admin_creates_partner_and_sees_key_once(page, live_server, tenant,
-                                                        tenant_admin, partner_server_factory):
+def test_tenant_admin_creates_partner_and_sees_key_once(
+    page, live_server, tenant, tenant_admin, partner_server_factory
+):
     sink = partner_server_factory(lambda r, n: OK)
     # given a tenant admin who logs in
     login(page, live_server.url, "ayu", PASSWORD)
@@ -69,7 +71,8 @@ def test_tenant_admin_creates_partner_and_sees_key_once(page, live_server, tenan
 
 @pytest.mark.django_db(transaction=True)
 def test_support_finds_delivery_opens_timeline_and_redelivers(
-        page, live_server, tenant, engine_api, partner_api, partner, partner_server_factory):
+    page, live_server, tenant, engine_api, partner_api, partner, partner_server_factory
+):
     # given a conversation whose first delivery went dead
     sink = partner_server_factory(lambda r, n: (422, b'{"error":"bad"}', {}) if n == 1 else OK)
     partner.base_url = sink.url

@@ -51,24 +51,42 @@ class Workers:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "DATABASE_URL": _database_url(),
-            "PORTAL_RETRY_SCHEDULE": E2E_SCHEDULE,
-            "PORTAL_DISPATCH_INTERVAL_MS": "300",
-            "PORTAL_REDISPATCH_AFTER": "2",
-            "PORTAL_DELIVERY_LEASE_SECONDS": "10",
-            "PORTAL_VAR_DIR": str(self.tmp),
-        })
+        env.update(
+            {
+                "DATABASE_URL": _database_url(),
+                "PORTAL_RETRY_SCHEDULE": E2E_SCHEDULE,
+                "PORTAL_DISPATCH_INTERVAL_MS": "300",
+                "PORTAL_REDISPATCH_AFTER": "2",
+                "PORTAL_DELIVERY_LEASE_SECONDS": "10",
+                "PORTAL_VAR_DIR": str(self.tmp),
+            }
+        )
         env.update(self.extra_env)
         return env
 
     def start_worker(self, name: str = "w1", concurrency: int = 2) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "portal", "worker", "--loglevel", "INFO",
-             "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
-             "--without-gossip", "--without-mingle"],
-            cwd=REPO, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "portal",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                str(concurrency),
+                "--hostname",
+                f"{name}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=REPO,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.procs.append(proc)
@@ -77,9 +95,22 @@ class Workers:
     def start_beat(self) -> subprocess.Popen:
         log = open(self.tmp / "beat.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "portal", "beat", "--loglevel", "INFO",
-             "--schedule", str(self.tmp / "beat-schedule")],
-            cwd=REPO, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "portal",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(self.tmp / "beat-schedule"),
+            ],
+            cwd=REPO,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.procs.append(proc)
@@ -99,8 +130,10 @@ class Workers:
                 self.kill(proc)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-                         for p in sorted(self.tmp.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            for p in sorted(self.tmp.glob("*.log"))
+        )
 
 
 @pytest.fixture
@@ -110,8 +143,9 @@ def workers(e2e_ready, tmp_path) -> Iterator[Workers]:
     w.stop_all()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
-             logs: Callable[[], str] | None = None) -> None:
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, logs: Callable[[], str] | None = None
+) -> None:
     """Poll until `predicate()` is true; fail with `what` (and worker logs) on timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -48,7 +48,8 @@ def _all_final() -> bool:
 
 
 def test_failing_partner_gets_everything_in_order_after_recovery(
-        workers, engine_api, partner, partner_server_factory):
+    workers, engine_api, partner, partner_server_factory
+):
     # given a partner that fails its first 5 requests, then recovers
     server = partner_server_factory(lambda r, n: (503, b"busy", {}) if n <= 5 else OK)
     _point(partner, server)
@@ -68,8 +69,9 @@ def test_failing_partner_gets_everything_in_order_after_recovery(
     assert DeliveryAttempt.objects.filter(response_status=503).count() == 5
 
 
-def test_one_failing_ticket_does_not_delay_another(workers, engine_api, partner,
-                                                   partner_server_factory):
+def test_one_failing_ticket_does_not_delay_another(
+    workers, engine_api, partner, partner_server_factory
+):
     # given a partner that fails everything for ticket SLOW
     def respond(received, n):
         return (500, b"", {}) if received.json["ticketNumber"] == "SLOW" else OK
@@ -84,17 +86,20 @@ def test_one_failing_ticket_does_not_delay_another(workers, engine_api, partner,
     for i in range(3):
         engine_api.post(IN, incoming_body(ticketNumber="FAST", message=f"f{i}"))
     # then FAST is delivered in order while SLOW's first message is still retrying
-    wait_for(lambda: len(_acknowledged(server)["FAST"]) == 3, 30, "FAST's three messages",
-             workers.logs)
+    wait_for(
+        lambda: len(_acknowledged(server)["FAST"]) == 3, 30, "FAST's three messages", workers.logs
+    )
     assert _acknowledged(server)["FAST"] == ["f0", "f1", "f2"]
     slow = list(Delivery.objects.filter(ticket__ticket_number="SLOW").order_by("id"))
     assert slow[0].status in ("retrying", "delivering") and slow[1].status == "pending"
-    assert {r.json["message"] for r in server.received
-            if r.json["ticketNumber"] == "SLOW"} == {"s0"}
+    assert {r.json["message"] for r in server.received if r.json["ticketNumber"] == "SLOW"} == {
+        "s0"
+    }
 
 
-def test_worker_killed_mid_delivery_loses_nothing(workers, engine_api, partner,
-                                                  partner_server_factory):
+def test_worker_killed_mid_delivery_loses_nothing(
+    workers, engine_api, partner, partner_server_factory
+):
     # given a slow partner (each answer takes 1.5 s) and a worker busy with it
     def slow(received, n):
         time.sleep(1.5)
@@ -118,8 +123,9 @@ def test_worker_killed_mid_delivery_loses_nothing(workers, engine_api, partner,
         assert deduped == messages
 
 
-def test_redis_wiped_database_recovers_every_delivery(workers, engine_api, partner,
-                                                      partner_server_factory):
+def test_redis_wiped_database_recovers_every_delivery(
+    workers, engine_api, partner, partner_server_factory
+):
     # given deliveries queued in Redis while no worker runs
     server = partner_server_factory()
     _point(partner, server)

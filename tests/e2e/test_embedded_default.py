@@ -52,9 +52,16 @@ def _check_health_and_admin_login(port: int, banner: str) -> None:
     session = requests.Session()
     session.get(f"{base}/admin/login/", timeout=10)
     response = session.post(
-        f"{base}/admin/login/?next=/admin/", timeout=10, allow_redirects=True,
-        data={"username": username, "password": password, "next": "/admin/",
-              "csrfmiddlewaretoken": session.cookies["csrftoken"]})
+        f"{base}/admin/login/?next=/admin/",
+        timeout=10,
+        allow_redirects=True,
+        data={
+            "username": username,
+            "password": password,
+            "next": "/admin/",
+            "csrfmiddlewaretoken": session.cookies["csrftoken"],
+        },
+    )
     assert response.status_code == 200 and response.url == f"{base}/admin/"
     assert "Log out" in response.text or "logout" in response.text
 
@@ -62,14 +69,29 @@ def _check_health_and_admin_login(port: int, banner: str) -> None:
 def test_embedded_default_delivers_signed_in_order_after_two_failures(tmp_path):
     # given the embedded default started the way `make run` starts it
     port = _free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "DEBUG", "SECRET_KEY")}
-    env.update({"PORT": str(port), "PORTAL_VAR_DIR": str(tmp_path / "var"),
-                "PORTAL_RETRY_SCHEDULE": "0,1,1,1,1", "PORTAL_DISPATCH_INTERVAL_MS": "300",
-                "PYTHONUNBUFFERED": "1"})
-    proc = subprocess.Popen([sys.executable, "scripts/run.py"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "DEBUG", "SECRET_KEY")
+    }
+    env.update(
+        {
+            "PORT": str(port),
+            "PORTAL_VAR_DIR": str(tmp_path / "var"),
+            "PORTAL_RETRY_SCHEDULE": "0,1,1,1,1",
+            "PORTAL_DISPATCH_INTERVAL_MS": "300",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "scripts/run.py"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     server = PartnerServer(lambda r, n: (500, b"", {}) if n <= 2 else OK)
     try:
         banner = _wait_for_banner(proc, 120)
@@ -77,23 +99,50 @@ def test_embedded_default_delivers_signed_in_order_after_two_failures(tmp_path):
         engine_key = re.search(r"Engine key:\s+(\S+)", banner).group(1)
         owner = re.search(r"Demo owner:\s+(\S+)", banner).group(1)
         created = subprocess.run(
-            [sys.executable, "manage.py", "create_partner", "--owner", owner, "--name", "E2E",
-             "--base-url", server.url, "--incoming-path", "/in", "--send-path", "/out"],
-            cwd=REPO, env={**env, "DEBUG": "true"}, capture_output=True, text=True, check=True)
+            [
+                sys.executable,
+                "manage.py",
+                "create_partner",
+                "--owner",
+                owner,
+                "--name",
+                "E2E",
+                "--base-url",
+                server.url,
+                "--incoming-path",
+                "/in",
+                "--send-path",
+                "/out",
+            ],
+            cwd=REPO,
+            env={**env, "DEBUG": "true"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         secret = json.loads(created.stdout)["signingSecret"]
         # when three messages of one ticket arrive
         for i in range(3):
-            body = json.dumps(incoming_body(owner=owner, ticketNumber="EMB-1",
-                                            message=f"m{i}")).encode()
+            body = json.dumps(
+                incoming_body(owner=owner, ticketNumber="EMB-1", message=f"m{i}")
+            ).encode()
             request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/api/v1/engine/incoming", data=body, method="POST",
-                headers={"Authorization": f"Bearer {engine_key}",
-                         "Content-Type": "application/json"})
+                f"http://127.0.0.1:{port}/api/v1/engine/incoming",
+                data=body,
+                method="POST",
+                headers={
+                    "Authorization": f"Bearer {engine_key}",
+                    "Content-Type": "application/json",
+                },
+            )
             with urllib.request.urlopen(request, timeout=30) as response:
                 assert response.status == 202
         # then the partner gets all three, in order, signed, after two failed tries
-        wait_for(lambda: sum(r.status == 200 for r in server.received) == 3, 90,
-                 "three acknowledged deliveries")
+        wait_for(
+            lambda: sum(r.status == 200 for r in server.received) == 3,
+            90,
+            "three acknowledged deliveries",
+        )
         assert [r.status for r in server.received] == [500, 500, 200, 200, 200]
         accepted = [r.json["message"] for r in server.received if r.status == 200]
         assert accepted == ["m0", "m1", "m2"]

@@ -11,7 +11,8 @@ OK = (200, b'{"status":"success"}', {})
 
 
 def test_reply_and_close_reach_the_engine_signed_after_503s(
-        workers, engine_api, partner_api, partner, tenant, partner_server_factory):
+    workers, engine_api, partner_api, partner, tenant, partner_server_factory
+):
     # given an engine that answers 503 twice, then accepts
     engine = partner_server_factory(lambda r, n: (503, b"", {}) if n <= 2 else OK)
     tenant.engine_base_url = engine.url + "/api"
@@ -28,12 +29,18 @@ def test_reply_and_close_reach_the_engine_signed_after_503s(
     partner_api.post("/api/v1/outgoing", outgoing_body(message="Terima kasih"))
     partner_api.post("/api/v1/command", command_body())
     # then both reach the engine, in order, with bearer token and a valid signature
-    wait_for(lambda: not Delivery.objects.exclude(status="succeeded").exists(), 60,
-             "every delivery to succeed", workers.logs)
+    wait_for(
+        lambda: not Delivery.objects.exclude(status="succeeded").exists(),
+        60,
+        "every delivery to succeed",
+        workers.logs,
+    )
     accepted = [r for r in engine.received if r.status == 200]
     assert [r.path for r in accepted] == ["/api/messages", "/api/commands"]
-    assert accepted[0].json == {**outgoing_body(message="Terima kasih"),
-                                "createdDate": "2021-04-28T15:39:37.945"}
+    assert accepted[0].json == {
+        **outgoing_body(message="Terima kasih"),
+        "createdDate": "2021-04-28T15:39:37.945",
+    }
     assert accepted[1].json == command_body()
     for item in engine.received:
         assert item.headers["Authorization"] == "Bearer tok-123"
@@ -43,7 +50,8 @@ def test_reply_and_close_reach_the_engine_signed_after_503s(
 
 
 def test_without_engine_relay_is_not_configured_and_ticket_closes(
-        workers, engine_api, partner_api, partner, partner_server_factory):
+    workers, engine_api, partner_api, partner, partner_server_factory
+):
     partner.base_url = partner_server_factory().url
     partner.save()
     workers.start_worker()

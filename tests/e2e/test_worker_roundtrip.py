@@ -14,5 +14,9 @@ def test_worker_takes_task_from_redis_and_writes_to_postgres(workers):
     # when a task is sent through the broker
     ping.delay(marker)
     # then the worker runs it and its write is visible here
-    wait_for(lambda: WorkerHeartbeat.objects.filter(marker=marker).exists(), 60,
-             "the worker's heartbeat row", workers.logs)
+    wait_for(
+        lambda: WorkerHeartbeat.objects.filter(marker=marker).exists(),
+        60,
+        "the worker's heartbeat row",
+        workers.logs,
+    )

@@ -16,10 +16,17 @@ class Command(JsonCommand):
     def run(self, **options):
         tenant = tenant_get(owner=options["owner"])
         partner, api_key, secret = partner_create(
-            tenant=tenant, name=options["name"], base_url=options["base_url"],
+            tenant=tenant,
+            name=options["name"],
+            base_url=options["base_url"],
             incoming_message_path=options["incoming_path"],
             send_message_path=options["send_path"],
             channels=options["channels"].split(","),
         )
-        return {"partnerId": partner.pk, "name": partner.name, "owner": tenant.owner,
-                "apiKey": api_key, "signingSecret": secret}
+        return {
+            "partnerId": partner.pk,
+            "name": partner.name,
+            "owner": tenant.owner,
+            "apiKey": api_key,
+            "signingSecret": secret,
+        }

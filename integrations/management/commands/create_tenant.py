@@ -11,6 +11,7 @@ class Command(JsonCommand):
         parser.add_argument("--time-zone", default="Asia/Jakarta")
 
     def run(self, **options):
-        tenant = tenant_create(owner=options["owner"], name=options["name"],
-                               time_zone=options["time_zone"])
+        tenant = tenant_create(
+            owner=options["owner"], name=options["name"], time_zone=options["time_zone"]
+        )
         return {"owner": tenant.owner, "name": tenant.name, "timeZone": tenant.time_zone}

@@ -13,7 +13,15 @@ class Command(JsonCommand):
 
     def run(self, **options):
         tenant = tenant_get(owner=options["owner"])
-        user, password = user_create(tenant=tenant, username=options["username"],
-                                     role=options["role"], email=options["email"])
-        return {"username": user.username, "owner": tenant.owner, "role": options["role"],
-                "password": password}
+        user, password = user_create(
+            tenant=tenant,
+            username=options["username"],
+            role=options["role"],
+            email=options["email"],
+        )
+        return {
+            "username": user.username,
+            "owner": tenant.owner,
+            "role": options["role"],
+            "password": password,
+        }

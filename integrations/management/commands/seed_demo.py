@@ -42,7 +42,8 @@ class Command(JsonCommand):
         base = f"http://127.0.0.1:{settings.PORT}"
         with transaction.atomic():
             tenant = Tenant.objects.filter(owner=DEMO_OWNER).first() or tenant_create(
-                owner=DEMO_OWNER, name="Demo Tenant")
+                owner=DEMO_OWNER, name="Demo Tenant"
+            )
             tenant.engine_base_url = f"{base}/demo/engine"
             tenant.engine_send_message_path = "/messages"
             tenant.engine_command_path = "/commands"
@@ -50,16 +51,22 @@ class Command(JsonCommand):
             partner = Partner.objects.filter(tenant=tenant, name="Demo Partner").first()
             if partner is None:
                 partner, saved["partnerKey"], saved["signingSecret"] = partner_create(
-                    tenant=tenant, name="Demo Partner", base_url=f"{base}/demo/partner",
-                    incoming_message_path="/incoming", send_message_path="/send")
+                    tenant=tenant,
+                    name="Demo Partner",
+                    base_url=f"{base}/demo/partner",
+                    incoming_message_path="/incoming",
+                    send_message_path="/send",
+                )
             elif not _works(saved.get("partnerKey", "")):
                 _, saved["partnerKey"] = api_key_create(
-                    kind=ApiKey.Kind.PARTNER, partner=partner, name="demo")
+                    kind=ApiKey.Kind.PARTNER, partner=partner, name="demo"
+                )
             partner.base_url = f"{base}/demo/partner"
             partner.save(update_fields=["base_url"])
             if not _works(saved.get("engineKey", "")):
                 _, saved["engineKey"] = api_key_create(
-                    kind=ApiKey.Kind.ENGINE, tenants=[tenant], name="demo")
+                    kind=ApiKey.Kind.ENGINE, tenants=[tenant], name="demo"
+                )
             user_model = get_user_model()
             user = user_model.objects.filter(username=DEMO_USERNAME).first()
             if user is None or not user.check_password(saved.get("password", "")):
@@ -69,7 +76,8 @@ class Command(JsonCommand):
                 user.set_password(saved["password"])
                 user.save()
             TenantMembership.objects.get_or_create(
-                user=user, tenant=tenant, defaults={"role": TenantMembership.Role.ADMIN})
+                user=user, tenant=tenant, defaults={"role": TenantMembership.Role.ADMIN}
+            )
         path.write_text(json.dumps(saved, indent=2))
         path.chmod(0o600)
         return {
