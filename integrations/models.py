@@ -34,10 +34,12 @@ class Tenant(models.Model):
         _("engine signing secret"), max_length=200, blank=True
     )
     is_active = models.BooleanField(_("active"), default=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
+        verbose_name = _("tenant")
+        verbose_name_plural = _("tenants")
         ordering = ["name"]
 
     def __str__(self) -> str:
@@ -52,13 +54,18 @@ class TenantMembership(models.Model):
         SUPPORT = "support", _("Support staff")
 
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships",
+        verbose_name=_("user"),
     )
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
-    role = models.CharField(max_length=16, choices=Role.choices)
-    created_at = models.DateTimeField(auto_now_add=True)
+    tenant = models.ForeignKey(
+        Tenant, verbose_name=_("tenant"), on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(_("role"), max_length=16, choices=Role.choices)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
 
     class Meta:
+        verbose_name = _("tenant membership")
+        verbose_name_plural = _("tenant memberships")
         constraints = [
             models.UniqueConstraint(fields=["user", "tenant"], name="membership_user_tenant_uniq")
         ]
@@ -75,7 +82,9 @@ class Partner(models.Model):
         DISABLED = "disabled", _("Disabled by an admin")
         PAUSED = "paused", _("Paused automatically")
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="partners")
+    tenant = models.ForeignKey(
+        Tenant, verbose_name=_("tenant"), on_delete=models.CASCADE, related_name="partners"
+    )
     name = models.CharField(_("name"), max_length=200)
     base_url = models.URLField(_("base URL"), max_length=2048)
     incoming_message_path = models.CharField(_("incoming-message path"), max_length=500)
@@ -102,24 +111,26 @@ class Partner(models.Model):
         blank=True,
         help_text=_("Such as 100/second; empty uses PORTAL_PARTNER_RATE."),
     )
-    state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
-    state_reason = models.CharField(max_length=500, blank=True)
-    state_changed_at = models.DateTimeField(null=True, blank=True)
+    state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.ACTIVE)
+    state_reason = models.CharField(_("state reason"), max_length=500, blank=True)
+    state_changed_at = models.DateTimeField(_("state changed at"), null=True, blank=True)
     # Health counters, updated after every attempt.
-    consecutive_failures = models.PositiveIntegerField(default=0)
-    failing_since = models.DateTimeField(null=True, blank=True)
-    last_success_at = models.DateTimeField(null=True, blank=True)
-    last_failure_at = models.DateTimeField(null=True, blank=True)
-    last_error = models.CharField(max_length=500, blank=True)
-    success_count = models.PositiveBigIntegerField(default=0)
-    failure_count = models.PositiveBigIntegerField(default=0)
-    latency_ms_avg = models.FloatField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(_("consecutive failures"), default=0)
+    failing_since = models.DateTimeField(_("failing since"), null=True, blank=True)
+    last_success_at = models.DateTimeField(_("last success at"), null=True, blank=True)
+    last_failure_at = models.DateTimeField(_("last failure at"), null=True, blank=True)
+    last_error = models.CharField(_("last error"), max_length=500, blank=True)
+    success_count = models.PositiveBigIntegerField(_("success count"), default=0)
+    failure_count = models.PositiveBigIntegerField(_("failure count"), default=0)
+    latency_ms_avg = models.FloatField(_("average latency (ms)"), null=True, blank=True)
     # Alerts to the tenant's admins: at most one "deliveries went dead" mail an hour.
-    dead_alert_sent_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    dead_alert_sent_at = models.DateTimeField(_("dead alert sent at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
+        verbose_name = _("partner")
+        verbose_name_plural = _("partners")
         ordering = ["tenant__name", "name"]
         constraints = [
             models.UniqueConstraint(fields=["tenant", "name"], name="partner_tenant_name_uniq")
@@ -136,12 +147,16 @@ class SigningSecret(models.Model):
     """A `whsec_` secret a partner verifies our signatures with. During a rotation the old
     and the new secret are both live and every delivery carries both signatures."""
 
-    partner = models.ForeignKey(Partner, on_delete=models.CASCADE, related_name="secrets")
-    secret = models.CharField(max_length=200)
-    created_at = models.DateTimeField(auto_now_add=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
+    partner = models.ForeignKey(
+        Partner, verbose_name=_("partner"), on_delete=models.CASCADE, related_name="secrets"
+    )
+    secret = models.CharField(_("secret"), max_length=200)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
 
     class Meta:
+        verbose_name = _("signing secret")
+        verbose_name_plural = _("signing secrets")
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
@@ -155,25 +170,29 @@ class ApiKey(models.Model):
         PARTNER = "partner", _("Partner key")
         ENGINE = "engine", _("Engine key")
 
-    kind = models.CharField(max_length=16, choices=Kind.choices)
+    kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
     partner = models.ForeignKey(
-        Partner, on_delete=models.CASCADE, null=True, blank=True, related_name="api_keys"
+        Partner, on_delete=models.CASCADE, null=True, blank=True, related_name="api_keys",
+        verbose_name=_("partner"),
     )
     tenants = models.ManyToManyField(
         Tenant,
+        verbose_name=_("tenants"),
         blank=True,
         related_name="engine_keys",
         help_text=_("Engine keys only: the tenants it acts for; none means every tenant."),
     )
-    name = models.CharField(max_length=200, blank=True)
-    prefix = models.CharField(max_length=32, unique=True)
-    key_hash = models.CharField(max_length=64)
-    created_at = models.DateTimeField(auto_now_add=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
+    name = models.CharField(_("name"), max_length=200, blank=True)
+    prefix = models.CharField(_("prefix"), max_length=32, unique=True)
+    key_hash = models.CharField(_("key hash"), max_length=64)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
+    revoked_at = models.DateTimeField(_("revoked at"), null=True, blank=True)
+    last_used_at = models.DateTimeField(_("last used at"), null=True, blank=True)
 
     class Meta:
+        verbose_name = _("API key")
+        verbose_name_plural = _("API keys")
         ordering = ["-created_at"]
         constraints = [
             models.CheckConstraint(
@@ -190,15 +209,19 @@ class ApiKey(models.Model):
 class Contact(models.Model):
     """A customer as the engine knows them (`contactId`), unique per tenant."""
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="contacts")
-    contact_id = models.CharField(max_length=255)
-    customer_name = models.CharField(max_length=500)
-    channel = models.CharField(max_length=50)
-    account_id = models.CharField(max_length=255)
-    first_seen = models.DateTimeField()
-    last_seen = models.DateTimeField()
+    tenant = models.ForeignKey(
+        Tenant, verbose_name=_("tenant"), on_delete=models.CASCADE, related_name="contacts"
+    )
+    contact_id = models.CharField(_("contact ID"), max_length=255)
+    customer_name = models.CharField(_("customer name"), max_length=500)
+    channel = models.CharField(_("channel"), max_length=50)
+    account_id = models.CharField(_("account ID"), max_length=255)
+    first_seen = models.DateTimeField(_("first seen"))
+    last_seen = models.DateTimeField(_("last seen"))
 
     class Meta:
+        verbose_name = _("contact")
+        verbose_name_plural = _("contacts")
         constraints = [
             models.UniqueConstraint(fields=["tenant", "contact_id"], name="contact_tenant_id_uniq")
         ]
@@ -214,27 +237,36 @@ class Ticket(models.Model):
         OPEN = "open", _("Open")
         CLOSED = "closed", _("Closed")
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="tickets")
-    ticket_number = models.CharField(max_length=100)
-    contact = models.ForeignKey(
-        Contact, on_delete=models.SET_NULL, null=True, blank=True, related_name="tickets"
+    tenant = models.ForeignKey(
+        Tenant, verbose_name=_("tenant"), on_delete=models.CASCADE, related_name="tickets"
     )
-    channel = models.CharField(max_length=50)
-    account_id = models.CharField(max_length=255)
-    customer_name = models.CharField(max_length=500)
-    created_date = models.DateTimeField(help_text=_("When the engine created the ticket."))
-    group_id = models.CharField(max_length=255, blank=True)
-    language = models.CharField(max_length=64, blank=True)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
-    closed_by = models.CharField(max_length=255, blank=True)
-    closed_at = models.DateTimeField(null=True, blank=True)
+    ticket_number = models.CharField(_("ticket number"), max_length=100)
+    contact = models.ForeignKey(
+        Contact, on_delete=models.SET_NULL, null=True, blank=True, related_name="tickets",
+        verbose_name=_("contact"),
+    )
+    channel = models.CharField(_("channel"), max_length=50)
+    account_id = models.CharField(_("account ID"), max_length=255)
+    customer_name = models.CharField(_("customer name"), max_length=500)
+    created_date = models.DateTimeField(
+        _("created date"), help_text=_("When the engine created the ticket.")
+    )
+    group_id = models.CharField(_("group ID"), max_length=255, blank=True)
+    language = models.CharField(_("language"), max_length=64, blank=True)
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.OPEN
+    )
+    closed_by = models.CharField(_("closed by"), max_length=255, blank=True)
+    closed_at = models.DateTimeField(_("closed at"), null=True, blank=True)
     # The sequence number of the ticket's latest event; events take the next one under the
     # ticket's row lock, so per-ticket order is the order events entered the portal.
-    last_sequence = models.PositiveBigIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    last_sequence = models.PositiveBigIntegerField(_("last sequence"), default=0)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
+        verbose_name = _("ticket")
+        verbose_name_plural = _("tickets")
         constraints = [
             models.UniqueConstraint(
                 fields=["tenant", "ticket_number"], name="ticket_tenant_number_uniq"
@@ -258,22 +290,29 @@ class Event(models.Model):
         ENGINE = "engine", _("Engine")
         PARTNER = "partner", _("Partner")
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="events")
-    kind = models.CharField(max_length=16, choices=Kind.choices)
-    source = models.CharField(max_length=16, choices=Source.choices)
-    partner = models.ForeignKey(
-        Partner, on_delete=models.SET_NULL, null=True, blank=True, related_name="events"
+    id = models.UUIDField(_("ID"), primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(
+        Tenant, verbose_name=_("tenant"), on_delete=models.CASCADE, related_name="events"
     )
-    ticket = models.ForeignKey(Ticket, on_delete=models.CASCADE, related_name="events")
-    ticket_number = models.CharField(max_length=100)
-    sequence = models.PositiveBigIntegerField()
-    raw_body = models.BinaryField()
-    payload = models.JSONField(help_text=_("The normalized payload sent on."))
-    idempotency_key = models.CharField(max_length=255, blank=True)
-    received_at = models.DateTimeField(db_index=True)
+    kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
+    source = models.CharField(_("source"), max_length=16, choices=Source.choices)
+    partner = models.ForeignKey(
+        Partner, on_delete=models.SET_NULL, null=True, blank=True, related_name="events",
+        verbose_name=_("partner"),
+    )
+    ticket = models.ForeignKey(
+        Ticket, verbose_name=_("ticket"), on_delete=models.CASCADE, related_name="events"
+    )
+    ticket_number = models.CharField(_("ticket number"), max_length=100)
+    sequence = models.PositiveBigIntegerField(_("sequence"))
+    raw_body = models.BinaryField(_("raw body"))
+    payload = models.JSONField(_("payload"), help_text=_("The normalized payload sent on."))
+    idempotency_key = models.CharField(_("idempotency key"), max_length=255, blank=True)
+    received_at = models.DateTimeField(_("received at"), db_index=True)
 
     class Meta:
+        verbose_name = _("event")
+        verbose_name_plural = _("events")
         ordering = ["-received_at"]
         constraints = [
             models.UniqueConstraint(fields=["ticket", "sequence"], name="event_ticket_seq_uniq")
@@ -310,35 +349,47 @@ class Delivery(models.Model):
 
     ENGINE_TARGET = "engine"
 
-    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="deliveries")
-    ticket = models.ForeignKey(Ticket, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.ForeignKey(
+        Event, verbose_name=_("event"), on_delete=models.CASCADE, related_name="deliveries"
+    )
+    tenant = models.ForeignKey(
+        Tenant, verbose_name=_("tenant"), on_delete=models.CASCADE, related_name="deliveries"
+    )
+    ticket = models.ForeignKey(
+        Ticket, verbose_name=_("ticket"), on_delete=models.CASCADE, related_name="deliveries"
+    )
     partner = models.ForeignKey(
-        Partner, on_delete=models.CASCADE, null=True, blank=True, related_name="deliveries"
+        Partner, on_delete=models.CASCADE, null=True, blank=True, related_name="deliveries",
+        verbose_name=_("partner"),
     )
     # "partner:<id>" or "engine": one delivery per (event, target), and the order key.
-    target = models.CharField(max_length=64)
-    endpoint = models.CharField(max_length=16, choices=Endpoint.choices)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
-    attempts = models.PositiveIntegerField(default=0)
+    target = models.CharField(_("target"), max_length=64)
+    endpoint = models.CharField(_("endpoint"), max_length=16, choices=Endpoint.choices)
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.PENDING
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
     # `attempts` when the delivery was last redelivered by hand: the retry schedule starts
     # over from here, while attempt numbers keep counting up.
-    retry_base = models.PositiveIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    retry_base = models.PositiveIntegerField(_("retry base"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
     # When a queue message was last sent for it; the dispatcher re-sends only after a while,
     # so a backlog in the broker is not flooded with duplicates every second.
-    dispatched_at = models.DateTimeField(null=True, blank=True)
-    lease_token = models.UUIDField(null=True, blank=True)
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    last_error = models.CharField(max_length=500, blank=True)
-    delivered_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    dispatched_at = models.DateTimeField(_("dispatched at"), null=True, blank=True)
+    lease_token = models.UUIDField(_("lease token"), null=True, blank=True)
+    lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(
+        _("last status code"), null=True, blank=True
+    )
+    last_error = models.CharField(_("last error"), max_length=500, blank=True)
+    delivered_at = models.DateTimeField(_("delivered at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
+        verbose_name = _("delivery")
+        verbose_name_plural = _("deliveries")
         ordering = ["id"]
-        verbose_name_plural = "deliveries"
         constraints = [
             models.UniqueConstraint(fields=["event", "target"], name="delivery_event_target_uniq")
         ]
@@ -360,20 +411,24 @@ class Delivery(models.Model):
 class DeliveryAttempt(models.Model):
     """One HTTP try of a delivery, as sent and as answered (no secrets stored)."""
 
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempts_log")
-    number = models.PositiveIntegerField()
-    url = models.CharField(max_length=2600)
-    request_headers = models.JSONField(default=dict)
-    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    response_headers = models.JSONField(default=dict)
-    response_body = models.TextField(blank=True, help_text=_("First 8 KiB."))
-    duration_ms = models.PositiveIntegerField(default=0)
-    outcome = models.CharField(max_length=16, blank=True)
-    error_class = models.CharField(max_length=64, blank=True)
-    error_message = models.CharField(max_length=1000, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    delivery = models.ForeignKey(
+        Delivery, verbose_name=_("delivery"), on_delete=models.CASCADE, related_name="attempts_log"
+    )
+    number = models.PositiveIntegerField(_("number"))
+    url = models.CharField(_("URL"), max_length=2600)
+    request_headers = models.JSONField(_("request headers"), default=dict)
+    response_status = models.PositiveSmallIntegerField(_("response status"), null=True, blank=True)
+    response_headers = models.JSONField(_("response headers"), default=dict)
+    response_body = models.TextField(_("response body"), blank=True, help_text=_("First 8 KiB."))
+    duration_ms = models.PositiveIntegerField(_("duration (ms)"), default=0)
+    outcome = models.CharField(_("outcome"), max_length=16, blank=True)
+    error_class = models.CharField(_("error class"), max_length=64, blank=True)
+    error_message = models.CharField(_("error message"), max_length=1000, blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
 
     class Meta:
+        verbose_name = _("delivery attempt")
+        verbose_name_plural = _("delivery attempts")
         ordering = ["delivery_id", "number"]
         constraints = [
             models.UniqueConstraint(
@@ -392,15 +447,21 @@ class IdempotencyRecord(models.Model):
         IN_PROGRESS = "in_progress", _("In progress")
         DONE = "done", _("Done")
 
-    holder = models.CharField(max_length=64, help_text=_("partner:<id> or enginekey:<id>"))
-    key = models.CharField(max_length=255)
-    request_hash = models.CharField(max_length=64)
-    state = models.CharField(max_length=16, choices=State.choices, default=State.IN_PROGRESS)
-    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    response_body = models.JSONField(null=True, blank=True)
-    created_at = models.DateTimeField()
+    holder = models.CharField(
+        _("holder"), max_length=64, help_text=_("partner:<id> or enginekey:<id>")
+    )
+    key = models.CharField(_("key"), max_length=255)
+    request_hash = models.CharField(_("request hash"), max_length=64)
+    state = models.CharField(
+        _("state"), max_length=16, choices=State.choices, default=State.IN_PROGRESS
+    )
+    response_status = models.PositiveSmallIntegerField(_("response status"), null=True, blank=True)
+    response_body = models.JSONField(_("response body"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"))
 
     class Meta:
+        verbose_name = _("idempotency record")
+        verbose_name_plural = _("idempotency records")
         constraints = [
             models.UniqueConstraint(fields=["holder", "key"], name="idempotency_holder_key_uniq")
         ]
@@ -414,8 +475,12 @@ class WorkerHeartbeat(models.Model):
     """A marker a worker writes when it runs the `ping` task: proof that a task went through
     the broker and reached the database (health checks, tests)."""
 
-    marker = models.CharField(max_length=100, unique=True)
-    seen_at = models.DateTimeField()
+    marker = models.CharField(_("marker"), max_length=100, unique=True)
+    seen_at = models.DateTimeField(_("seen at"))
+
+    class Meta:
+        verbose_name = _("worker heartbeat")
+        verbose_name_plural = _("worker heartbeats")
 
     def __str__(self) -> str:
         return self.marker

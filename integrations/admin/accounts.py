@@ -230,8 +230,8 @@ class PartnerForm(forms.ModelForm):
 
 
 class RecoverForm(forms.Form):
-    since = forms.DateTimeField(label=_("from"), help_text="YYYY-MM-DD HH:MM")
-    until = forms.DateTimeField(label=_("until"), help_text="YYYY-MM-DD HH:MM")
+    since = forms.DateTimeField(label=_("from"), help_text=_("YYYY-MM-DD HH:MM"))
+    until = forms.DateTimeField(label=_("until"), help_text=_("YYYY-MM-DD HH:MM"))
 
 
 @admin.register(Partner)
