@@ -16,7 +16,13 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from integrations import selectors
-from integrations.admin.scoping import ADMIN, SUPPORT, TenantScopedAdmin, tenant_ids_for
+from integrations.admin.scoping import (
+    ADMIN,
+    SUPPORT,
+    ReadOnlyScopedInline,
+    TenantScopedAdmin,
+    tenant_ids_for,
+)
 from integrations.delivery import generate_secret
 from integrations.errors import PortalError
 from integrations.models import ApiKey, Partner, SigningSecret, Tenant, TenantMembership
@@ -34,17 +40,29 @@ def show_once(request, label: str, value: str) -> None:
     """Show a secret in the next page's messages: the only time it is ever shown."""
     messages.warning(
         request,
-        format_html(_("{} (copy it now, it is shown only once): <code class='secret-once'>{}"
-                      "</code>"), label, value),
+        format_html(
+            _("{} (copy it now, it is shown only once): <code class='secret-once'>{}</code>"),
+            label,
+            value,
+        ),
     )
 
 
 class TenantForm(forms.ModelForm):
     class Meta:
         model = Tenant
-        fields = ["owner", "name", "is_active", "time_zone", "sticker_text", "retention_days",
-                  "engine_base_url", "engine_send_message_path", "engine_command_path",
-                  "engine_token"]
+        fields = [
+            "owner",
+            "name",
+            "is_active",
+            "time_zone",
+            "sticker_text",
+            "retention_days",
+            "engine_base_url",
+            "engine_send_message_path",
+            "engine_command_path",
+            "engine_token",
+        ]
 
     def clean_time_zone(self):
         try:
@@ -64,8 +82,17 @@ class TenantAdmin(TenantScopedAdmin):
     fieldsets = [
         (None, {"fields": ["owner", "name", "is_active"]}),
         (_("Messages"), {"fields": ["time_zone", "sticker_text", "retention_days"]}),
-        (_("Engine relay"), {"fields": ["engine_base_url", "engine_send_message_path",
-                                        "engine_command_path", "engine_token"]}),
+        (
+            _("Engine relay"),
+            {
+                "fields": [
+                    "engine_base_url",
+                    "engine_send_message_path",
+                    "engine_command_path",
+                    "engine_token",
+                ]
+            },
+        ),
     ]
 
     def get_readonly_fields(self, request, obj=None):
@@ -121,10 +148,12 @@ class TenantMembershipAdmin(TenantScopedAdmin):
     def save_model(self, request, obj, form, change):
         if change:
             return super().save_model(request, obj, form, change)
-        user, password = user_create(tenant=form.cleaned_data["tenant"],
-                                     username=form.cleaned_data["username"],
-                                     role=form.cleaned_data["role"],
-                                     email=form.cleaned_data["email"] or "")
+        user, password = user_create(
+            tenant=form.cleaned_data["tenant"],
+            username=form.cleaned_data["username"],
+            role=form.cleaned_data["role"],
+            email=form.cleaned_data["email"] or "",
+        )
         obj.pk = TenantMembership.objects.get(user=user, tenant=form.cleaned_data["tenant"]).pk
         obj.user = user
         show_once(request, _("Password for %(user)s") % {"user": user.username}, password)
@@ -134,8 +163,9 @@ class TenantMembershipAdmin(TenantScopedAdmin):
         for membership in queryset.select_related("user"):
             user = membership.user
             other = set(user.memberships.values_list("tenant_id", flat=True))
-            if request.user.is_superuser or (not user.is_superuser and other <= admin_tenants
-                                             and user != request.user):
+            if request.user.is_superuser or (
+                not user.is_superuser and other <= admin_tenants and user != request.user
+            ):
                 yield user
 
     @admin.action(description=_("Deactivate the selected users"), permissions=["change"])
@@ -157,16 +187,11 @@ class TenantMembershipAdmin(TenantScopedAdmin):
         messages.success(request, _("%(n)d user(s) activated.") % {"n": count})
 
 
-class ApiKeyInline(admin.TabularInline):
+class ApiKeyInline(ReadOnlyScopedInline):
     model = ApiKey
-    extra = 0
     fields = ["prefix", "name", "created_at", "expires_at", "revoked_at", "last_used_at"]
     readonly_fields = fields
-    can_delete = False
     show_change_link = True
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 class ChannelsField(forms.CharField):
@@ -181,14 +206,26 @@ class ChannelsField(forms.CharField):
 
 
 class PartnerForm(forms.ModelForm):
-    channels = ChannelsField(label=_("channels"), required=False,
-                             help_text=_("Comma-separated, e.g. whatsapp, telegram. Empty "
-                                         "means every channel."))
+    channels = ChannelsField(
+        label=_("Channels"),
+        required=False,
+        help_text=_("Comma-separated, e.g. whatsapp, telegram. Empty means every channel."),
+    )
 
     class Meta:
         model = Partner
-        fields = ["tenant", "name", "base_url", "incoming_message_path", "send_message_path",
-                  "channels", "connect_timeout", "timeout", "retry_schedule", "rate_limit"]
+        fields = [
+            "tenant",
+            "name",
+            "base_url",
+            "incoming_message_path",
+            "send_message_path",
+            "channels",
+            "connect_timeout",
+            "timeout",
+            "retry_schedule",
+            "rate_limit",
+        ]
 
     def clean_retry_schedule(self):
         from django.core.exceptions import ImproperlyConfigured
@@ -239,18 +276,34 @@ class PartnerAdmin(TenantScopedAdmin):
     role_permissions = {ADMIN: {"view", "add", "change"}, SUPPORT: {"view"}}
     form = PartnerForm
     change_form_template = "admin/integrations/partner/change_form.html"
-    list_display = ["name", "tenant", "state", "base_url", "consecutive_failures",
-                    "last_success_at"]
+    list_display = [
+        "name",
+        "tenant",
+        "state",
+        "base_url",
+        "consecutive_failures",
+        "last_success_at",
+    ]
     list_filter = ["state"]
     search_fields = ["name", "=tenant__owner"]
     list_select_related = ["tenant"]
     inlines = [ApiKeyInline]
     actions = ["disable_partners", "resume_partners", "rotate_secrets", "new_keys"]
     fieldsets = [
-        (None, {"fields": ["tenant", "name", "base_url", "incoming_message_path",
-                           "send_message_path", "channels"]}),
-        (_("Delivery"), {"fields": ["connect_timeout", "timeout", "retry_schedule",
-                                    "rate_limit"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "tenant",
+                    "name",
+                    "base_url",
+                    "incoming_message_path",
+                    "send_message_path",
+                    "channels",
+                ]
+            },
+        ),
+        (_("Delivery"), {"fields": ["connect_timeout", "timeout", "retry_schedule", "rate_limit"]}),
         (_("State"), {"fields": ["state", "state_reason", "state_changed_at"]}),
     ]
     readonly_fields = ["state", "state_reason", "state_changed_at"]
@@ -284,10 +337,16 @@ class PartnerAdmin(TenantScopedAdmin):
 
     def get_urls(self):
         urls = [
-            path("<path:object_id>/test-event/", self.admin_site.admin_view(self.test_event_view),
-                 name="integrations_partner_test_event"),
-            path("<path:object_id>/recover/", self.admin_site.admin_view(self.recover_view),
-                 name="integrations_partner_recover"),
+            path(
+                "<path:object_id>/test-event/",
+                self.admin_site.admin_view(self.test_event_view),
+                name="integrations_partner_test_event",
+            ),
+            path(
+                "<path:object_id>/recover/",
+                self.admin_site.admin_view(self.recover_view),
+                name="integrations_partner_recover",
+            ),
         ]
         return urls + super().get_urls()
 
@@ -296,28 +355,41 @@ class PartnerAdmin(TenantScopedAdmin):
         if request.method != "POST" or not self.has_change_permission(request, partner):
             raise PermissionDenied
         result = operations.partner_send_test_event(partner=partner)
-        context = {**self.admin_site.each_context(request), "partner": partner,
-                   "result": result, "opts": self.opts,
-                   "title": _("Test event to %(name)s") % {"name": partner.name}}
+        context = {
+            **self.admin_site.each_context(request),
+            "partner": partner,
+            "result": result,
+            "opts": self.opts,
+            "title": _("Test event to %(name)s") % {"name": partner.name},
+        }
         return TemplateResponse(request, "admin/integrations/partner/test_event.html", context)
 
     def recover_view(self, request, object_id):
         partner = get_object_or_404(self.get_queryset(request), pk=object_id)
         if not self.has_change_permission(request, partner):
             raise PermissionDenied
-        form = RecoverForm(request.POST or None, initial={
-            "since": timezone.now() - timedelta(days=1), "until": timezone.now()})
+        form = RecoverForm(
+            request.POST or None,
+            initial={"since": timezone.now() - timedelta(days=1), "until": timezone.now()},
+        )
         if request.method == "POST" and form.is_valid():
-            count = operations.deliveries_recover(partner=partner,
-                                                  since=form.cleaned_data["since"],
-                                                  until=form.cleaned_data["until"])
+            count = operations.deliveries_recover(
+                partner=partner, since=form.cleaned_data["since"], until=form.cleaned_data["until"]
+            )
             self.log_change(request, partner, f"Recovered {count} dead deliveries.")
-            messages.success(request, _("%(n)d dead deliveries will be sent again, in their "
-                                        "original order.") % {"n": count})
+            messages.success(
+                request,
+                _("%(n)d dead deliveries will be sent again, in their original order.")
+                % {"n": count},
+            )
             return redirect(reverse("admin:integrations_partner_change", args=[partner.pk]))
-        context = {**self.admin_site.each_context(request), "partner": partner, "form": form,
-                   "opts": self.opts,
-                   "title": _("Recover dead deliveries of %(name)s") % {"name": partner.name}}
+        context = {
+            **self.admin_site.each_context(request),
+            "partner": partner,
+            "form": form,
+            "opts": self.opts,
+            "title": _("Recover dead deliveries of %(name)s") % {"name": partner.name},
+        }
         return TemplateResponse(request, "admin/integrations/partner/recover.html", context)
 
     # --- actions ---------------------------------------------------------------------------
@@ -335,17 +407,21 @@ class PartnerAdmin(TenantScopedAdmin):
             self.log_change(request, partner, "Resumed.")
         messages.success(request, _("Partners resumed; waiting deliveries go out in order."))
 
-    @admin.action(description=_("Rotate signing secrets (old ones stay valid 24 h)"),
-                  permissions=["change"])
+    @admin.action(
+        description=_("Rotate signing secrets (old ones stay valid 24 h)"), permissions=["change"]
+    )
     def rotate_secrets(self, request, queryset):
         for partner in queryset:
             secret = signing_secret_rotate(partner=partner)
             self.log_change(request, partner, "Signing secret rotated.")
-            show_once(request, _("New signing secret of %(name)s") % {"name": partner.name},
-                      secret.secret)
+            show_once(
+                request, _("New signing secret of %(name)s") % {"name": partner.name}, secret.secret
+            )
 
-    @admin.action(description=_("Create a new API key (rotation; old keys keep working)"),
-                  permissions=["change"])
+    @admin.action(
+        description=_("Create a new API key (rotation; old keys keep working)"),
+        permissions=["change"],
+    )
     def new_keys(self, request, queryset):
         for partner in queryset:
             key = ApiKey(kind=ApiKey.Kind.PARTNER, partner=partner, name="rotation")
@@ -375,8 +451,7 @@ class ApiKeyAdmin(TenantScopedAdmin):
     tenant_path = "partner__tenant"
     role_permissions = {ADMIN: {"view", "add", "change"}, SUPPORT: {"view"}}
     form = ApiKeyForm
-    list_display = ["prefix", "kind", "partner", "name", "expires_at", "revoked_at",
-                    "last_used_at"]
+    list_display = ["prefix", "kind", "partner", "name", "expires_at", "revoked_at", "last_used_at"]
     list_filter = ["kind"]
     list_select_related = ["partner"]
     search_fields = ["=prefix", "name"]

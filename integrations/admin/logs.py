@@ -19,7 +19,13 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from integrations import selectors
-from integrations.admin.scoping import ADMIN, SUPPORT, EstimatedCountPaginator, TenantScopedAdmin
+from integrations.admin.scoping import (
+    ADMIN,
+    SUPPORT,
+    EstimatedCountPaginator,
+    ReadOnlyScopedInline,
+    TenantScopedAdmin,
+)
 from integrations.errors import Conflict
 from integrations.models import (
     Contact,
@@ -152,9 +158,8 @@ class ContactAdmin(LogAdmin):
     list_select_related = ["tenant"]
 
 
-class DeliveryInline(admin.TabularInline):
+class DeliveryInline(ReadOnlyScopedInline):
     model = Delivery
-    extra = 0
     fields = [
         "target_link",
         "status",
@@ -165,7 +170,6 @@ class DeliveryInline(admin.TabularInline):
         "delivered_at",
     ]
     readonly_fields = fields
-    can_delete = False
 
     @admin.display(description=_("delivery"))
     def target_link(self, obj):
@@ -173,15 +177,6 @@ class DeliveryInline(admin.TabularInline):
         return format_html(
             '<a href="{}">{}</a>', url, obj.partner.name if obj.partner else _("Engine relay")
         )
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Event)
@@ -240,9 +235,8 @@ class EventAdmin(LogAdmin):
             return format_html("<pre>{}</pre>", raw.decode("utf-8", "replace"))
 
 
-class AttemptInline(admin.TabularInline):
+class AttemptInline(ReadOnlyScopedInline):
     model = DeliveryAttempt
-    extra = 0
     fields = [
         "number",
         "created_at",
@@ -254,20 +248,10 @@ class AttemptInline(admin.TabularInline):
         "response_excerpt",
     ]
     readonly_fields = fields
-    can_delete = False
 
     @admin.display(description=_("response"))
     def response_excerpt(self, obj):
         return format_html("<pre class='excerpt'>{}</pre>", obj.response_body[:500])
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Delivery)

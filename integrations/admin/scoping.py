@@ -144,3 +144,23 @@ class EstimatedCountPaginator(Paginator):
             if row and row[0] > self.CAP:
                 return int(row[0])
         return qs[: self.CAP + 1].count()
+
+
+class ReadOnlyScopedInline(admin.TabularInline):
+    """A read-only inline on a tenant-scoped page: whoever may see the parent (already
+    checked by its TenantScopedAdmin) sees these rows; nobody edits them here."""
+
+    extra = 0
+    can_delete = False
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return True
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

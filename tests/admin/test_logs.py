@@ -75,3 +75,12 @@ def test_estimated_paginator_caps_filtered_counts(two_tickets):
         assert paginator.count == 2  # CAP + 1: "more than the cap"
     finally:
         EstimatedCountPaginator.CAP = cap
+
+
+def test_support_sees_inlines_of_visible_objects(support_client, two_tickets, partner):
+    # deliveries on the event page, API keys on the partner page (read-only)
+    event = two_tickets.first()
+    page = support_client.get(f"/admin/integrations/event/{event.pk}/change/").content.decode()
+    assert partner.name in page and "Pending" in page
+    page = support_client.get(f"/admin/integrations/partner/{partner.pk}/change/")
+    assert partner.api_keys.get().prefix in page.content.decode()

@@ -110,6 +110,9 @@ def test_support_finds_delivery_opens_timeline_and_redelivers(
     dead.refresh_from_db()
     assert dead.status == "pending"
     assert delivery_services.delivery_attempt(delivery_id=dead.pk) == "succeeded"
+    page.goto(f"{live_server.url}/admin/integrations/partner/{partner.pk}/change/")
+    assert "50 %" in page.inner_text("#partner-health")  # one dead try, one success
+    screenshot(page, "partner")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -117,7 +120,6 @@ def test_admin_switches_to_bahasa_indonesia(page, live_server, tenant_admin, par
     login(page, live_server.url, "ayu", PASSWORD)
     assert page.url == f"{live_server.url}/admin/"
     page.goto(f"{live_server.url}/admin/integrations/partner/{partner.pk}/change/")
-    screenshot(page, "partner")
     assert "Log out" in page.content() or "LOG OUT" in page.content().upper()
     with page.expect_navigation():
         page.select_option("#language-select", "id")
