@@ -19,6 +19,7 @@ class TenantFactory(factory.django.DjangoModelFactory):
 class PartnerFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = models.Partner
+        skip_postgeneration_save = True  # the hook writes a SigningSecret, not the partner
 
     tenant = factory.SubFactory(TenantFactory)
     name = factory.Sequence(lambda n: f"Partner {n}")
