@@ -13,6 +13,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 
 from integrations import selectors
@@ -49,6 +50,10 @@ def show_once(request, label: str, value: str) -> None:
 
 
 class TenantForm(forms.ModelForm):
+    engine_base_url = forms.URLField(
+        label=capfirst(_("engine base URL")), required=False, assume_scheme="https", max_length=200
+    )
+
     class Meta:
         model = Tenant
         fields = [
@@ -206,6 +211,7 @@ class ChannelsField(forms.CharField):
 
 
 class PartnerForm(forms.ModelForm):
+    base_url = forms.URLField(label=capfirst(_("base URL")), assume_scheme="https", max_length=2048)
     channels = ChannelsField(
         label=_("Channels"),
         required=False,
