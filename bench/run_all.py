@@ -1,0 +1,341 @@
+"""Run the three benchmarks and write docs/PERFORMANCE.md from their results.
+
+    .venv/bin/python bench/run_all.py [--quick] [--only ingest --only latency] [--no-write]
+
+`make bench` runs it at full size. Each benchmark is its own process (bench/ingest.py,
+bench/delivery.py, bench/latency.py) that starts and stops its own servers; this script
+collects the one JSON object each prints, prints them together as one JSON object, and
+rewrites docs/PERFORMANCE.md: the figures and ratios of this run, the machine, the exact
+commands, the date. Text below the NOTES_MARKER line of the existing file is kept.
+
+Exits 1 when a benchmark failed (the report then says which); goals are reported, never
+asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import harness
+
+REPO = harness.REPO
+REPORT = REPO / "docs" / "PERFORMANCE.md"
+NOTES_MARKER = "<!-- Hand-written notes below this line are kept by bench/run_all.py. -->"
+
+# name -> (arguments at full size, arguments with --quick)
+BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
+    "ingest": ([], ["--duration", "5", "--warmup", "2", "--rounds", "1"]),
+    "delivery": ([], ["--count", "2000", "--tickets", "200"]),
+    "latency": ([], ["--duration", "10", "--probe-seconds", "5"]),
+}
+CHILD_TIMEOUT_S = 3600
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(BENCHMARKS),
+        help="run only this benchmark (repeatable)",
+    )
+    parser.add_argument("--no-write", action="store_true", help="do not touch the report")
+    return parser.parse_args()
+
+
+def run_one(name: str, extra: list[str]) -> tuple[dict[str, Any] | None, float, str]:
+    """Run bench/NAME.py; returns (its JSON or None, seconds, command line)."""
+    cmd = [sys.executable, f"bench/{name}.py", *extra]
+    line = harness.short_cmd(cmd)
+    harness.log(f"running {line}")
+    started = time.monotonic()
+    # Same process group: a terminal's Ctrl-C reaches the child too, which then tears its
+    # servers down; we only wait for that (never kill it mid-teardown).
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        out, _ = proc.communicate(timeout=CHILD_TIMEOUT_S)
+    except KeyboardInterrupt:
+        proc.wait(timeout=120)
+        raise
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        harness.log(f"{name} failed with exit code {proc.returncode}")
+        return None, seconds, line
+    try:
+        return json.loads(out), seconds, line
+    except json.JSONDecodeError:
+        harness.log(f"{name} printed no JSON object:\n{out[-2000:]}")
+        return None, seconds, line
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def _goal(met: bool | None) -> str:
+    return "n/a" if met is None else ("meets" if met else "below")
+
+
+def _f(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        value = f"{value:,.1f}" if abs(value) >= 10 else f"{value:.2f}"
+    return f"{value}{unit}"
+
+
+def rows_ingest(r: dict[str, Any]) -> list[str]:
+    p, b = r["portal"], r["baseline"]
+    return [
+        "| ingest: `POST /api/v1/engine/incoming` (wrk, same gunicorn, same PostgreSQL) "
+        f"| {_f(p['rps'])} req/s, p50 {_f(p['p50_ms'])} ms, p99 {_f(p['p99_ms'])} ms, "
+        f"non-2xx {p['non2xx']} "
+        f"| bare Django view, one INSERT: {_f(b['rps'])} req/s, p50 {_f(b['p50_ms'])} ms, "
+        f"p99 {_f(b['p99_ms'])} ms "
+        f"| **{r['ratio']}×** (rps) | ≥ 0.5× — {_goal(r['ratio'] >= 0.5)} |"
+    ]
+
+
+def rows_delivery(r: dict[str, Any]) -> list[str]:
+    p, b = r["portal"], r["baseline"]
+    return [
+        f"| delivery: {r['count']:,} queued deliveries drained by Celery "
+        f"(concurrency {r['config']['concurrency']}) "
+        f"| {_f(p['deliveries_per_s'])} deliveries/s; {p['succeeded']:,}/{r['count']:,} "
+        f"succeeded, sink got {p['sink_requests']:,} "
+        f"| bare `requests.Session` loop, {r['config']['concurrency']} processes: "
+        f"{_f(b['deliveries_per_s'])} /s "
+        f"| **{r['ratio']}×** | ≥ 0.7× — {_goal(r['ratio'] is not None and r['ratio'] >= 0.7)} |"
+    ]
+
+
+def rows_latency(r: dict[str, Any]) -> list[str]:
+    rows = []
+    capacity = (r.get("capacity") or {}).get("events_per_s")
+    for phase in r["phases"]:
+        p, b = phase["portal"], phase["bare"]
+        load = phase["load_fraction_of_capacity"]
+        load_text = f"{load * 100:.0f} % of capacity {_f(capacity)}/s" if load else "load n/a"
+        is_half = phase["rate_label"] == "half"
+        goal = (
+            f"p99 < 100 ms — {_goal(p['p99_ms'] is not None and p['p99_ms'] < 100)}"
+            if is_half
+            else f"(goal is at 50 % load; this is {load_text.split(' of')[0]})"
+        )
+        rows.append(
+            f"| end-to-end latency at {_f(phase['rate_per_s'])} events/s ({load_text}), "
+            f"{p['duration_s']:.0f} s "
+            f"| p50 {_f(p['p50_ms'])} ms, p95 {_f(p['p95_ms'])} ms, p99 {_f(p['p99_ms'])} ms; "
+            f"sent {p['sent']}, received {p['received']}, lost {p['lost']} "
+            f"| client → sink directly: p50 {_f(b['p50_ms'])} ms, p99 {_f(b['p99_ms'])} ms "
+            f"| {_f(phase['ratio_p99'])}× (p99) | {goal} |"
+        )
+    return rows
+
+
+def diagnostics(results: dict[str, Any]) -> list[str]:
+    lines = ["| run | CPU ms per unit, by process | PostgreSQL sessions opened |", "|---|---|---|"]
+
+    def cpu_text(cpu: dict[str, float]) -> str:
+        parts = [f"{k} {v:.2f}" for k, v in cpu.items() if k != "total" and v >= 0.01]
+        return f"total {cpu['total']:.2f}: " + ", ".join(parts)
+
+    if "ingest" in results:
+        for name in ("portal", "baseline"):
+            last = results["ingest"][name]["rounds"][-1]
+            lines.append(
+                f"| ingest {name} (per request, last round) "
+                f"| {cpu_text(last['cpu_ms_per_request'])} "
+                f"| {last['postgres_sessions_opened']} |"
+            )
+    if "delivery" in results:
+        d = results["delivery"]
+        lines.append(
+            f"| delivery portal (per delivery; tasks run {d['portal']['tasks_run']}, "
+            f"of which not claimable {d['portal']['tasks_not_claimed']}) "
+            f"| {cpu_text(d['portal']['cpu_ms_per_delivery'])} "
+            f"| {d['portal']['postgres_sessions_opened']} |"
+        )
+        lines.append(
+            f"| delivery baseline (per delivery) "
+            f"| {cpu_text(d['baseline']['before']['cpu_ms_per_delivery'])} | 0 |"
+        )
+    if "latency" in results:
+        for phase in results["latency"]["phases"]:
+            cpu = phase["portal"].get("cpu_ms_per_event")
+            if cpu:
+                lines.append(
+                    f"| latency portal at {_f(phase['rate_per_s'])}/s (per event, "
+                    f"idle time included) | {cpu_text(cpu)} | — |"
+                )
+    return lines
+
+
+def machine_lines(results: dict[str, Any]) -> list[str]:
+    any_result = next(iter(results.values()), None)
+    machine = harness.machine_info()
+    versions = (any_result or {}).get("versions", {})
+    return [
+        f"- CPUs (nproc): {machine['nproc']}; memory: {machine['memory_gib']} GiB; "
+        f"CPU model: {machine['cpu_model']}; kernel {machine['kernel']}",
+        f"- Python {machine['python']}; {versions.get('postgresql', 'PostgreSQL: n/a')}; "
+        f"{versions.get('redis', 'Redis: n/a')}",
+        "- PostgreSQL and Redis are throwaway servers started by scripts/testenv.py "
+        "(PostgreSQL with fsync, synchronous_commit and full_page_writes off): the same "
+        "servers for the portal and its baseline.",
+        "- The machine is shared and noisy (other test suites may run at the same time): "
+        "absolute numbers move between runs; the ratios, measured minutes apart in one run, "
+        "move less.",
+    ]
+
+
+def git_state() -> str:
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = [
+        line
+        for line in git("status", "--porcelain").splitlines()
+        if not line[3:].startswith(("bench/", "docs/PERFORMANCE.md"))
+    ]
+    return f"commit `{commit}`" + (
+        f" plus uncommitted changes in {len(dirty)} file(s) outside bench/" if dirty else ""
+    )
+
+
+def write_report(results: dict[str, Any], runs: list[dict[str, Any]], quick: bool) -> None:
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    table = [
+        "| benchmark | portal | baseline | ratio | team goal (reported, not asserted) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, rows in (
+        ("ingest", rows_ingest),
+        ("delivery", rows_delivery),
+        ("latency", rows_latency),
+    ):
+        if name in results:
+            table += rows(results[name])
+    failed = [r["name"] for r in runs if not r["ok"]]
+    commands = [
+        f"- `{r['command']}` — {r['seconds']:.0f} s" + ("" if r["ok"] else " — **failed**")
+        for r in runs
+    ]
+    detail_cmds = []
+    for name, result in results.items():
+        for role, line in result.get("commands", {}).items():
+            detail_cmds.append(f"- {name} {role}: `{line}`")
+    notes = ""
+    if REPORT.exists():
+        old = REPORT.read_text()
+        if NOTES_MARKER in old:
+            notes = old.split(NOTES_MARKER, 1)[1].lstrip("\n")
+    capacity = results.get("latency", {}).get("capacity") or {}
+    text = "\n".join(
+        [
+            "# Performance",
+            "",
+            f"Last run: **{now}**, `{'make bench' if not quick else 'bench/run_all.py --quick'}`"
+            f"{' (quick sizes)' if quick else ' (full size)'}, on {git_state()}.",
+            "Generated by `bench/run_all.py`; the numbers below are from that one run.",
+            "",
+            "Every figure is a ratio against a baseline measured in the same run, on the same "
+            "machine, against the same PostgreSQL/Redis/sink: the machine is small and shared, so "
+            "only ratios are comparable between runs.",
+            "",
+            *([f"**Failed in this run:** {', '.join(failed)}.", ""] if failed else []),
+            "## Results",
+            "",
+            *table,
+            "",
+            'What "50 % load" means: the latency benchmark first measures the maximum '
+            "sustainable ingest+delivery throughput (closed-loop clients posting back-to-back; "
+            "accepted events / time until the sink received the last one)"
+            + (f": **{_f(capacity.get('events_per_s'))} events/s** in this run" if capacity else "")
+            + "; `half` runs at 50 % of that. The fixed 50 events/s phase is "
+            "reported beside it with the load it represents.",
+            "",
+            "### Diagnostics (where the time goes)",
+            "",
+            "CPU time per request/delivery/event of each process group, read from /proc around "
+            "each measured run (client = wrk or the bench's own senders; postgres includes "
+            "backends that ended), and PostgreSQL sessions opened during the run.",
+            "",
+            *diagnostics(results),
+            "",
+            "## Machine",
+            "",
+            *machine_lines(results),
+            "",
+            "## Commands",
+            "",
+            "Run (each benchmark starts its own PostgreSQL, Redis, servers and sink on free "
+            "loopback ports and removes them afterwards):",
+            "",
+            *commands,
+            "",
+            "What they ran (PORT: a free loopback port):",
+            "",
+            *detail_cmds,
+            "",
+            "Method and options of each benchmark: bench/README.md and the docstring at the top "
+            "of each script.",
+            "",
+            "<details><summary>Full results (JSON)</summary>",
+            "",
+            "```json",
+            json.dumps(results, indent=1),
+            "```",
+            "",
+            "</details>",
+            "",
+            NOTES_MARKER,
+            "",
+            notes.rstrip() + "\n" if notes.strip() else "",
+        ]
+    )
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(text.rstrip() + "\n")
+    harness.log(f"wrote {REPORT}")
+
+
+def main() -> int:
+    args = parse_args()
+    names = args.only or list(BENCHMARKS)
+    results: dict[str, Any] = {}
+    runs: list[dict[str, Any]] = []
+    for name in names:
+        full, quick = BENCHMARKS[name]
+        result, seconds, line = run_one(name, quick if args.quick else full)
+        runs.append({"name": name, "command": line, "seconds": seconds, "ok": result is not None})
+        if result is not None:
+            results[name] = result
+        harness.log(f"{name}: {seconds:.0f} s")
+    if not args.no_write:
+        write_report(results, runs, args.quick)
+    harness.emit({"runs": runs, "results": results})
+    return 0 if all(r["ok"] for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
