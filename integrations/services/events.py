@@ -63,22 +63,24 @@ def _ticket_for_update(tenant: Tenant, ticket_number: str) -> Ticket | None:
 
 
 def _contact_upsert(tenant: Tenant, msg: MessagePayload, now) -> Contact:
-    fields = {
-        "customer_name": msg.customer_name,
-        "channel": msg.channel,
-        "account_id": msg.account_id,
-        "last_seen": now,
-    }
-    updated = Contact.objects.filter(tenant=tenant, contact_id=msg.contact_id).update(**fields)
-    if not updated:
-        try:
-            with transaction.atomic():
-                return Contact.objects.create(
-                    tenant=tenant, contact_id=msg.contact_id, first_seen=now, **fields
-                )
-        except IntegrityError:  # created by a concurrent request a moment ago
-            Contact.objects.filter(tenant=tenant, contact_id=msg.contact_id).update(**fields)
-    return Contact.objects.get(tenant=tenant, contact_id=msg.contact_id)
+    """Insert or update the contact in one statement (INSERT … ON CONFLICT DO UPDATE);
+    `first_seen` is kept from the first insert."""
+    contact = Contact(
+        tenant=tenant,
+        contact_id=msg.contact_id,
+        customer_name=msg.customer_name,
+        channel=msg.channel,
+        account_id=msg.account_id,
+        first_seen=now,
+        last_seen=now,
+    )
+    Contact.objects.bulk_create(
+        [contact],
+        update_conflicts=True,
+        unique_fields=["tenant", "contact_id"],
+        update_fields=["customer_name", "channel", "account_id", "last_seen"],
+    )
+    return contact
 
 
 def _ticket_upsert(tenant: Tenant, msg: MessagePayload, contact: Contact) -> Ticket:
@@ -102,7 +104,7 @@ def _ticket_upsert(tenant: Tenant, msg: MessagePayload, contact: Contact) -> Tic
         except IntegrityError:  # a concurrent first message created it: lock that row
             ticket = _ticket_for_update(tenant, msg.ticket_number)
         else:
-            return Ticket.objects.select_for_update().get(pk=ticket.pk)
+            return ticket  # our own uncommitted insert: no one else can lock it before commit
     ticket.contact = contact
     ticket.channel = msg.channel
     ticket.account_id = msg.account_id
