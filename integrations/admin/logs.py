@@ -1,7 +1,8 @@
 """Admin for what happened: tickets, contacts, events, deliveries and their attempts.
 
 Built for millions of rows: no exact COUNT(*) (EstimatedCountPaginator,
-show_full_result_count off), exact-match searches that hit indexes, select_related lists.
+show_full_result_count off), exact-match searches that hit indexes, select_related lists,
+list filters whose choices never read the log (bench/logscale.py measures all of it).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import uuid
 from datetime import timedelta
 
 from django.contrib import admin, messages
+from django.db.models import Q
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -25,6 +27,7 @@ from integrations.admin.scoping import (
     EstimatedCountPaginator,
     ReadOnlyScopedInline,
     TenantScopedAdmin,
+    tenant_ids_for,
 )
 from integrations.errors import Conflict
 from integrations.models import (
@@ -33,10 +36,14 @@ from integrations.models import (
     DeliveryAttempt,
     Event,
     IdempotencyRecord,
+    Tenant,
     Ticket,
     WorkerHeartbeat,
 )
 from integrations.services import operations
+
+# At most this many tickets per searched contact id (a page shows 50 rows anyway).
+SEARCH_TICKETS_MAX = 1000
 
 
 def _is_uuid(value: str) -> bool:
@@ -77,6 +84,43 @@ class RecentFilter(admin.SimpleListFilter):
 
 class EventRecentFilter(RecentFilter):
     field = "received_at"
+
+
+class TenantPartnerFilter(admin.RelatedFieldListFilter):
+    """The partners of the user's tenants, read from the partner table.
+
+    Django's RelatedOnlyFieldListFilter finds them with SELECT DISTINCT partner_id over the
+    whole log on every list page (90 ms for a superuser, 350 ms for a tenant's user at
+    1,000,000 events). This one also lists a partner before it has any rows.
+    """
+
+    def field_choices(self, field, request, model_admin):
+        tenant_ids = tenant_ids_for(request)
+        limit = {} if tenant_ids is None else {"tenant__in": tenant_ids}
+        ordering = self.field_admin_ordering(field, request, model_admin)
+        return field.get_choices(include_blank=False, limit_choices_to=limit, ordering=ordering)
+
+
+def search_ticket_ids(request, term: str, *, by_number: bool) -> list[int]:
+    """Ids of the user's tickets whose contact id (or, with by_number, ticket number) is
+    exactly `term`.
+
+    Always scoped by explicit tenant ids (every tenant for a superuser), so that the
+    (tenant, contact_id) and (tenant, ticket_number) unique indexes answer it.
+    """
+    tenant_ids = tenant_ids_for(request)
+    if tenant_ids is None:
+        tenant_ids = list(Tenant.objects.values_list("pk", flat=True))
+    tickets = Ticket.objects.filter(tenant_id__in=tenant_ids)
+    ids = list(
+        tickets.filter(contact__tenant_id__in=tenant_ids, contact__contact_id=term)
+        .order_by()
+        .values_list("pk", flat=True)[:SEARCH_TICKETS_MAX]
+    )
+    if by_number:
+        # Unique per tenant: one ticket per tenant at most.
+        ids += tickets.filter(ticket_number=term).values_list("pk", flat=True)[:SEARCH_TICKETS_MAX]
+    return ids
 
 
 class LogAdmin(TenantScopedAdmin):
@@ -186,10 +230,11 @@ class EventAdmin(LogAdmin):
         EventRecentFilter,
         "kind",
         "source",
-        ("partner", admin.RelatedOnlyFieldListFilter),
+        ("partner", TenantPartnerFilter),
         "ticket__channel",
     ]
-    search_fields = ["=ticket_number", "=ticket__contact__contact_id", "=id"]
+    # Exact values; get_search_results implements them.
+    search_fields = ["ticket_number", "ticket__contact__contact_id", "id"]
     list_select_related = ["tenant", "ticket"]
     fields = [
         "id",
@@ -208,11 +253,24 @@ class EventAdmin(LogAdmin):
     inlines = [DeliveryInline]
     ordering = ["-received_at"]
 
-    def get_search_fields(self, request):
-        # "=id" on a UUID column only when the term is a UUID (else the lookup would fail).
-        if _is_uuid(request.GET.get("q", "")):
-            return self.search_fields
-        return [f for f in self.search_fields if f != "=id"]
+    def get_search_results(self, request, queryset, search_term):
+        """Exact ticket number, contact id or event id (every word must match one).
+
+        Django's "=field" search is UPPER(field) = UPPER(term) ORed across the joined ticket
+        and contact tables: no index applies and each search read the whole log (0.5-0.7 s
+        a query at 1,000,000 events). Here the contact's tickets are looked up first, so the
+        log is searched by its own indexed ticket_number, ticket_id and id.
+        """
+        for term in search_term.split():
+            if "\x00" in term:  # PostgreSQL text cannot hold NUL: nothing matches
+                return queryset.none(), False
+            match = Q(ticket_number=term) | Q(
+                ticket_id__in=search_ticket_ids(request, term, by_number=False)
+            )
+            if _is_uuid(term):
+                match |= Q(pk=term)
+            queryset = queryset.filter(match)
+        return queryset, False
 
     @admin.display(description=_("channel"))
     def channel(self, obj):
@@ -271,11 +329,12 @@ class DeliveryAdmin(LogAdmin):
     list_filter = [
         RecentFilter,
         "status",
-        ("partner", admin.RelatedOnlyFieldListFilter),
+        ("partner", TenantPartnerFilter),
         "endpoint",
         "ticket__channel",
     ]
-    search_fields = ["=ticket__ticket_number", "=ticket__contact__contact_id"]
+    # Exact values; get_search_results implements them.
+    search_fields = ["ticket__ticket_number", "ticket__contact__contact_id", "event__id"]
     list_select_related = ["partner", "ticket", "event"]
     fields = [
         "event_link",
@@ -296,11 +355,17 @@ class DeliveryAdmin(LogAdmin):
     actions = ["redeliver", "cancel"]
 
     def get_search_results(self, request, queryset, search_term):
-        # A ticket number can look like a UUID (32 hex digits): match either.
-        results, duplicates = super().get_search_results(request, queryset, search_term)
-        if _is_uuid(search_term):
-            results = results | queryset.filter(event_id=search_term.strip())
-        return results, duplicates
+        """Exact ticket number, contact id or event id, each through an index (tickets
+        first, as in EventAdmin). A ticket number can look like a UUID (32 hex digits):
+        then both are matched."""
+        for term in search_term.split():
+            if "\x00" in term:  # PostgreSQL text cannot hold NUL: nothing matches
+                return queryset.none(), False
+            match = Q(ticket_id__in=search_ticket_ids(request, term, by_number=True))
+            if _is_uuid(term):
+                match |= Q(event_id=term)
+            queryset = queryset.filter(match)
+        return queryset, False
 
     @admin.display(description=_("event"))
     def event_link(self, obj):

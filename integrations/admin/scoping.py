@@ -127,9 +127,12 @@ class TenantScopedAdmin(admin.ModelAdmin):
 
 class EstimatedCountPaginator(Paginator):
     """Never runs an exact COUNT(*) over a big table: counts at most CAP rows, and for an
-    unfiltered PostgreSQL table uses the planner's estimate."""
+    unfiltered PostgreSQL table uses the planner's estimate. Deep pages are fetched with a
+    deferred join (see `page`)."""
 
     CAP = 10_000
+    # From this offset on a page is fetched as primary keys first (page 21 of 50 rows).
+    DEFERRED_FROM = 1_000
 
     @cached_property
     def count(self) -> int:
@@ -143,7 +146,26 @@ class EstimatedCountPaginator(Paginator):
                 row = cursor.fetchone()
             if row and row[0] > self.CAP:
                 return int(row[0])
-        return qs[: self.CAP + 1].count()
+        # Without ORDER BY: it cannot change a capped count, but it would make PostgreSQL walk
+        # the ordering's index and filter (status=dead: 450,000 deliveries read to count
+        # 10,001) instead of using the filter's own index.
+        return qs.order_by()[: self.CAP + 1].count()
+
+    def page(self, number):
+        """The page, by a deferred join once it is deep: OFFSET n with the list's
+        select_related joins joins all n skipped rows too (300 ms for page 2,000 of
+        1,000,000 events); the page's primary keys alone come from one table, then only
+        those rows are fetched with their joins, in the same order."""
+        number = self.validate_number(number)
+        bottom = (number - 1) * self.per_page
+        top = bottom + self.per_page
+        if top + self.orphans >= self.count:
+            top = self.count
+        qs = self.object_list
+        if bottom < self.DEFERRED_FROM or not hasattr(qs, "values_list") or qs.query.distinct:
+            return self._get_page(qs[bottom:top], number, self)
+        pks = list(qs.values_list("pk", flat=True)[bottom:top])
+        return self._get_page(qs.filter(pk__in=pks), number, self)
 
 
 class ReadOnlyScopedInline(admin.TabularInline):
