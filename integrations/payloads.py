@@ -39,6 +39,9 @@ CHANNEL_PATTERN = r"^[a-z][a-z0-9_.-]*$"
 _CHANNEL_RE = re.compile(CHANNEL_PATTERN)
 _WHITESPACE_RE = re.compile(r"\s")
 _LOCATION_RE = re.compile(r"^\s*([+-]?\d+(?:\.\d+)?)\s*,\s*([+-]?\d+(?:\.\d+)?)\s*$")
+# Valid JSON can carry "\u0000" and unpaired surrogates ("\ud800"), but neither can be stored
+# (PostgreSQL text refuses NUL) nor encoded as UTF-8 to be sent on.
+_UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
 
 
 class PayloadError(Exception):
@@ -153,6 +156,9 @@ class _Checker:
             return ""
         if not isinstance(value, str):
             self.fail(field, "Must be a string.")
+            return ""
+        if _UNSTORABLE_RE.search(value):
+            self.fail(field, "May not contain NUL characters or unpaired surrogates.")
             return ""
         if not blank and not value.strip():
             self.fail(field, "May not be blank.")

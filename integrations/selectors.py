@@ -28,6 +28,11 @@ def _visible_deliveries(principal: Principal, deliveries) -> list[Delivery]:
     return [d for d in deliveries if d.target in (own, Delivery.ENGINE_TARGET)]
 
 
+def _storable(value: str) -> bool:
+    """False for a lookup value no row can hold: PostgreSQL text refuses NUL (a URL's %00)."""
+    return "\x00" not in value
+
+
 def _tenant_ids(principal: Principal) -> list[int] | None:
     if principal.partner is not None:
         return [principal.partner.tenant_id]
@@ -51,7 +56,7 @@ def ticket_history(
     tenant_ids = _tenant_ids(principal)
     if tenant_ids is not None:
         tickets = tickets.filter(tenant_id__in=tenant_ids)
-    ticket = tickets.first()
+    ticket = tickets.first() if _storable(ticket_number) else None
     if ticket is None:
         raise NotFound(f"No ticket {ticket_number!r}.", code="ticket_not_found")
     events = list(
@@ -90,7 +95,7 @@ def contact_detail(*, principal: Principal, contact_id: str) -> dict[str, Any]:
     tenant_ids = _tenant_ids(principal)
     if tenant_ids is not None:
         contacts = contacts.filter(tenant_id__in=tenant_ids)
-    contact = contacts.first()
+    contact = contacts.first() if _storable(contact_id) else None
     if contact is None:
         raise NotFound(f"No contact {contact_id!r}.", code="contact_not_found")
     tickets = contact.tickets.order_by("created_at").values_list("ticket_number", "status")

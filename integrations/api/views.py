@@ -34,7 +34,7 @@ from integrations.services.idempotency import (
     request_fingerprint,
 )
 
-_ERRORS = {code: schemas.ErrorSerializer for code in (400, 401, 403, 404, 409, 413, 415, 429)}
+_ERRORS = {code: schemas.ErrorSerializer for code in (400, 401, 403, 404, 409, 411, 413, 415, 429)}
 _GET_ERRORS = {code: schemas.ErrorSerializer for code in (400, 401, 403, 404, 429)}
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
@@ -115,6 +115,13 @@ def _read_json_body(request: Request) -> bytes:
         raise PortalError(
             "The body must be UTF-8 JSON.", code="unsupported_media_type"
         ).with_status(415)
+    if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        # WSGI gives Django no length for a chunked body, so it would read as empty and be
+        # refused as "not JSON"; say what is actually wrong instead.
+        raise PortalError(
+            "Send the body with a Content-Length header (chunked request bodies are not accepted).",
+            code="length_required",
+        ).with_status(411)
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
