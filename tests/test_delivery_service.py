@@ -290,3 +290,34 @@ def test_key_use_is_recorded(partner_api, partner):
 
     partner_api.get("/api/v1/contacts/x")
     assert ApiKey.objects.get(partner=partner).last_used_at is not None
+
+
+def test_answer_with_nul_bytes_is_recorded_with_replacement_characters(
+    engine_api, partner_at, partner_server_factory
+):
+    # given a partner whose 2xx answer carries NUL bytes in its body and in a header
+    # (PostgreSQL text and jsonb refuse NUL: recording the attempt used to fail, so the
+    # delivery looked like a lost worker and was sent again and again until "dead")
+    body = b'{"status":"success"}\x00\x00'
+    partner_at(partner_server_factory(lambda r, n: (200, body, {"X-Junk": "a\x00b"})))
+    delivery = _ingest(engine_api)
+    # when it is attempted
+    assert svc.delivery_attempt(delivery_id=delivery.pk) == "succeeded"
+    # then the attempt is stored, U+FFFD in place of each NUL
+    attempt = DeliveryAttempt.objects.get(delivery=delivery)
+    assert attempt.response_body == '{"status":"success"}\ufffd\ufffd'
+    assert attempt.response_headers["X-Junk"] == "a\ufffdb"
+
+
+def test_url_credentials_are_not_stored_with_the_attempt(engine_api, partner, sink):
+    # given a partner reached with Basic credentials written into its base URL
+    partner.base_url = sink.url.replace("http://", "http://desk:pa55word@")
+    partner.save()
+    delivery = _ingest(engine_api)
+    # when it is attempted
+    assert svc.delivery_attempt(delivery_id=delivery.pk) == "succeeded"
+    # then the partner got the credentials, and the stored URL and headers do not keep them
+    assert sink.received[0].headers["Authorization"].startswith("Basic ")
+    attempt = DeliveryAttempt.objects.get(delivery=delivery)
+    assert attempt.url == sink.url.replace("http://", "http://desk:***@") + "/incoming"
+    assert "pa55word" not in str(attempt.request_headers)

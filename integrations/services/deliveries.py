@@ -8,12 +8,14 @@ transaction is held across the HTTP call.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import random
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 from django.db import transaction
@@ -196,6 +198,32 @@ def delivery_attempt(*, delivery_id: int) -> str:
     return _record(delivery, token, target.url, result, schedule)
 
 
+def _storable_text(text: str) -> str:
+    # PostgreSQL text and jsonb refuse NUL, and a partner's answer (body, headers, a garbled
+    # status line quoted in an error) may well contain it: store U+FFFD in its place.
+    return text.replace("\x00", "\ufffd")
+
+
+def _url_for_storage(url: str) -> str:
+    """The URL without the password of credentials written into it (user:password@host):
+    they travel as an Authorization header, which is never stored either."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc}"))
+
+
+def _storable(result: DeliveryResult) -> DeliveryResult:
+    return dataclasses.replace(
+        result,
+        response_headers={
+            _storable_text(k): _storable_text(v) for k, v in result.response_headers.items()
+        },
+        error_message=_storable_text(result.error_message),
+    )
+
+
 def _record(
     delivery: Delivery,
     token: uuid.UUID,
@@ -204,6 +232,7 @@ def _record(
     schedule: tuple[int, ...],
 ) -> str:
     now = timezone.now()
+    result = _storable(result)
     error = result.error_message or (
         f"HTTP {result.status_code}" if result.outcome != Outcome.SUCCESS else ""
     )
@@ -220,11 +249,13 @@ def _record(
         DeliveryAttempt.objects.create(
             delivery=delivery,
             number=delivery.attempts,
-            url=url,
+            url=_url_for_storage(url),
             request_headers=result.request_headers,
             response_status=result.status_code,
             response_headers=result.response_headers,
-            response_body=result.response_body[:STORED_BODY_BYTES].decode("utf-8", "replace"),
+            response_body=_storable_text(
+                result.response_body[:STORED_BODY_BYTES].decode("utf-8", "replace")
+            ),
             duration_ms=result.duration_ms,
             outcome=result.outcome,
             error_class=result.error_class,
