@@ -321,3 +321,35 @@ def test_url_credentials_are_not_stored_with_the_attempt(engine_api, partner, si
     attempt = DeliveryAttempt.objects.get(delivery=delivery)
     assert attempt.url == sink.url.replace("http://", "http://desk:***@") + "/incoming"
     assert "pa55word" not in str(attempt.request_headers)
+
+
+def test_failing_partner_gets_one_attempt_in_flight_at_a_time(
+    engine_api, partner_at, sink, partner, settings
+):
+    import uuid
+
+    # given a failing partner with one attempt in flight (a live lease)
+    partner_at(sink)
+    busy = _ingest(engine_api, ticketNumber="one")
+    waiting = _ingest(engine_api, ticketNumber="two")
+    Partner.objects.filter(pk=partner.pk).update(consecutive_failures=3)
+    assert svc.delivery_claim(delivery_id=busy.pk, token=uuid.uuid4(), now=timezone.now())
+    # when another of its deliveries, of another ticket, is due
+    later = timezone.now() + timedelta(seconds=settings.PORTAL_REDISPATCH_AFTER + 1)
+    # then it is neither claimed nor queued by the dispatcher
+    assert svc.delivery_attempt(delivery_id=waiting.pk) == "not_claimed"
+    assert waiting.pk not in svc.deliveries_due(now=later)
+    # and it goes once the attempt in flight is over
+    Delivery.objects.filter(pk=busy.pk).update(status="retrying", lease_expires_at=None)
+    assert waiting.pk in svc.deliveries_due(now=later)
+    assert svc.delivery_attempt(delivery_id=waiting.pk) == "succeeded"
+
+
+def test_healthy_partner_is_not_limited_to_one_attempt_in_flight(engine_api, partner_at, sink):
+    import uuid
+
+    partner_at(sink)
+    busy = _ingest(engine_api, ticketNumber="one")
+    other = _ingest(engine_api, ticketNumber="two")
+    assert svc.delivery_claim(delivery_id=busy.pk, token=uuid.uuid4(), now=timezone.now())
+    assert svc.delivery_attempt(delivery_id=other.pk) == "succeeded"

@@ -66,11 +66,27 @@ def _older_open_delivery() -> Exists:
     )
 
 
+def _failing_partner_busy(now: datetime) -> Exists:
+    """The delivery's partner is failing and already has an attempt in flight.
+
+    A failing partner gets one attempt at a time: otherwise its timeouts would hold every
+    worker slot and stall the deliveries of other partners and other tenants.
+    """
+    return Exists(
+        Delivery.objects.filter(
+            partner=OuterRef("partner"),
+            partner__consecutive_failures__gt=0,
+            status=Delivery.Status.DELIVERING,
+            lease_expires_at__gte=now,
+        )
+    )
+
+
 def _claimable(now: datetime) -> Q:
     due = Q(status__in=Delivery.WAITING_STATUSES, next_attempt_at__lte=now)
     lease_expired = Q(status=Delivery.Status.DELIVERING, lease_expires_at__lt=now)
     target_active = Q(partner__isnull=True) | Q(partner__state=Partner.State.ACTIVE)
-    return (due | lease_expired) & target_active
+    return (due | lease_expired) & target_active & ~_failing_partner_busy(now)
 
 
 def delivery_claim(*, delivery_id: int, token: uuid.UUID, now: datetime) -> bool:
