@@ -1,0 +1,9 @@
+"""gunicorn settings read from the working directory (the Dockerfile's /app, `make run`'s
+repository root); command-line flags add to them.
+
+The access log format is gunicorn's default without `%(u)s`: that field decodes a Basic
+Authorization header and would write its user name to the log, and a partner that sends its
+API key as Basic credentials would have the key logged.
+"""
+
+access_log_format = '%(h)s %(l)s - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
