@@ -47,6 +47,7 @@ class Workers:
 
     tmp: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    loglevel: str = "INFO"
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
@@ -75,7 +76,7 @@ class Workers:
                 "portal",
                 "worker",
                 "--loglevel",
-                "INFO",
+                self.loglevel,
                 "--concurrency",
                 str(concurrency),
                 "--hostname",
@@ -103,7 +104,7 @@ class Workers:
                 "portal",
                 "beat",
                 "--loglevel",
-                "INFO",
+                self.loglevel,
                 "--schedule",
                 str(self.tmp / "beat-schedule"),
             ],
