@@ -101,6 +101,30 @@ class TenantPartnerFilter(admin.RelatedFieldListFilter):
         return field.get_choices(include_blank=False, limit_choices_to=limit, ordering=ordering)
 
 
+class TenantChannelFilter(admin.SimpleListFilter):
+    """Channels of the user's tenants' tickets.
+
+    Django's filter for "ticket__channel" reads DISTINCT channel over every tenant's tickets,
+    which would show one tenant another tenant's channels.
+    """
+
+    title = _("channel")
+    parameter_name = "channel"
+
+    def lookups(self, request, model_admin):
+        tickets = Ticket.objects.all()
+        tenant_ids = tenant_ids_for(request)
+        if tenant_ids is not None:
+            tickets = tickets.filter(tenant_id__in=tenant_ids)
+        channels = tickets.order_by("channel").values_list("channel", flat=True).distinct()
+        return [(c, c) for c in channels]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(ticket__channel=self.value())
+        return queryset
+
+
 def search_ticket_ids(request, term: str, *, by_number: bool) -> list[int]:
     """Ids of the user's tickets whose contact id (or, with by_number, ticket number) is
     exactly `term`.
@@ -231,7 +255,7 @@ class EventAdmin(LogAdmin):
         "kind",
         "source",
         ("partner", TenantPartnerFilter),
-        "ticket__channel",
+        TenantChannelFilter,
     ]
     # Exact values; get_search_results implements them.
     search_fields = ["ticket_number", "ticket__contact__contact_id", "id"]
@@ -331,7 +355,7 @@ class DeliveryAdmin(LogAdmin):
         "status",
         ("partner", TenantPartnerFilter),
         "endpoint",
-        "ticket__channel",
+        TenantChannelFilter,
     ]
     # Exact values; get_search_results implements them.
     search_fields = ["ticket__ticket_number", "ticket__contact__contact_id", "event__id"]

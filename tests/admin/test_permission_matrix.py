@@ -219,3 +219,13 @@ def test_admin_user_admin_is_for_superusers_only(world):
     client = Client()
     client.force_login(users["admin"])
     assert client.get(reverse("admin:auth_user_changelist")).status_code == 403
+
+
+def test_admin_channel_filter_offers_only_own_tenants_channels(world):
+    objects, users = world
+    Ticket.objects.filter(pk=objects["theirs"][Ticket].pk).update(channel="secretchannel")
+    client = Client()
+    client.force_login(users["support"])
+    for model in ("event", "delivery"):
+        page = client.get(reverse(f"admin:integrations_{model}_changelist")).content.decode()
+        assert "whatsapp" in page and "secretchannel" not in page
