@@ -288,11 +288,14 @@ def _record(
             delivered_at=now if status == Delivery.Status.SUCCEEDED else None,
             updated_at=now,
         )
-        paused_now = False
-        if delivery.partner_id is not None:
-            paused_now = _partner_health_update(delivery.partner_id, result, now)
         if status in Delivery.FINAL_STATUSES:
             _queue_next_in_order(delivery)
+    # The partner's counters in their own short statement after the commit: inside the
+    # transaction its row lock made every worker delivering to that partner queue behind the
+    # others (bench/delivery.py). A crash in between leaves one attempt out of the counters.
+    paused_now = False
+    if delivery.partner_id is not None:
+        paused_now = _partner_health_update(delivery.partner_id, result, now)
     # Mail after the commit: an SMTP hiccup must not undo what was recorded.
     if paused_now:
         alerts.partner_paused_alert(partner_id=delivery.partner_id)
