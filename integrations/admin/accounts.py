@@ -173,22 +173,21 @@ class TenantMembershipAdmin(TenantScopedAdmin):
             ):
                 yield user
 
+    def _set_active(self, request, queryset, active: bool) -> int:
+        users = list(self._manageable_users(request, queryset))
+        for user in users:
+            user.is_active = active
+            user.save(update_fields=["is_active"])
+        return len(users)
+
     @admin.action(description=_("Deactivate the selected users"), permissions=["change"])
     def deactivate_users(self, request, queryset):
-        count = 0
-        for user in self._manageable_users(request, queryset):
-            user.is_active = False
-            user.save(update_fields=["is_active"])
-            count += 1
+        count = self._set_active(request, queryset, False)
         messages.success(request, _("%(n)d user(s) deactivated.") % {"n": count})
 
     @admin.action(description=_("Activate the selected users"), permissions=["change"])
     def activate_users(self, request, queryset):
-        count = 0
-        for user in self._manageable_users(request, queryset):
-            user.is_active = True
-            user.save(update_fields=["is_active"])
-            count += 1
+        count = self._set_active(request, queryset, True)
         messages.success(request, _("%(n)d user(s) activated.") % {"n": count})
 
 
