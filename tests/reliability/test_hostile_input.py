@@ -21,6 +21,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -678,12 +679,34 @@ def test_random_mutations_never_yield_a_server_error(size, web, keys, figures):
     assert not problems, "\n".join(problems[:20])
 
 
-SCHEMATHESIS_CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-]
+def _gunicorn_framing_refusal(response) -> bool:
+    """gunicorn's own HTML 414 for a request line over 4094 bytes: the request never reached
+    the application (docs/RELIABILITY.md, known limits)."""
+    return response.status_code == 414 and b"Request Line is too large" in response.content
+
+
+def _checks(server_refusals: list[str]) -> list:
+    """The API's contract checks; a gunicorn framing refusal is counted, not judged."""
+
+    def unless_server_refusal(check):
+        def run(ctx, response, case):
+            if _gunicorn_framing_refusal(response):
+                server_refusals.append(case.operation.label)
+                return None
+            return check(ctx, response, case)
+
+        run.__name__ = check.__name__
+        return run
+
+    return [
+        unless_server_refusal(check)
+        for check in (
+            not_a_server_error,
+            status_code_conformance,
+            content_type_conformance,
+            response_schema_conformance,
+        )
+    ]
 
 
 @pytest.mark.parametrize(
@@ -693,6 +716,8 @@ def test_schemathesis_against_gunicorn_finds_no_failures(size, web, keys, figure
     # given the schema served by the real server
     schema = schemathesis.openapi.from_url(f"{web.url}/api/schema/?format=json")
     failures: list[str] = []
+    server_refusals: list[str] = []
+    checks = _checks(server_refusals)
     calls = 0
     started = time.monotonic()
     # when every operation is exercised with valid and invalid data
@@ -715,12 +740,12 @@ def test_schemathesis_against_gunicorn_finds_no_failures(size, web, keys, figure
                 case.call_and_validate(
                     base_url=web.url,
                     headers={"Authorization": f"Bearer {key}"},
-                    checks=SCHEMATHESIS_CHECKS,
+                    checks=checks,
                 )
 
             try:
                 exercise()
-            except Exception as exc:  # collect every operation's failure, then report all
+            except (Exception, FailureGroup) as exc:  # collect every operation's failures
                 failures.append(
                     f"{operation.method.upper()} {operation.path} [{mode}]: {str(exc)[:1500]}"
                 )
@@ -730,6 +755,7 @@ def test_schemathesis_against_gunicorn_finds_no_failures(size, web, keys, figure
         "schemathesis",
         requests=calls,
         failures=len(failures),
+        gunicorn_414_request_line_too_long=len(server_refusals),
         seconds=round(time.monotonic() - started, 1),
     )
     assert not failures, "\n\n".join(failures)

@@ -31,8 +31,9 @@ IN, ENGINE_OUT, OUT, CMD = (
     "size", sizes(ci={"tickets": 8}, full={"tickets": 400}, scaled=("tickets",))
 )
 def test_signatures_every_delivery_verifies_with_standardwebhooks(
-    size, engine_api, partner_api, partner, tenant, fault_server, figures
+    size, engine_api, partner_api, partner, tenant, fault_server, figures, settings
 ):
+    settings.PORTAL_PARTNER_RATE = "100000/second"  # the partner posts hundreds at once
     # given a partner in the middle of a secret rotation and an engine relay, both on loopback
     for path in ("/incoming", "/send", "/engine/messages", "/engine/commands"):
         fault_server.routes[path] = ok()
