@@ -1,12 +1,13 @@
-"""Run the three benchmarks and write docs/PERFORMANCE.md from their results.
+"""Run the four benchmarks and write docs/PERFORMANCE.md from their results.
 
     .venv/bin/python bench/run_all.py [--quick] [--only ingest --only latency] [--no-write]
 
 `make bench` runs it at full size. Each benchmark is its own process (bench/ingest.py,
-bench/delivery.py, bench/latency.py) that starts and stops its own servers; this script
-collects the one JSON object each prints, prints them together as one JSON object, and
-rewrites docs/PERFORMANCE.md: the figures and ratios of this run, the machine, the exact
-commands, the date. Text below the NOTES_MARKER line of the existing file is kept.
+bench/delivery.py, bench/latency.py, bench/logscale.py) that starts and stops its own
+servers; this script collects the one JSON object each prints, prints them together as one
+JSON object, and rewrites docs/PERFORMANCE.md: the figures and ratios of this run, the
+machine (with its load average before and after each benchmark), the exact commands, the
+date. Text below the NOTES_MARKER line of the existing file is kept.
 
 Exits 1 when a benchmark failed (the report then says which); goals are reported, never
 asserted.
@@ -16,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import harness
@@ -34,8 +37,15 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "ingest": ([], ["--duration", "5", "--warmup", "2", "--rounds", "1"]),
     "delivery": ([], ["--count", "2000", "--tickets", "200"]),
     "latency": ([], ["--duration", "10", "--probe-seconds", "5"]),
+    # Full size: 1,000,000 events, with its own 10,000-event baseline run for the ratios.
+    "logscale": (
+        [],
+        ["--events", "20000", "--baseline-events", "2000", "--runs", "3", "--warmups", "1"],
+    ),
 }
 CHILD_TIMEOUT_S = 3600
+# logscale: a sequential scan of at least this many rows is named in the report.
+BIG_SCAN_ROWS = 10_000
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,6 +59,14 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--no-write", action="store_true", help="do not touch the report")
     return parser.parse_args()
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, as /proc/loadavg has them."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def run_one(name: str, extra: list[str]) -> tuple[dict[str, Any] | None, float, str]:
@@ -151,6 +169,115 @@ def rows_latency(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+def rows_logscale(r: dict[str, Any]) -> list[str]:
+    """One summary line for the Results table; the pages are in their own section."""
+    pages = r["pages"]
+    goal = {n: p for n, p in pages.items() if p["goal_applies"]}
+    met = sum(1 for p in goal.values() if p["goal_300ms"])
+    slowest = max(goal.items(), key=lambda kv: kv[1]["median_ms"], default=None)
+    ratios = [p["ratio_vs_baseline"] for p in goal.values() if "ratio_vs_baseline" in p]
+    base = r.get("baseline") or {}
+    summary = r["summary"]
+    return [
+        f"| log scale: admin lists, ticket timeline, history API with {r['events']:,} events "
+        f"(server time, django.test.Client) "
+        f"| {met}/{len(goal)} goal pages < 300 ms; slowest "
+        + (f"`{slowest[0]}` {_f(slowest[1]['median_ms'])} ms" if slowest else "n/a")
+        + f" | same pages at {base.get('events', 0):,} events "
+        f"| {_f(min(ratios)) if ratios else 'n/a'}–{_f(max(ratios)) if ratios else 'n/a'}× "
+        "(median, per page) "
+        f"| median < 300 ms — {_goal(summary['goal_met'])}"
+        + (
+            f" (missed: {', '.join(summary['goal_missed_by'])})"
+            if summary["goal_missed_by"]
+            else ""
+        )
+        + " |"
+    ]
+
+
+def _n(value: float | None) -> str:
+    """A count or rate as a whole number with thousands separators."""
+    return "n/a" if value is None else f"{round(value):,}"
+
+
+def logscale_section(r: dict[str, Any]) -> list[str]:
+    """Each page's median at full size and at the baseline size, the load, the prune."""
+    base_events = (r.get("baseline") or {}).get("events")
+    base_head = f"{base_events:,}" if base_events else "baseline"
+    lines = [
+        f"### Log scale ({r['events']:,} events)",
+        "",
+        f"`bench/logscale.py`: {r['events']:,} events (with their tickets, contacts, "
+        "deliveries and attempts) loaded in bulk with SQL into PostgreSQL, then each page "
+        f"requested {r['config']['runs']} times after {r['config']['warmups']} warm-up(s) "
+        "in process through `django.test.Client` (middleware, view, template; no network): "
+        "median server time. The baseline is the same script at "
+        f"{base_head} events in a separate run with its own servers; ratio = median at "
+        f"{r['events']:,} / median at {base_head}. Queries: SQL statements of one request. "
+        "The goal (median < 300 ms) covers the admin lists, the ticket timeline and the "
+        "history API; the dashboard and the event status API are reported without one.",
+        "",
+        f"| page / caller | median at {r['events']:,} | median at {base_head} | ratio | "
+        "queries | slowest SQL | goal < 300 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, p in r["pages"].items():
+        if p["status"] != 200:
+            goal = f"HTTP {p['status']}"
+        elif not p["goal_applies"]:
+            goal = "— (no goal)"
+        else:
+            goal = "meets" if p["goal_300ms"] else "**below**"
+        ratio = p.get("ratio_vs_baseline")
+        lines.append(
+            f"| `{name}` | {_f(p['median_ms'])} ms | "
+            f"{_f(p.get('baseline_median_ms'))}{' ms' if p.get('baseline_median_ms') else ''} "
+            f"| {_f(ratio)}{'×' if ratio is not None else ''} | {p['queries']} "
+            f"| {_f(p['slowest_query_ms'])} ms | {goal} |"
+        )
+    load, data = r["load"], r["load"]["data"]
+    rows = data["rows"]
+    base = r.get("baseline") or {}
+    lines += [
+        "",
+        f"- Load: {rows['event']:,} events, {rows['ticket']:,} tickets, "
+        f"{rows['contact']:,} contacts, {rows['delivery']:,} deliveries, "
+        f"{rows['deliveryattempt']:,} attempts in **{_f(load['seconds'])} s** (SQL inserts "
+        f"{_f(load['insert_seconds'])} s, then VACUUM (ANALYZE) "
+        f"{_f(load['vacuum_analyze_seconds'])} s)"
+        + (
+            f"; the {base['events']:,}-event baseline loaded in {_f(base['load_seconds'])} s"
+            if base.get("load_seconds") is not None
+            else ""
+        )
+        + ".",
+    ]
+    prune = r.get("prune")
+    if prune:
+        lines.append(
+            f"- Retention (`events_prune`, {prune['retention_days']} days, batches of "
+            f"{prune['batch']:,}): **{prune['deleted_events']:,} events deleted in "
+            f"{_f(prune['seconds'])} s** ({_n(prune['events_per_s'])} events/s; with them "
+            f"{prune['deleted_deliveries']:,} deliveries and {prune['deleted_attempts']:,} "
+            f"attempts); {prune['kept_old_events']:,} older events kept because a delivery "
+            "of theirs is not final."
+        )
+    else:
+        lines.append("- Retention: not measured in this run.")
+    big_scans = []
+    for name, page in r["pages"].items():
+        for scan in (page.get("plan") or {}).get("seq_scans", []):
+            found = re.search(r"\(([\d,]+) rows\)", scan)
+            if found and int(found.group(1).replace(",", "")) >= BIG_SCAN_ROWS:
+                big_scans.append(f"`{name}` {scan}")
+    lines.append(
+        f"- Sequential scans of {BIG_SCAN_ROWS:,} rows or more in the plan of a page's "
+        "slowest query (EXPLAIN ANALYZE): " + ("; ".join(big_scans) if big_scans else "none") + "."
+    )
+    return lines
+
+
 def diagnostics(results: dict[str, Any]) -> list[str]:
     lines = ["| run | CPU ms per unit, by process | PostgreSQL sessions opened |", "|---|---|---|"]
 
@@ -189,10 +316,19 @@ def diagnostics(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def machine_lines(results: dict[str, Any]) -> list[str]:
+def machine_lines(results: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
     any_result = next(iter(results.values()), None)
     machine = harness.machine_info()
     versions = (any_result or {}).get("versions", {})
+    load = []
+    if runs:
+        load = [
+            f"- Load average (1/5/15 min, /proc/loadavg) at the start of the run: "
+            f"{runs[0]['load_before']}; at the end: {runs[-1]['load_after']}. Per benchmark "
+            "(before → after): "
+            + "; ".join(f"{r['name']} {r['load_before']} → {r['load_after']}" for r in runs)
+            + "."
+        ]
     return [
         f"- CPUs (nproc): {machine['nproc']}; memory: {machine['memory_gib']} GiB; "
         f"CPU model: {machine['cpu_model']}; kernel {machine['kernel']}",
@@ -204,15 +340,23 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
         "- The machine is shared and noisy (other test suites may run at the same time): "
         "absolute numbers move between runs; the ratios, measured minutes apart in one run, "
         "move less.",
+        *load,
     ]
 
 
-def git_state() -> str:
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        return out.stdout.strip()
+def _git(*args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+    return out.stdout.strip()
 
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+
+def git_head() -> str:
+    return _git("rev-parse", "--short", "HEAD") or "unknown"
+
+
+def git_state() -> str:
+    """The commit measured (taken when the run starts) and uncommitted changes outside bench/."""
+    git = _git
+    commit = git_head()
     dirty = [
         line
         for line in git("status", "--porcelain").splitlines()
@@ -223,8 +367,12 @@ def git_state() -> str:
     )
 
 
-def write_report(results: dict[str, Any], runs: list[dict[str, Any]], quick: bool) -> None:
+def write_report(
+    results: dict[str, Any], runs: list[dict[str, Any]], quick: bool, state: str | None = None
+) -> None:
+    """Rewrite REPORT; `state` is git_state() taken when the run started."""
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    state = state or git_state()
     table = [
         "| benchmark | portal | baseline | ratio | team goal (reported, not asserted) |",
         "|---|---|---|---|---|",
@@ -233,6 +381,7 @@ def write_report(results: dict[str, Any], runs: list[dict[str, Any]], quick: boo
         ("ingest", rows_ingest),
         ("delivery", rows_delivery),
         ("latency", rows_latency),
+        ("logscale", rows_logscale),
     ):
         if name in results:
             table += rows(results[name])
@@ -245,6 +394,8 @@ def write_report(results: dict[str, Any], runs: list[dict[str, Any]], quick: boo
     for name, result in results.items():
         for role, line in result.get("commands", {}).items():
             detail_cmds.append(f"- {name} {role}: `{line}`")
+        if (result.get("baseline") or {}).get("command"):  # logscale's own baseline run
+            detail_cmds.append(f"- {name} baseline: `{result['baseline']['command']}`")
     notes = ""
     if REPORT.exists():
         old = REPORT.read_text()
@@ -256,7 +407,7 @@ def write_report(results: dict[str, Any], runs: list[dict[str, Any]], quick: boo
             "# Performance",
             "",
             f"Last run: **{now}**, `{'make bench' if not quick else 'bench/run_all.py --quick'}`"
-            f"{' (quick sizes)' if quick else ' (full size)'}, on {git_state()}.",
+            f"{' (quick sizes)' if quick else ' (full size)'}, on {state}.",
             "Generated by `bench/run_all.py`; the numbers below are from that one run.",
             "",
             "Every figure is a ratio against a baseline measured in the same run, on the same "
@@ -268,13 +419,24 @@ def write_report(results: dict[str, Any], runs: list[dict[str, Any]], quick: boo
             "",
             *table,
             "",
-            'What "50 % load" means: the latency benchmark first measures the maximum '
-            "sustainable ingest+delivery throughput (closed-loop clients posting back-to-back; "
-            "accepted events / time until the sink received the last one)"
-            + (f": **{_f(capacity.get('events_per_s'))} events/s** in this run" if capacity else "")
-            + "; `half` runs at 50 % of that. The fixed 50 events/s phase is "
-            "reported beside it with the load it represents.",
-            "",
+            *(
+                [
+                    'What "50 % load" means: the latency benchmark first measures the maximum '
+                    "sustainable ingest+delivery throughput (closed-loop clients posting "
+                    "back-to-back; accepted events / time until the sink received the last one)"
+                    + (
+                        f": **{_f(capacity.get('events_per_s'))} events/s** in this run"
+                        if capacity
+                        else ""
+                    )
+                    + "; `half` runs at 50 % of that. The fixed 50 events/s phase is "
+                    "reported beside it with the load it represents.",
+                    "",
+                ]
+                if "latency" in results
+                else []
+            ),
+            *(logscale_section(results["logscale"]) + [""] if "logscale" in results else []),
             "### Diagnostics (where the time goes)",
             "",
             "CPU time per request/delivery/event of each process group, read from /proc around "
@@ -285,7 +447,7 @@ def write_report(results: dict[str, Any], runs: list[dict[str, Any]], quick: boo
             "",
             "## Machine",
             "",
-            *machine_lines(results),
+            *machine_lines(results, runs),
             "",
             "## Commands",
             "",
@@ -322,17 +484,31 @@ def write_report(results: dict[str, Any], runs: list[dict[str, Any]], quick: boo
 def main() -> int:
     args = parse_args()
     names = args.only or list(BENCHMARKS)
+    state, head = git_state(), git_head()
     results: dict[str, Any] = {}
     runs: list[dict[str, Any]] = []
     for name in names:
         full, quick = BENCHMARKS[name]
+        load_before = loadavg()
+        harness.log(f"load average before {name}: {load_before}")
         result, seconds, line = run_one(name, quick if args.quick else full)
-        runs.append({"name": name, "command": line, "seconds": seconds, "ok": result is not None})
+        runs.append(
+            {
+                "name": name,
+                "command": line,
+                "seconds": seconds,
+                "ok": result is not None,
+                "load_before": load_before,
+                "load_after": loadavg(),
+            }
+        )
         if result is not None:
             results[name] = result
         harness.log(f"{name}: {seconds:.0f} s")
+    if git_head() != head:
+        state += f" (HEAD moved to `{git_head()}` during the run)"
     if not args.no_write:
-        write_report(results, runs, args.quick)
+        write_report(results, runs, args.quick, state)
     harness.emit({"runs": runs, "results": results})
     return 0 if all(r["ok"] for r in runs) else 1
 
