@@ -30,9 +30,7 @@ class Tenant(models.Model):
     )
     engine_command_path = models.CharField(_("engine command path"), max_length=500, blank=True)
     engine_token = models.CharField(_("engine bearer token"), max_length=500, blank=True)
-    engine_signing_secret = models.CharField(
-        _("engine signing secret"), max_length=200, blank=True
-    )
+    engine_signing_secret = models.CharField(_("engine signing secret"), max_length=200, blank=True)
     is_active = models.BooleanField(_("active"), default=True)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
@@ -54,7 +52,9 @@ class TenantMembership(models.Model):
         SUPPORT = "support", _("Support staff")
 
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships",
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="memberships",
         verbose_name=_("user"),
     )
     tenant = models.ForeignKey(
@@ -93,12 +93,16 @@ class Partner(models.Model):
         _("channels"), default=list, blank=True, help_text=_("Empty means every channel.")
     )
     connect_timeout = models.FloatField(
-        _("connect timeout (s)"), default=3.0,
-        validators=[MinValueValidator(0.5), MaxValueValidator(30)])
+        _("connect timeout (s)"),
+        default=3.0,
+        validators=[MinValueValidator(0.5), MaxValueValidator(30)],
+    )
     # At most 60 s: the delivery lease (PORTAL_DELIVERY_LEASE_SECONDS, 120 s) must outlast it.
     timeout = models.FloatField(
-        _("response deadline (s)"), default=10.0,
-        validators=[MinValueValidator(0.5), MaxValueValidator(60)])
+        _("response deadline (s)"),
+        default=10.0,
+        validators=[MinValueValidator(0.5), MaxValueValidator(60)],
+    )
     retry_schedule = models.CharField(
         _("retry schedule override"),
         max_length=500,
@@ -172,7 +176,11 @@ class ApiKey(models.Model):
 
     kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
     partner = models.ForeignKey(
-        Partner, on_delete=models.CASCADE, null=True, blank=True, related_name="api_keys",
+        Partner,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="api_keys",
         verbose_name=_("partner"),
     )
     tenants = models.ManyToManyField(
@@ -242,7 +250,11 @@ class Ticket(models.Model):
     )
     ticket_number = models.CharField(_("ticket number"), max_length=100)
     contact = models.ForeignKey(
-        Contact, on_delete=models.SET_NULL, null=True, blank=True, related_name="tickets",
+        Contact,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="tickets",
         verbose_name=_("contact"),
     )
     channel = models.CharField(_("channel"), max_length=50)
@@ -297,7 +309,11 @@ class Event(models.Model):
     kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
     source = models.CharField(_("source"), max_length=16, choices=Source.choices)
     partner = models.ForeignKey(
-        Partner, on_delete=models.SET_NULL, null=True, blank=True, related_name="events",
+        Partner,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="events",
         verbose_name=_("partner"),
     )
     ticket = models.ForeignKey(
@@ -359,7 +375,11 @@ class Delivery(models.Model):
         Ticket, verbose_name=_("ticket"), on_delete=models.CASCADE, related_name="deliveries"
     )
     partner = models.ForeignKey(
-        Partner, on_delete=models.CASCADE, null=True, blank=True, related_name="deliveries",
+        Partner,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="deliveries",
         verbose_name=_("partner"),
     )
     # "partner:<id>" or "engine": one delivery per (event, target), and the order key.
