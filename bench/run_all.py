@@ -192,6 +192,12 @@ def rows_logscale(r: dict[str, Any]) -> list[str]:
             if summary["goal_missed_by"]
             else ""
         )
+        + (
+            "; not served, so not judged: "
+            + ", ".join(f"`{n}` HTTP {status}" for n, status in summary["not_200"].items())
+            if summary["not_200"]
+            else ""
+        )
         + " |"
     ]
 
@@ -327,7 +333,9 @@ def machine_lines(results: dict[str, Any], runs: list[dict[str, Any]]) -> list[s
             f"{runs[0]['load_before']}; at the end: {runs[-1]['load_after']}. Per benchmark "
             "(before → after): "
             + "; ".join(f"{r['name']} {r['load_before']} → {r['load_after']}" for r in runs)
-            + "."
+            + ". The load average counts the benchmarks' own processes too (wrk, gunicorn, the "
+            "worker, PostgreSQL): only the value before the first benchmark shows the machine "
+            "without them."
         ]
     return [
         f"- CPUs (nproc): {machine['nproc']}; memory: {machine['memory_gib']} GiB; "
