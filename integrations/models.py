@@ -191,6 +191,9 @@ class ApiKey(models.Model):
         help_text=_("Engine keys only: the tenants it acts for; none means every tenant."),
     )
     name = models.CharField(_("name"), max_length=200, blank=True)
+    # Engine keys only: acts for every tenant, later ones included (set when created with no
+    # tenants). Explicit, so that deleting a key's tenants never widens it to all.
+    all_tenants = models.BooleanField(_("all tenants"), default=False)
     prefix = models.CharField(_("prefix"), max_length=32, unique=True)
     key_hash = models.CharField(_("key hash"), max_length=64)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)

@@ -353,3 +353,58 @@ def test_healthy_partner_is_not_limited_to_one_attempt_in_flight(engine_api, par
     other = _ingest(engine_api, ticketNumber="two")
     assert svc.delivery_claim(delivery_id=busy.pk, token=uuid.uuid4(), now=timezone.now())
     assert svc.delivery_attempt(delivery_id=other.pk) == "succeeded"
+
+
+def test_attempt_that_lost_its_lease_does_not_apply_its_outcome(
+    engine_api, partner_at, sink, request, django_capture_on_commit_callbacks
+):
+    import uuid
+
+    # given an attempt whose lease another worker took over while it was sending
+    partner_at(sink)
+    first = _ingest(engine_api, message="one")
+    second = _ingest(engine_api, message="two")
+    original = svc.send_webhook
+
+    def slow_send(**kwargs):
+        result = original(**kwargs)
+        Delivery.objects.filter(pk=first.pk).update(lease_token=uuid.uuid4())  # taken over
+        return result
+
+    svc.send_webhook = slow_send
+    request.node.queued_deliveries.clear()
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            outcome = svc.delivery_attempt(delivery_id=first.pk)
+    finally:
+        svc.send_webhook = original
+    # then the attempt is recorded, but the delivery stays the other worker's
+    assert outcome == "lease_lost"
+    assert DeliveryAttempt.objects.filter(delivery=first).count() == 1
+    first.refresh_from_db()
+    assert first.status == "delivering" and second.pk not in request.node.queued_deliveries
+
+
+def test_worker_lost_on_last_try_counts_as_failure_and_alerts(
+    engine_api, partner_at, sink, settings, partner
+):
+    import uuid
+
+    from django.contrib.auth import get_user_model
+    from django.core import mail
+
+    from integrations.models import TenantMembership
+
+    boss = get_user_model().objects.create_user("boss", email="boss@x.example", is_staff=True)
+    TenantMembership.objects.create(user=boss, tenant=partner.tenant, role="admin")
+    settings.PORTAL_RETRY_SCHEDULE = (0,)
+    partner_at(sink)
+    delivery = _ingest(engine_api)
+    svc.delivery_claim(delivery_id=delivery.pk, token=uuid.uuid4(), now=timezone.now())
+    Delivery.objects.filter(pk=delivery.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert svc.delivery_attempt(delivery_id=delivery.pk) == "dead"
+    partner.refresh_from_db()
+    assert partner.consecutive_failures == 1
+    assert [m.to for m in mail.outbox if "failed" in m.subject] == [["boss@x.example"]]

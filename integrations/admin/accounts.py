@@ -439,11 +439,13 @@ class PartnerAdmin(TenantScopedAdmin):
 class ApiKeyForm(forms.ModelForm):
     class Meta:
         model = ApiKey
-        fields = ["kind", "partner", "tenants", "name", "expires_at"]
+        fields = ["kind", "partner", "tenants", "all_tenants", "name", "expires_at"]
 
     def clean(self):
         data = super().clean()
         kind = data.get("kind") or ApiKey.Kind.PARTNER
+        if kind == ApiKey.Kind.ENGINE and not data.get("all_tenants") and not data.get("tenants"):
+            raise forms.ValidationError(_("Choose the engine key's tenants, or all tenants."))
         if kind == ApiKey.Kind.PARTNER and not data.get("partner"):
             raise forms.ValidationError(_("A partner key needs a partner."))
         if kind == ApiKey.Kind.ENGINE and data.get("partner"):
@@ -466,7 +468,7 @@ class ApiKeyAdmin(TenantScopedAdmin):
         if obj is not None:
             return ["prefix", "kind", "partner", "name", "expires_at", "revoked_at"]
         if request.user.is_superuser:
-            return ["kind", "partner", "tenants", "name", "expires_at"]
+            return ["kind", "partner", "tenants", "all_tenants", "name", "expires_at"]
         return ["partner", "name", "expires_at"]
 
     def get_readonly_fields(self, request, obj=None):

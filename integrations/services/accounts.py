@@ -81,8 +81,18 @@ def api_key_create(
     name: str = "",
     expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key and return it with its raw value, which is never stored or shown again."""
-    key = ApiKey(kind=kind, partner=partner, name=name, expires_at=expires_at)
+    """Create a key and return it with its raw value, which is never stored or shown again.
+
+    An engine key created without tenants acts for every tenant (later ones included); that
+    is recorded explicitly, so a key whose tenants are deleted acts for none, not for all.
+    """
+    key = ApiKey(
+        kind=kind,
+        partner=partner,
+        name=name,
+        expires_at=expires_at,
+        all_tenants=kind == ApiKey.Kind.ENGINE and not tenants,
+    )
     raw = api_key_generate(key=key)
     key.save()
     if tenants:
@@ -167,8 +177,10 @@ def principal_authenticate(raw: str) -> Principal:
         if not key.partner.tenant.is_active:
             raise Forbidden("This tenant is inactive.", code="tenant_inactive")
         return Principal(api_key=key, partner=key.partner, tenant_ids=None)
+    if key.all_tenants:
+        return Principal(api_key=key, partner=None, tenant_ids=None)
     tenant_ids = frozenset(key.tenants.values_list("pk", flat=True))
-    return Principal(api_key=key, partner=None, tenant_ids=tenant_ids or None)
+    return Principal(api_key=key, partner=None, tenant_ids=tenant_ids)
 
 
 def partner_create(

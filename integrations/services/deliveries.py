@@ -159,8 +159,10 @@ def _next_delay(result: DeliveryResult, attempts: int, schedule: tuple[int, ...]
 def delivery_attempt(*, delivery_id: int) -> str:
     """Claim a delivery and make one HTTP attempt; record it and decide what comes next.
 
-    Returns the outcome ("succeeded", "retrying", "dead", "not_configured") or "not_claimed"
-    when the delivery is not due, is held back by an older one, or another worker has it.
+    Returns the outcome ("succeeded", "retrying", "dead", "not_configured"); "not_claimed"
+    when the delivery is not due, is held back by an older one, or another worker has it;
+    "lease_lost" when the attempt outlived its lease and another worker took the delivery
+    over (the attempt is recorded; the other worker's outcome stands).
     Side effects: one DeliveryAttempt row, the delivery's new status, the partner's health;
     when the delivery became final, the next one of its (target, ticket) is queued.
     """
@@ -172,12 +174,30 @@ def delivery_attempt(*, delivery_id: int) -> str:
     schedule = retry_schedule_for(delivery.partner)
     if delivery.attempts - delivery.retry_base > len(schedule):
         # The previous holder died after taking the last try; nothing is sent again.
-        _finish(
+        finished = _finish(
             delivery,
             token,
             Delivery.Status.DEAD,
             error="Attempts used up (a worker was lost during the last one).",
         )
+        if finished and delivery.partner_id is not None:
+            # Counts as a failure: a partner that hangs until workers die still gets paused
+            # in time and its admins still hear of dead deliveries.
+            lost = DeliveryResult(
+                outcome=Outcome.DEAD,
+                status_code=None,
+                request_headers={},
+                response_headers={},
+                response_body=b"",
+                duration_ms=0,
+                error_class="worker_lost",
+                error_message="A worker was lost during the last attempt.",
+                retry_after=None,
+                gone=False,
+            )
+            if _partner_health_update(delivery.partner_id, lost, now):
+                alerts.partner_paused_alert(partner_id=delivery.partner_id)
+            alerts.deliveries_dead_alert(partner_id=delivery.partner_id, now=now)
         return Delivery.Status.DEAD
     target = _target_for(delivery, now)
     if not target.url:
@@ -277,7 +297,7 @@ def _record(
             error_class=result.error_class,
             error_message=result.error_message[:1000],
         )
-        Delivery.objects.filter(pk=delivery.pk, lease_token=token).update(
+        still_ours = Delivery.objects.filter(pk=delivery.pk, lease_token=token).update(
             status=status,
             next_attempt_at=next_at,
             lease_token=None,
@@ -288,6 +308,10 @@ def _record(
             delivered_at=now if status == Delivery.Status.SUCCEEDED else None,
             updated_at=now,
         )
+        if not still_ours:
+            # The lease ran out mid-attempt and another worker holds the delivery now: this
+            # attempt is recorded, but the outcome is the other worker's to apply.
+            return "lease_lost"
         if status in Delivery.FINAL_STATUSES:
             _queue_next_in_order(delivery)
     # The partner's counters in their own short statement after the commit: inside the
@@ -304,9 +328,10 @@ def _record(
     return status
 
 
-def _finish(delivery: Delivery, token: uuid.UUID, status: str, *, error: str) -> None:
+def _finish(delivery: Delivery, token: uuid.UUID, status: str, *, error: str) -> bool:
+    """Make a leased delivery final without an attempt; False when the lease was lost."""
     with transaction.atomic():
-        Delivery.objects.filter(pk=delivery.pk, lease_token=token).update(
+        still_ours = Delivery.objects.filter(pk=delivery.pk, lease_token=token).update(
             status=status,
             next_attempt_at=None,
             lease_token=None,
@@ -314,7 +339,9 @@ def _finish(delivery: Delivery, token: uuid.UUID, status: str, *, error: str) ->
             last_error=error,
             updated_at=timezone.now(),
         )
-        _queue_next_in_order(delivery)
+        if still_ours:
+            _queue_next_in_order(delivery)
+    return bool(still_ours)
 
 
 def _queue_next_in_order(delivery: Delivery) -> None:

@@ -164,15 +164,25 @@ def partner_send_test_event(*, partner: Partner) -> ProbeResult:
         if s.expires_at is None or s.expires_at > now
     ]
     started = time.monotonic()
-    result = send_webhook(
-        url=url,
-        body=canonical_json(payload),
-        msg_id=f"test_{uuid.uuid4()}",
-        secrets=secrets,
-        policy=outbound_policy(),
-        connect_timeout=partner.connect_timeout,
-        deadline=partner.timeout,
-    )
+    try:
+        result = send_webhook(
+            url=url,
+            body=canonical_json(payload),
+            msg_id=f"test_{uuid.uuid4()}",
+            secrets=secrets,
+            policy=outbound_policy(),
+            connect_timeout=partner.connect_timeout,
+            deadline=partner.timeout,
+        )
+    except ValueError as exc:  # nothing valid to sign with: say so instead of failing
+        return ProbeResult(
+            url=url,
+            status_code=None,
+            outcome="dead",
+            latency_ms=0,
+            response_excerpt="",
+            error=f"Not sent: {exc}",
+        )
     return ProbeResult(
         url=url,
         status_code=result.status_code,

@@ -187,3 +187,16 @@ def test_engine_keys_are_not_rate_limited(engine_api, settings, partner):
     settings.PORTAL_PARTNER_RATE = "1/minute"
     codes = {engine_api.post(IN, incoming_body()).status_code for _ in range(5)}
     assert codes == {202}
+
+
+def test_engine_key_whose_tenants_are_deleted_acts_for_none(db):
+    from tests.factories import TenantFactory
+
+    # given an engine key for tenant A only, and another tenant B
+    a, b = TenantFactory(owner="tenant-a"), TenantFactory(owner="tenant-b")
+    _, raw = api_key_create(kind=ApiKey.Kind.ENGINE, tenants=[a])
+    # when A is deleted
+    a.delete()
+    # then the key may not act for B (it does not become an every-tenant key)
+    response = Caller(APIClient(), raw).post(IN, incoming_body(owner=b.owner))
+    assert response.status_code == 403
