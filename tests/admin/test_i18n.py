@@ -37,8 +37,9 @@ def superuser(db):
 def _unquote(text: str) -> str:
     text = text.strip()
     assert text.startswith('"') and text.endswith('"'), text
-    return re.sub(r'\\(.)', lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)),
-                  text[1:-1])
+    return re.sub(
+        r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), text[1:-1]
+    )
 
 
 def parse_po(path: Path) -> list[dict]:
@@ -65,12 +66,12 @@ def parse_po(path: Path) -> list[dict]:
         elif line.startswith("#"):
             continue
         elif line.startswith("msgid_plural "):
-            entry["msgid_plural"] = _unquote(line[len("msgid_plural "):])
+            entry["msgid_plural"] = _unquote(line[len("msgid_plural ") :])
             field = ("msgid_plural", 0)
         elif line.startswith("msgid "):
             if entry is None or "msgid" in entry:
                 start()
-            entry["msgid"] = _unquote(line[len("msgid "):])
+            entry["msgid"] = _unquote(line[len("msgid ") :])
             field = ("msgid", 0)
         elif line.startswith("msgstr"):
             match = re.match(r'msgstr(?:\[(\d+)\])? (".*")$', line)
@@ -204,11 +205,14 @@ def test_every_msgid_is_translated_and_none_is_fuzzy():
 def test_po_parser_joins_multi_line_strings(tmp_path):
     # Given a .po entry written over several lines, an obsolete one and a fuzzy one
     po = tmp_path / "x.po"
-    po.write_text('msgid ""\nmsgstr ""\n"Language: id\\n"\n\n'
-                  '#: a.py:1\nmsgid ""\n"Hello, "\n"\\"world\\""\nmsgstr ""\n"Halo, "\n'
-                  '"\\"dunia\\""\n\n'
-                  '#, fuzzy, python-format\nmsgid "%(n)d x"\nmsgstr ""\n\n'
-                  '#~ msgid "gone"\n#~ msgstr "hilang"\n', encoding="utf-8")
+    po.write_text(
+        'msgid ""\nmsgstr ""\n"Language: id\\n"\n\n'
+        '#: a.py:1\nmsgid ""\n"Hello, "\n"\\"world\\""\nmsgstr ""\n"Halo, "\n'
+        '"\\"dunia\\""\n\n'
+        '#, fuzzy, python-format\nmsgid "%(n)d x"\nmsgstr ""\n\n'
+        '#~ msgid "gone"\n#~ msgstr "hilang"\n',
+        encoding="utf-8",
+    )
 
     # When it is parsed
     header, hello, fuzzy = parse_po(po)
