@@ -1,6 +1,7 @@
 """Delivery throughput: real Celery workers draining queued deliveries against a bare loop.
 
     .venv/bin/python bench/delivery.py [--count 20000] [--tickets 2000] [--concurrency 4]
+                                       [--batches 1,20]
 
 Starts its own PostgreSQL and Redis (scripts/testenv.py) and a sink (bench/sink.py, its own
 process, answering {"status":"success"}), migrates, creates a tenant and a partner whose base
@@ -10,15 +11,18 @@ round-robin over TICKETS tickets (so per-ticket ordering does not serialize the 
   baseline  CONCURRENCY processes, each a bare `requests.Session` loop, POST the same payload
             bodies (with a webhook-id header) to the same sink. Run before and after the
             portal; the mean of the two is the baseline.
-  portal    every delivery id is queued with integrations.tasks.deliveries_enqueue (one broker
-            message each, as ingest does), then `celery -A portal worker --concurrency
-            CONCURRENCY` is started and drains them: claim, sign, POST, record the attempt.
+  portal    once per batch size B of --batches, on COUNT fresh deliveries: the ids are queued
+            in messages of B ids of one target (integrations.services.deliveries.enqueue, as
+            the dispatcher queues a backlog; B=1 is one message per delivery, as ingest queues
+            an event for one partner), then `celery -A portal worker --concurrency
+            CONCURRENCY` with PORTAL_DELIVERY_BATCH=B drains them: claim, sign, POST, record.
 
 Throughput is measured the same way for both, at the sink: (requests - 1) / (last receipt -
 first receipt). At the end it checks that all COUNT deliveries are `succeeded` and that the
 sink got COUNT requests (both reported, not asserted).
 
-Prints one JSON object; ratio = portal deliveries/s / baseline deliveries/s.
+Prints one JSON object; ratio = portal deliveries/s / baseline deliveries/s for the last
+batch size (20, PORTAL_DELIVERY_BATCH's default); by_batch has every batch size's run.
 """
 
 from __future__ import annotations
@@ -45,18 +49,29 @@ def parse_args() -> argparse.Namespace:
         help="worker processes (celery --concurrency) and baseline processes",
     )
     parser.add_argument(
+        "--batches",
+        default="1,20",
+        help="comma-separated batch sizes (PORTAL_DELIVERY_BATCH) to run the portal with",
+    )
+    parser.add_argument(
         "--stall-timeout",
         type=float,
         default=60,
         help="give up when the sink sees no new request for this long",
     )
     args = parser.parse_args()
+    try:
+        args.batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        parser.error("--batches: comma-separated integers")
     if args.count < 2 or args.tickets < 1 or args.concurrency < 1:
         parser.error("--count >= 2, --tickets >= 1, --concurrency >= 1")
     return args
 
 
-def create_deliveries(count: int, tickets: int, partner_id: int) -> list[tuple[int, str, bytes]]:
+def create_deliveries(
+    count: int, tickets: int, partner_id: int, prefix: str = "dlv"
+) -> list[tuple[int, str, bytes]]:
     """Bulk-insert tickets, events and pending deliveries; returns (delivery id, webhook id,
     body) in delivery-id order. Event i belongs to ticket i % tickets."""
     from integrations.models import Delivery, Event, Partner, Tenant, Ticket
@@ -71,7 +86,7 @@ def create_deliveries(count: int, tickets: int, partner_id: int) -> list[tuple[i
         [
             Ticket(
                 tenant=tenant,
-                ticket_number=f"dlv-{t}",
+                ticket_number=f"{prefix}-{t}",
                 channel="whatsapp",
                 account_id="628128778222",
                 customer_name="Farhan Akbar",
@@ -196,21 +211,34 @@ def run_baseline(
 
 
 def run_portal(
-    bench: Bench, env: dict[str, str], sink: str, ids: list[int], args: argparse.Namespace
+    bench: Bench,
+    env: dict[str, str],
+    sink: str,
+    ids: list[int],
+    args: argparse.Namespace,
+    batch: int,
 ) -> tuple[dict[str, Any], list[str]]:
     from integrations.models import Delivery
+    from integrations.services.deliveries import batches_by_target
     from integrations.tasks import deliveries_enqueue
 
+    target = Delivery.objects.get(pk=ids[0]).target
     harness.http_json(sink + "/_reset", method="POST")
     started = time.monotonic()
-    deliveries_enqueue(ids)
+    messages = batches_by_target([(pk, target) for pk in ids], batch)
+    for message in messages:
+        deliveries_enqueue(message)
     enqueue_s = time.monotonic() - started
-    log(f"  queued {len(ids)} deliveries in {enqueue_s:.1f}s; starting the worker")
+    log(
+        f"  queued {len(ids)} deliveries in {len(messages)} messages in {enqueue_s:.1f}s; "
+        "starting the worker"
+    )
 
     cmd = harness.celery_worker_cmd(args.concurrency)
     cpu_before, sessions_before = bench.cpu_snapshot(), harness.pg_sessions()
     spawned, spawned_wall = time.monotonic(), time.time()
-    bench.spawn("worker", cmd, env=env)
+    worker = f"worker-b{batch}"
+    bench.spawn(worker, cmd, env={**env, "PORTAL_DELIVERY_BATCH": str(batch)})
     seen, last_change = 0, time.monotonic()
     while True:
         bench.check_alive()
@@ -234,8 +262,8 @@ def run_portal(
     statuses = _status_counts(ids)
     cpu = harness.cpu_delta(cpu_before, bench.cpu_snapshot(), len(ids))
     sessions = harness.pg_sessions() - sessions_before
-    bench.stop_named("worker")
-    tasks = _task_counts(bench)
+    bench.stop_named(worker)
+    tasks = _task_counts(bench, worker)
     stats = harness.http_json(sink + "/_stats")
     rate = sink_rate(stats)
     log(
@@ -243,6 +271,8 @@ def run_portal(
         f"sink got {stats['count']}"
     )
     return {
+        "batch": batch,
+        "messages": len(messages),
         "deliveries_per_s": rnd(rate, 1),
         "wall_s_from_worker_start": rnd(wall),
         # From spawning the worker to the sink's first request (imports, pool, connections).
@@ -257,20 +287,20 @@ def run_portal(
         # PostgreSQL sessions were opened while draining.
         "cpu_ms_per_delivery": cpu,
         "postgres_sessions_opened": sessions,
-        # From the worker's INFO log: tasks run, and those that found their delivery not
+        # From the worker's INFO log: tasks run, and the deliveries a task found not
         # claimable (an older one of its ticket still open; it is queued again later).
         "tasks_run": tasks[0],
         "tasks_not_claimed": tasks[1],
     }, cmd
 
 
-def _task_counts(bench: Bench) -> tuple[int, int]:
+def _task_counts(bench: Bench, worker: str) -> tuple[int, int]:
     run = not_claimed = 0
-    with open(bench.log_path("worker"), errors="replace") as log_file:
+    with open(bench.log_path(worker), errors="replace") as log_file:
         for line in log_file:
-            if "integrations.tasks.delivery_send[" in line and " succeeded in " in line:
+            if "integrations.tasks.delivery_send" in line and " succeeded in " in line:
                 run += 1
-                not_claimed += "'not_claimed'" in line
+                not_claimed += line.count("'not_claimed'")
     return run, not_claimed
 
 
@@ -291,28 +321,40 @@ def main() -> None:
         seeds = bench.setup_portal(env, partner_url=sink)
         harness.django_setup(env)
 
-        started = time.monotonic()
-        rows = create_deliveries(args.count, args.tickets, int(seeds["partner_id"]))
-        log(
-            f"created {len(rows)} pending deliveries on {min(args.tickets, args.count)} "
-            f"tickets in {time.monotonic() - started:.1f}s"
-        )
-        ids = [row[0] for row in rows]
-        items = [(row[1], row[2]) for row in rows]
-
-        log("baseline (before)")
-        before = run_baseline(bench, sink, items, args.concurrency)
-        log("portal")
-        portal, worker_cmd = run_portal(bench, env, sink, ids, args)
+        runs: list[dict[str, Any]] = []
+        items: list[tuple[str, bytes]] = []
+        before: dict[str, Any] = {}
+        for n, batch in enumerate(args.batches):
+            started = time.monotonic()
+            rows = create_deliveries(
+                args.count, args.tickets, int(seeds["partner_id"]), prefix=f"b{batch}-{n}"
+            )
+            log(
+                f"created {len(rows)} pending deliveries on {min(args.tickets, args.count)} "
+                f"tickets in {time.monotonic() - started:.1f}s"
+            )
+            ids = [row[0] for row in rows]
+            if not items:
+                items = [(row[1], row[2]) for row in rows]
+                log("baseline (before)")
+                before = run_baseline(bench, sink, items, args.concurrency)
+            log(f"portal, batches of {batch}")
+            portal, worker_cmd = run_portal(bench, env, sink, ids, args, batch)
+            runs.append(portal)
         log("baseline (after)")
         after = run_baseline(bench, sink, items, args.concurrency)
 
         baseline_rate = statistics.mean([before["deliveries_per_s"], after["deliveries_per_s"]])
+        for portal in runs:
+            portal["ratio"] = rnd((portal["deliveries_per_s"] or 0) / baseline_rate, 3)
+        portal = runs[-1]
         result = {
             "benchmark": "delivery",
-            "ratio": rnd((portal["deliveries_per_s"] or 0) / baseline_rate, 3),
+            "ratio": portal["ratio"],
+            "by_batch": runs,
             "ratio_definition": "portal deliveries/s / baseline deliveries/s (mean of the "
-            "baseline runs before and after), both measured at the sink",
+            "baseline runs before and after), both measured at the sink; for the last batch "
+            "size (by_batch: every size)",
             "goal": "ratio >= 0.7 (reported, not asserted)",
             "count": args.count,
             "all_succeeded": portal["succeeded"] == args.count,

@@ -13,32 +13,32 @@ from integrations.services import deliveries as delivery_services
 logger = logging.getLogger(__name__)
 
 
+@shared_task(name="integrations.tasks.delivery_send_batch", ignore_result=True)
+def delivery_send_batch(delivery_ids: list[int]) -> dict[int, str]:
+    """Make one attempt of each delivery (claimed first; ids not due or taken are skipped)."""
+    return delivery_services.deliveries_attempt(delivery_ids=delivery_ids)
+
+
 @shared_task(name="integrations.tasks.delivery_send", ignore_result=True)
 def delivery_send(delivery_id: int) -> str:
-    """Make one attempt of a delivery (claims it first; a duplicate message does nothing)."""
+    """One delivery: kept so messages queued before batches existed are still understood."""
     return delivery_services.delivery_attempt(delivery_id=delivery_id)
 
 
 @shared_task(name="integrations.tasks.deliveries_dispatch", ignore_result=True)
 def deliveries_dispatch() -> int:
     """Queue every due delivery not queued recently (run by beat every second or so)."""
-    now = timezone.now()
-    ids = delivery_services.deliveries_due(now=now)
-    if ids:
-        delivery_services.deliveries_mark_dispatched(ids=ids, now=now)
-        deliveries_enqueue(ids)
-    return len(ids)
+    return delivery_services.deliveries_dispatch(now=timezone.now())
 
 
 def deliveries_enqueue(ids: list[int]) -> None:
-    """Send one queue message per delivery id. A broker error is logged, not raised: the rows
-    are in the database and the dispatcher queues them again later."""
-    for delivery_id in ids:
-        try:
-            delivery_send.delay(delivery_id)
-        except Exception:
-            logger.exception("could not queue delivery %s; the dispatcher will retry", delivery_id)
-            return
+    """Send one queue message carrying these delivery ids (one target's; callers group them
+    with `deliveries.batches_by_target`). A broker error is logged, not raised: the rows are
+    in the database and the dispatcher queues them again later."""
+    try:
+        delivery_send_batch.delay(list(ids))
+    except Exception:
+        logger.exception("could not queue deliveries %s; the dispatcher will retry", ids)
 
 
 @shared_task(name="integrations.tasks.ping", ignore_result=True)

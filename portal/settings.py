@@ -161,6 +161,9 @@ PORTAL_DISPATCH_INTERVAL = float(env_int("PORTAL_DISPATCH_INTERVAL_MS", 1000, mi
 # How long a claimed delivery stays leased before another worker may take it again: longer than
 # the longest attempt (deadline 10 s by default, per partner at most 60 s).
 PORTAL_DELIVERY_LEASE_SECONDS = env_int("PORTAL_DELIVERY_LEASE_SECONDS", 120, minimum=10)
+# Deliveries of one target claimed, sent and recorded together by one task (a backlog drains
+# in batches; one slow or failing partner never shares a batch with another).
+PORTAL_DELIVERY_BATCH = env_int("PORTAL_DELIVERY_BATCH", 20, minimum=1)
 
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -1,9 +1,12 @@
 """Deliveries: claim with a lease, attempt over HTTP, record, schedule the next try.
 
-The database is the source of truth (SPEC §5). A delivery is claimed with one conditional
-UPDATE that also checks per-(target, ticket) order, so a duplicate queue message or a second
-worker does nothing, and a lease that expired (a killed worker) is simply taken again. No
-transaction is held across the HTTP call.
+The database is the source of truth (SPEC §5). Deliveries are claimed in batches with one
+conditional UPDATE that also checks per-(target, ticket) order, so a duplicate queue message or
+a second worker does nothing, and a lease that expired (a killed worker) is simply taken again.
+A batch is sent one request after the other and recorded in one transaction; no transaction is
+held across an HTTP call. Batches are what makes a backlog cheap to drain (bench/delivery.py):
+the claim, the attempt rows, the status updates and the partner's counters cost a few
+statements per batch instead of per delivery.
 """
 
 from __future__ import annotations
@@ -12,15 +15,17 @@ import dataclasses
 import functools
 import logging
 import random
+import time
 import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Exists, F, OuterRef, Q
-from django.db.models.functions import Coalesce
+from django.db import connection, transaction
+from django.db.models import Case, F, Min, Q, Value, When
 from django.utils import timezone
 
 from integrations.delivery import DeliveryResult, OutboundPolicy, Outcome, send_webhook
@@ -28,7 +33,26 @@ from integrations.models import Delivery, DeliveryAttempt, Partner, SigningSecre
 from integrations.payloads import canonical_json
 from integrations.services import alerts
 from integrations.services.events import engine_relay_for
+from integrations.services.partner_health import (
+    partner_failure,
+    partner_pause,
+    partner_successes,
+)
 from portal.env import parse_retry_schedule
+
+__all__ = [
+    "deliveries_attempt",
+    "deliveries_claim",
+    "deliveries_dispatch",
+    "deliveries_due",
+    "delivery_attempt",
+    "delivery_claim",
+    "enqueue",
+    "outbound_policy",
+    "partner_pause",
+    "queue_next_in_order",
+    "retry_schedule_for",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,56 +81,81 @@ def retry_schedule_for(partner: Partner | None) -> tuple[int, ...]:
     return settings.PORTAL_RETRY_SCHEDULE
 
 
-def _older_open_delivery() -> Exists:
-    """An older, not yet final delivery of the same target and ticket (SPEC §5 order)."""
-    return Exists(
-        Delivery.objects.filter(
-            target=OuterRef("target"), ticket_id=OuterRef("ticket_id"), id__lt=OuterRef("id")
-        ).exclude(status__in=Delivery.FINAL_STATUSES)
-    )
+# --- claiming ------------------------------------------------------------------------------
 
 
-def _failing_partner_busy(now: datetime) -> Exists:
-    """The delivery's partner is failing and already has an attempt in flight.
+@functools.cache
+def _claimable_sql() -> str:
+    """WHERE conditions (on `d`, a delivery) of a delivery that may be attempted now; three
+    parameters, all `now`:
 
-    A failing partner gets one attempt at a time: otherwise its timeouts would hold every
-    worker slot and stall the deliveries of other partners and other tenants.
+    - due (waiting and its time has come) or its lease expired (a worker died holding it);
+    - its target is the engine relay or an active partner (not disabled, not paused);
+    - no older delivery of the same target and ticket is still open (SPEC §5 order);
+    - its partner is not failing with an attempt already in flight: a failing partner gets
+      one attempt at a time, or its timeouts would hold every worker slot and stall the
+      deliveries of other partners and tenants.
+
+    Hand-written SQL (PostgreSQL and SQLite alike) because it runs for every batch: building
+    it through the ORM cost more worker CPU than the statement itself.
     """
-    return Exists(
-        Delivery.objects.filter(
-            partner=OuterRef("partner"),
-            partner__consecutive_failures__gt=0,
-            status=Delivery.Status.DELIVERING,
-            lease_expires_at__gte=now,
-        )
-    )
+    deliveries, partners = Delivery._meta.db_table, Partner._meta.db_table
+    final = ", ".join(f"'{status}'" for status in Delivery.FINAL_STATUSES)
+    waiting = ", ".join(f"'{status}'" for status in Delivery.WAITING_STATUSES)
+    # Only the models' own table names and status constants are formatted in.
+    return f"""
+        ((d.status IN ({waiting}) AND d.next_attempt_at <= %s)
+          OR (d.status = '{Delivery.Status.DELIVERING}' AND d.lease_expires_at < %s))
+        AND (d.partner_id IS NULL OR EXISTS (
+            SELECT 1 FROM {partners} p
+            WHERE p.id = d.partner_id AND p.state = '{Partner.State.ACTIVE}'))
+        AND NOT EXISTS (
+            SELECT 1 FROM {deliveries} o
+            WHERE o.target = d.target AND o.ticket_id = d.ticket_id AND o.id < d.id
+              AND o.status NOT IN ({final}))
+        AND NOT EXISTS (
+            SELECT 1 FROM {deliveries} b JOIN {partners} fp ON fp.id = b.partner_id
+            WHERE b.partner_id = d.partner_id AND fp.consecutive_failures > 0
+              AND b.status = '{Delivery.Status.DELIVERING}' AND b.lease_expires_at >= %s)
+    """  # noqa: S608
 
 
-def _claimable(now: datetime) -> Q:
-    due = Q(status__in=Delivery.WAITING_STATUSES, next_attempt_at__lte=now)
-    lease_expired = Q(status=Delivery.Status.DELIVERING, lease_expires_at__lt=now)
-    target_active = Q(partner__isnull=True) | Q(partner__state=Partner.State.ACTIVE)
-    return (due | lease_expired) & target_active & ~_failing_partner_busy(now)
+def _db_value(field_name: str, value):
+    return Delivery._meta.get_field(field_name).get_db_prep_value(value, connection)
 
 
-def delivery_claim(*, delivery_id: int, token: uuid.UUID, now: datetime) -> bool:
-    """Take a due delivery for one attempt; True when this caller now holds its lease.
+def deliveries_claim(*, delivery_ids: Sequence[int], token: uuid.UUID, now: datetime) -> list[int]:
+    """Take those of these deliveries that may be attempted now; returns their ids.
 
     The attempt count rises here, so a delivery whose worker dies mid-attempt still uses up
     its tries and ends `dead` instead of looping forever.
     """
-    updated = (
-        Delivery.objects.filter(_claimable(now), pk=delivery_id)
-        .filter(~_older_open_delivery())
-        .update(
-            status=Delivery.Status.DELIVERING,
-            lease_token=token,
-            lease_expires_at=now + timedelta(seconds=settings.PORTAL_DELIVERY_LEASE_SECONDS),
-            attempts=F("attempts") + 1,
-            updated_at=now,
-        )
+    ids = [int(pk) for pk in delivery_ids]
+    if not ids:
+        return []
+    at = _db_value("updated_at", now)
+    lease_until = _db_value(
+        "lease_expires_at", now + timedelta(seconds=settings.PORTAL_DELIVERY_LEASE_SECONDS)
     )
-    return updated == 1
+    sql = f"""
+        UPDATE {Delivery._meta.db_table} AS d
+        SET status = %s, lease_token = %s, lease_expires_at = %s,
+            attempts = attempts + 1, updated_at = %s
+        WHERE d.id IN ({", ".join(["%s"] * len(ids))}) AND {_claimable_sql()}
+        RETURNING id
+    """  # noqa: S608 (only the table name, placeholders and _claimable_sql are formatted in)
+    params = [Delivery.Status.DELIVERING.value, _db_value("lease_token", token), lease_until, at]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, *ids, at, at, at])
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+def delivery_claim(*, delivery_id: int, token: uuid.UUID, now: datetime) -> bool:
+    """Take one delivery for an attempt; True when this caller now holds its lease."""
+    return bool(deliveries_claim(delivery_ids=[delivery_id], token=token, now=now))
+
+
+# --- attempting ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -156,55 +205,50 @@ def _next_delay(result: DeliveryResult, attempts: int, schedule: tuple[int, ...]
     return delay
 
 
-def delivery_attempt(*, delivery_id: int) -> str:
-    """Claim a delivery and make one HTTP attempt; record it and decide what comes next.
+@dataclass
+class _Done:
+    """What became of one claimed delivery, to be recorded with the rest of its batch."""
 
-    Returns the outcome ("succeeded", "retrying", "dead", "not_configured"); "not_claimed"
-    when the delivery is not due, is held back by an older one, or another worker has it;
-    "lease_lost" when the attempt outlived its lease and another worker took the delivery
-    over (the attempt is recorded; the other worker's outcome stands).
-    Side effects: one DeliveryAttempt row, the delivery's new status, the partner's health;
-    when the delivery became final, the next one of its (target, ticket) is queued.
-    """
-    token = uuid.uuid4()
-    now = timezone.now()
-    if not delivery_claim(delivery_id=delivery_id, token=token, now=now):
-        return "not_claimed"
-    delivery = Delivery.objects.select_related("event", "partner", "tenant").get(pk=delivery_id)
-    schedule = retry_schedule_for(delivery.partner)
-    if delivery.attempts - delivery.retry_base > len(schedule):
-        # The previous holder died after taking the last try; nothing is sent again.
-        finished = _finish(
-            delivery,
-            token,
-            Delivery.Status.DEAD,
-            error="Attempts used up (a worker was lost during the last one).",
-        )
-        if finished and delivery.partner_id is not None:
-            # Counts as a failure: a partner that hangs until workers die still gets paused
-            # in time and its admins still hear of dead deliveries.
-            lost = DeliveryResult(
-                outcome=Outcome.DEAD,
-                status_code=None,
-                request_headers={},
-                response_headers={},
-                response_body=b"",
-                duration_ms=0,
-                error_class="worker_lost",
-                error_message="A worker was lost during the last attempt.",
-                retry_after=None,
-                gone=False,
-            )
-            if _partner_health_update(delivery.partner_id, lost, now):
-                alerts.partner_paused_alert(partner_id=delivery.partner_id)
-            alerts.deliveries_dead_alert(partner_id=delivery.partner_id, now=now)
-        return Delivery.Status.DEAD
-    target = _target_for(delivery, now)
-    if not target.url:
-        _finish(
-            delivery, token, Delivery.Status.NOT_CONFIGURED, error="No engine relay is configured."
-        )
-        return Delivery.Status.NOT_CONFIGURED
+    delivery: Delivery
+    status: str
+    error: str
+    next_at: datetime | None = None
+    result: DeliveryResult | None = None  # None: finished without sending (nothing to record)
+    url: str = ""
+
+
+def _lost_worker_result() -> DeliveryResult:
+    return DeliveryResult(
+        outcome=Outcome.DEAD,
+        status_code=None,
+        request_headers={},
+        response_headers={},
+        response_body=b"",
+        duration_ms=0,
+        error_class="worker_lost",
+        error_message="A worker was lost during the last attempt.",
+        retry_after=None,
+        gone=False,
+    )
+
+
+def _configuration_error(exc: ValueError) -> DeliveryResult:
+    return DeliveryResult(
+        outcome=Outcome.DEAD,
+        status_code=None,
+        request_headers={},
+        response_headers={},
+        response_body=b"",
+        duration_ms=0,
+        error_class="configuration_error",
+        error_message=str(exc)[:1000],
+        retry_after=None,
+        gone=False,
+    )
+
+
+def _attempt(delivery: Delivery, target: _Target, schedule: tuple[int, ...]) -> _Done:
+    """Send one claimed delivery and decide its new status (nothing is written here)."""
     try:
         result = send_webhook(
             url=target.url,
@@ -219,19 +263,86 @@ def delivery_attempt(*, delivery_id: int) -> str:
     except ValueError as exc:
         # A configuration problem (no usable signing secret, say): retrying cannot fix it,
         # so the delivery is dead with the reason recorded, not left leased.
-        result = DeliveryResult(
-            outcome=Outcome.DEAD,
-            status_code=None,
-            request_headers={},
-            response_headers={},
-            response_body=b"",
-            duration_ms=0,
-            error_class="configuration_error",
-            error_message=str(exc)[:1000],
-            retry_after=None,
-            gone=False,
-        )
-    return _record(delivery, token, target.url, result, schedule)
+        result = _configuration_error(exc)
+    result = _storable(result)
+    now = timezone.now()
+    error = result.error_message or (
+        f"HTTP {result.status_code}" if result.outcome != Outcome.SUCCESS else ""
+    )
+    status, next_at = Delivery.Status.SUCCEEDED, None
+    if result.outcome != Outcome.SUCCESS:
+        tries = delivery.attempts - delivery.retry_base
+        delay = _next_delay(result, tries, schedule) if result.outcome == Outcome.RETRY else None
+        if delay is None:
+            status = Delivery.Status.DEAD
+        else:
+            status, next_at = Delivery.Status.RETRYING, now + timedelta(seconds=delay)
+    return _Done(delivery, status, error, next_at=next_at, result=result, url=target.url)
+
+
+def delivery_attempt(*, delivery_id: int) -> str:
+    """Claim one delivery and make one HTTP attempt; record it and decide what comes next.
+
+    Returns the outcome ("succeeded", "retrying", "dead", "not_configured"); "not_claimed"
+    when the delivery is not due, is held back by an older one, or another worker has it;
+    "lease_lost" when the attempt outlived its lease and another worker took the delivery
+    over (the attempt is recorded; the other worker's outcome stands).
+    """
+    return deliveries_attempt(delivery_ids=[delivery_id])[delivery_id]
+
+
+def deliveries_attempt(*, delivery_ids: Sequence[int]) -> dict[int, str]:
+    """Claim these deliveries and make one attempt of each; returns each id's outcome (as
+    `delivery_attempt`, or "handed_back": claimed, not tried, waiting again).
+
+    Side effects: one DeliveryAttempt row per request sent, the deliveries' new status, the
+    partners' health; when a delivery became final, the next one of its (target, ticket) is
+    queued. Requests go one after the other; after a target's first failure its other
+    deliveries of the batch are handed back untried (a failing partner gets one attempt at a
+    time), and so is whatever would not finish within half the lease.
+    """
+    ids = list(dict.fromkeys(int(pk) for pk in delivery_ids))
+    outcomes = dict.fromkeys(ids, "not_claimed")
+    token, now = uuid.uuid4(), timezone.now()
+    if not deliveries_claim(delivery_ids=ids, token=token, now=now):
+        return outcomes
+    claimed = list(
+        Delivery.objects.select_related("event", "partner", "tenant")
+        .filter(pk__in=ids, lease_token=token)
+        .order_by("id")
+    )
+    started, budget = time.monotonic(), settings.PORTAL_DELIVERY_LEASE_SECONDS / 2
+    targets: dict[tuple, _Target] = {}
+    done: list[_Done] = []
+    handed_back: list[Delivery] = []
+    failed_targets: set[str] = set()
+    for delivery in claimed:
+        schedule = retry_schedule_for(delivery.partner)
+        if delivery.attempts - delivery.retry_base > len(schedule):
+            # The previous holder died after taking the last try; nothing is sent again.
+            error = "Attempts used up (a worker was lost during the last one)."
+            done.append(_Done(delivery, Delivery.Status.DEAD, error))
+            continue
+        key = (delivery.target, delivery.tenant_id, delivery.endpoint)
+        if key not in targets:
+            targets[key] = _target_for(delivery, now)
+        target = targets[key]
+        if not target.url:
+            error = "No engine relay is configured."
+            done.append(_Done(delivery, Delivery.Status.NOT_CONFIGURED, error))
+            continue
+        elapsed = time.monotonic() - started
+        if delivery.target in failed_targets or (done and elapsed + target.deadline > budget):
+            handed_back.append(delivery)
+            continue
+        outcome = _attempt(delivery, target, schedule)
+        done.append(outcome)
+        if outcome.status != Delivery.Status.SUCCEEDED:
+            failed_targets.add(delivery.target)
+    outcomes.update(_record(token, done))
+    _hand_back(token, handed_back)
+    outcomes.update(dict.fromkeys((d.pk for d in handed_back), "handed_back"))
+    return outcomes
 
 
 def _storable_text(text: str) -> str:
@@ -260,173 +371,189 @@ def _storable(result: DeliveryResult) -> DeliveryResult:
     )
 
 
-def _record(
-    delivery: Delivery,
-    token: uuid.UUID,
-    url: str,
-    result: DeliveryResult,
-    schedule: tuple[int, ...],
-) -> str:
+# --- recording ---------------------------------------------------------------------------------
+
+
+def _attempt_row(done: _Done) -> DeliveryAttempt:
+    result = done.result
+    assert result is not None
+    return DeliveryAttempt(
+        delivery=done.delivery,
+        number=done.delivery.attempts,
+        url=_url_for_storage(done.url),
+        request_headers=result.request_headers,
+        response_status=result.status_code,
+        response_headers=result.response_headers,
+        response_body=_storable_text(
+            result.response_body[:STORED_BODY_BYTES].decode("utf-8", "replace")
+        ),
+        duration_ms=result.duration_ms,
+        outcome=result.outcome,
+        error_class=result.error_class,
+        error_message=result.error_message[:1000],
+    )
+
+
+def _changes(done: _Done, now: datetime) -> tuple[tuple[str, object], ...]:
+    """The columns one finished attempt sets; deliveries with equal changes share an UPDATE
+    (so `delivered_at` is the time the batch was recorded, as is its attempts' `created_at`)."""
+    changes: dict[str, object] = {
+        "status": done.status,
+        "next_attempt_at": done.next_at,
+        "last_error": done.error[:500],
+    }
+    if done.result is not None:
+        changes["last_status_code"] = done.result.status_code
+        changes["dispatched_at"] = None
+        changes["delivered_at"] = now if done.status == Delivery.Status.SUCCEEDED else None
+    return tuple(changes.items())
+
+
+def _record(token: uuid.UUID, done: list[_Done]) -> dict[int, str]:
+    """Write a batch's attempts and outcomes in one transaction; then the partners' health
+    and the alerts. A delivery whose lease ran out mid-attempt (another worker holds it now)
+    gets its attempt recorded, but the outcome is the other worker's to apply: "lease_lost".
+    """
+    if not done:
+        return {}
     now = timezone.now()
-    result = _storable(result)
-    error = result.error_message or (
-        f"HTTP {result.status_code}" if result.outcome != Outcome.SUCCESS else ""
+    outcomes: dict[int, str] = {}
+    with transaction.atomic():
+        ours = set(
+            Delivery.objects.select_for_update()
+            .filter(pk__in=[d.delivery.pk for d in done], lease_token=token)
+            .values_list("pk", flat=True)
+        )
+        attempts = [_attempt_row(d) for d in done if d.result is not None]
+        if attempts:
+            DeliveryAttempt.objects.bulk_create(attempts)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for d in done:
+            outcomes[d.delivery.pk] = d.status if d.delivery.pk in ours else "lease_lost"
+            if d.delivery.pk in ours:
+                groups[_changes(d, now)].append(d.delivery.pk)
+        for changes, pks in groups.items():
+            Delivery.objects.filter(pk__in=pks).update(
+                **dict(changes), lease_token=None, lease_expires_at=None, updated_at=now
+            )
+        finished = [d.delivery for d in done if d.status in Delivery.FINAL_STATUSES]
+        queue_next_in_order([delivery for delivery in finished if delivery.pk in ours])
+    _health_and_alerts([d for d in done if d.delivery.pk in ours], now)
+    return outcomes
+
+
+def _health_and_alerts(done: list[_Done], now: datetime) -> None:
+    """Each partner's counters, in the order of its attempts; mail after the commit, so an
+    SMTP hiccup cannot undo what was recorded."""
+    by_partner: dict[int, list[_Done]] = defaultdict(list)
+    for d in done:
+        if d.delivery.partner_id is not None and (d.result is not None or d.status == "dead"):
+            by_partner[d.delivery.partner_id].append(d)
+    for partner_id, rows in by_partner.items():
+        paused, successes = False, []
+        for d in rows:
+            if d.result is not None and d.result.outcome == Outcome.SUCCESS:
+                successes.append(d.result.duration_ms)
+                continue
+            partner_successes(partner_id, successes, now)
+            successes = []
+            # A delivery whose worker died during its last try counts as a failure too: a
+            # partner that hangs until workers die still gets paused in time.
+            paused |= partner_failure(partner_id, d.result or _lost_worker_result(), now)
+        partner_successes(partner_id, successes, now)
+        if paused:
+            alerts.partner_paused_alert(partner_id=partner_id)
+        if any(d.status == Delivery.Status.DEAD for d in rows):
+            alerts.deliveries_dead_alert(partner_id=partner_id, now=now)
+
+
+def _hand_back(token: uuid.UUID, deliveries: list[Delivery]) -> None:
+    """Return claimed deliveries that were not tried: the attempt taken by the claim is given
+    back and the dispatcher queues them again on its next run."""
+    if not deliveries:
+        return
+    first_try = Q(attempts__lte=F("retry_base") + 1)
+    Delivery.objects.filter(pk__in=[d.pk for d in deliveries], lease_token=token).update(
+        status=Case(
+            When(first_try, then=Value(Delivery.Status.PENDING)),
+            default=Value(Delivery.Status.RETRYING),
+        ),
+        attempts=F("attempts") - 1,
+        lease_token=None,
+        lease_expires_at=None,
+        dispatched_at=None,
+        updated_at=timezone.now(),
     )
-    if result.outcome == Outcome.SUCCESS:
-        status, next_at = Delivery.Status.SUCCEEDED, None
-    else:
-        tries = delivery.attempts - delivery.retry_base
-        delay = _next_delay(result, tries, schedule) if (result.outcome == Outcome.RETRY) else None
-        if delay is None:
-            status, next_at = Delivery.Status.DEAD, None
-        else:
-            status, next_at = Delivery.Status.RETRYING, now + timedelta(seconds=delay)
-    with transaction.atomic():
-        DeliveryAttempt.objects.create(
-            delivery=delivery,
-            number=delivery.attempts,
-            url=_url_for_storage(url),
-            request_headers=result.request_headers,
-            response_status=result.status_code,
-            response_headers=result.response_headers,
-            response_body=_storable_text(
-                result.response_body[:STORED_BODY_BYTES].decode("utf-8", "replace")
-            ),
-            duration_ms=result.duration_ms,
-            outcome=result.outcome,
-            error_class=result.error_class,
-            error_message=result.error_message[:1000],
-        )
-        still_ours = Delivery.objects.filter(pk=delivery.pk, lease_token=token).update(
-            status=status,
-            next_attempt_at=next_at,
-            lease_token=None,
-            lease_expires_at=None,
-            dispatched_at=None,
-            last_status_code=result.status_code,
-            last_error=error[:500],
-            delivered_at=now if status == Delivery.Status.SUCCEEDED else None,
-            updated_at=now,
-        )
-        if not still_ours:
-            # The lease ran out mid-attempt and another worker holds the delivery now: this
-            # attempt is recorded, but the outcome is the other worker's to apply.
-            return "lease_lost"
-        if status in Delivery.FINAL_STATUSES:
-            _queue_next_in_order(delivery)
-    # The partner's counters in their own short statement after the commit: inside the
-    # transaction its row lock made every worker delivering to that partner queue behind the
-    # others (bench/delivery.py). A crash in between leaves one attempt out of the counters.
-    paused_now = False
-    if delivery.partner_id is not None:
-        paused_now = _partner_health_update(delivery.partner_id, result, now)
-    # Mail after the commit: an SMTP hiccup must not undo what was recorded.
-    if paused_now:
-        alerts.partner_paused_alert(partner_id=delivery.partner_id)
-    if status == Delivery.Status.DEAD and delivery.partner_id is not None:
-        alerts.deliveries_dead_alert(partner_id=delivery.partner_id, now=now)
-    return status
 
 
-def _finish(delivery: Delivery, token: uuid.UUID, status: str, *, error: str) -> bool:
-    """Make a leased delivery final without an attempt; False when the lease was lost."""
-    with transaction.atomic():
-        still_ours = Delivery.objects.filter(pk=delivery.pk, lease_token=token).update(
-            status=status,
-            next_attempt_at=None,
-            lease_token=None,
-            lease_expires_at=None,
-            last_error=error,
-            updated_at=timezone.now(),
-        )
-        if still_ours:
-            _queue_next_in_order(delivery)
-    return bool(still_ours)
+# --- queueing ----------------------------------------------------------------------------------
 
 
-def _queue_next_in_order(delivery: Delivery) -> None:
-    """When a delivery becomes final, the next one of its (target, ticket) goes at once."""
-    next_id = (
-        Delivery.objects.filter(
-            target=delivery.target, ticket_id=delivery.ticket_id, id__gt=delivery.pk
-        )
+def queue_next_in_order(finished: Sequence[Delivery]) -> None:
+    """When deliveries become final, the next one of each (target, ticket) goes at once.
+
+    Call inside the transaction that made them final; the messages are sent on commit.
+    """
+    if not finished:
+        return
+    after = Q()
+    for delivery in finished:
+        after |= Q(target=delivery.target, ticket_id=delivery.ticket_id, id__gt=delivery.pk)
+    rows = list(
+        Delivery.objects.filter(after)
         .exclude(status__in=Delivery.FINAL_STATUSES)
-        .order_by("id")
-        .values_list("id", flat=True)
-        .first()
+        .values("target", "ticket_id")
+        .annotate(next_id=Min("id"))
+        .values_list("next_id", "target")
+        .order_by()
     )
-    if next_id is not None:
-        from integrations.tasks import deliveries_enqueue
-
-        Delivery.objects.filter(pk=next_id).update(dispatched_at=timezone.now())
-        transaction.on_commit(lambda: deliveries_enqueue([next_id]), robust=True)
+    if rows:
+        Delivery.objects.filter(pk__in=[pk for pk, _ in rows]).update(dispatched_at=timezone.now())
+        transaction.on_commit(lambda: enqueue(rows), robust=True)
 
 
-def _partner_health_update(partner_id: int, result: DeliveryResult, now: datetime) -> bool:
-    """Keep the partner's counters; pause it on 410 or after failing for too long.
-
-    Returns True when this update paused the partner.
-    """
-    partners = Partner.objects.filter(pk=partner_id)
-    if result.outcome == Outcome.SUCCESS:
-        partners.update(
-            consecutive_failures=0,
-            failing_since=None,
-            last_success_at=now,
-            success_count=F("success_count") + 1,
-            latency_ms_avg=Coalesce(
-                F("latency_ms_avg") * 0.8 + result.duration_ms * 0.2, float(result.duration_ms)
-            ),
-        )
-        return False
-    partners.update(
-        consecutive_failures=F("consecutive_failures") + 1,
-        failing_since=Coalesce(F("failing_since"), now),
-        last_failure_at=now,
-        failure_count=F("failure_count") + 1,
-        last_error=(result.error_message or f"HTTP {result.status_code}")[:500],
-    )
-    if result.gone:
-        return partner_pause(
-            partner_id=partner_id, reason="The partner answered 410 Gone.", now=now
-        )
-    # failing_since is cleared by every success, so it marks the start of an unbroken run of
-    # failures; a run longer than PORTAL_PARTNER_PAUSE_AFTER pauses the partner.
-    limit = now - timedelta(seconds=settings.PORTAL_PARTNER_PAUSE_AFTER)
-    if partners.filter(failing_since__lte=limit).exists():
-        return partner_pause(
-            partner_id=partner_id,
-            now=now,
-            reason="Every attempt failed for longer than PORTAL_PARTNER_PAUSE_AFTER.",
-        )
-    return False
+def batches_by_target(rows: Iterable[tuple[int, str]], size: int) -> list[list[int]]:
+    """Group (delivery id, target) pairs into queue messages: one target each (a slow partner
+    never holds up another's batch), at most `size` ids each, in id order."""
+    by_target: dict[str, list[int]] = defaultdict(list)
+    for pk, target in sorted(rows):
+        by_target[target].append(pk)
+    return [pks[i : i + size] for pks in by_target.values() for i in range(0, len(pks), size)]
 
 
-def partner_pause(*, partner_id: int, reason: str, now: datetime) -> bool:
-    """Pause an active partner automatically; its deliveries wait until it is resumed.
+def enqueue(rows: Iterable[tuple[int, str]]) -> None:
+    """Send the queue messages for these (delivery id, target) pairs."""
+    from integrations import tasks
 
-    Returns True when this call paused it.
-    """
-    paused = Partner.objects.filter(pk=partner_id, state=Partner.State.ACTIVE).update(
-        state=Partner.State.PAUSED, state_reason=reason, state_changed_at=now
-    )
-    if paused:
-        logger.warning("partner %s paused: %s", partner_id, reason)
-    return bool(paused)
+    for batch in batches_by_target(rows, settings.PORTAL_DELIVERY_BATCH):
+        tasks.deliveries_enqueue(batch)
+
+
+def _due_rows(now: datetime, limit: int) -> list[tuple[int, str]]:
+    stale = _db_value("dispatched_at", now - timedelta(seconds=settings.PORTAL_REDISPATCH_AFTER))
+    at = _db_value("updated_at", now)
+    sql = f"""
+        SELECT d.id, d.target FROM {Delivery._meta.db_table} d
+        WHERE {_claimable_sql()} AND (d.dispatched_at IS NULL OR d.dispatched_at < %s)
+        ORDER BY d.next_attempt_at, d.id
+        LIMIT %s
+    """  # noqa: S608 (only the table name and _claimable_sql are formatted in)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [at, at, at, stale, limit])
+        return [(pk, target) for pk, target in cursor.fetchall()]
 
 
 def deliveries_due(*, now: datetime, limit: int = 500) -> list[int]:
     """Ids of deliveries to queue now: due or with an expired lease, not queued recently,
     their target active, and no older delivery of the same target and ticket open."""
-    stale = now - timedelta(seconds=settings.PORTAL_REDISPATCH_AFTER)
-    not_recently_queued = Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=stale)
-    return list(
-        Delivery.objects.filter(_claimable(now), not_recently_queued)
-        .filter(~_older_open_delivery())
-        .order_by("next_attempt_at", "id")
-        .values_list("id", flat=True)[:limit]
-    )
+    return [pk for pk, _ in _due_rows(now, limit)]
 
 
-def deliveries_mark_dispatched(*, ids: list[int], now: datetime) -> None:
-    Delivery.objects.filter(pk__in=ids).update(dispatched_at=now)
+def deliveries_dispatch(*, now: datetime, limit: int = 500) -> int:
+    """Queue every due delivery not queued recently, in batches per target; returns how
+    many were queued."""
+    rows = _due_rows(now, limit)
+    if rows:
+        Delivery.objects.filter(pk__in=[pk for pk, _ in rows]).update(dispatched_at=now)
+        enqueue(rows)
+    return len(rows)

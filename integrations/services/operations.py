@@ -16,7 +16,7 @@ from integrations.delivery import send_webhook
 from integrations.errors import Conflict
 from integrations.models import Delivery, Event, IdempotencyRecord, Partner, SigningSecret, Tenant
 from integrations.payloads import canonical_json, format_created_date
-from integrations.services.deliveries import _queue_next_in_order, outbound_policy
+from integrations.services.deliveries import outbound_policy, queue_next_in_order
 from integrations.services.events import engine_relay_for
 
 RETENTION_BATCH = 500
@@ -91,7 +91,7 @@ def delivery_cancel(*, delivery: Delivery) -> Delivery:
             raise Conflict(
                 "Only a pending or retrying delivery can be cancelled.", code="not_cancellable"
             )
-        _queue_next_in_order(delivery)
+        queue_next_in_order([delivery])
     delivery.refresh_from_db()
     return delivery
 

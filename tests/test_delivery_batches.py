@@ -1,0 +1,185 @@
+"""Batches of deliveries (one claim, one transaction) against a real loopback partner: what a
+batch sends, records, hands back and queues next (SPEC §5 order, one attempt at a time for a
+failing partner), and that its cost in SQL statements does not grow with its size."""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from integrations.models import Delivery, DeliveryAttempt
+from integrations.services import deliveries as svc
+from integrations.services.partner_health import latency_fold
+from tests.conftest import incoming_body
+
+IN = "/api/v1/engine/incoming"
+OK = (200, b'{"status":"success"}', {})
+
+
+def _ingest(engine_api, **overrides) -> Delivery:
+    event_id = engine_api.post(IN, incoming_body(**overrides)).json()["eventId"]
+    return Delivery.objects.get(event_id=event_id, partner__isnull=False)
+
+
+@pytest.fixture
+def pointed(partner):
+    def point(server):
+        partner.base_url = server.url
+        partner.save()
+        return server
+
+    return point
+
+
+def test_a_batch_sends_records_and_counts_every_delivery(
+    engine_api, pointed, partner_server_factory, partner
+):
+    sink = pointed(partner_server_factory())
+    batch = [_ingest(engine_api, ticketNumber=f"t-{i}", message=f"m{i}") for i in range(5)]
+    outcomes = svc.deliveries_attempt(delivery_ids=[d.pk for d in batch])
+    assert outcomes == {d.pk: "succeeded" for d in batch}
+    # sent in id order, each once
+    assert [r.json["message"] for r in sink.received] == [f"m{i}" for i in range(5)]
+    for delivery in batch:
+        delivery.refresh_from_db()
+        assert delivery.status == "succeeded" and delivery.attempts == 1
+        assert delivery.lease_token is None and delivery.delivered_at is not None
+    attempts = DeliveryAttempt.objects.filter(delivery__in=batch).order_by("delivery_id")
+    assert [a.number for a in attempts] == [1] * 5
+    assert all(a.response_status == 200 and a.outcome == "success" for a in attempts)
+    # the partner's counters are those of five single attempts
+    partner.refresh_from_db()
+    assert partner.success_count == 5 and partner.consecutive_failures == 0
+    expected = latency_fold(None, [a.duration_ms for a in attempts])
+    assert partner.latency_ms_avg == pytest.approx(expected)
+
+
+def test_latency_fold_in_one_update_equals_one_by_one():
+    durations = [12, 40, 7, 300]
+    keep = 0.8 ** len(durations)
+    for start in (0.0, 55.5, 1000.0):
+        assert start * keep + latency_fold(0.0, durations) == pytest.approx(
+            latency_fold(start, durations)
+        )
+    assert latency_fold(None, []) is None and latency_fold(None, [9]) == 9.0
+
+
+def test_statements_per_batch_do_not_grow_with_its_size(
+    engine_api, pointed, partner_server_factory
+):
+    pointed(partner_server_factory())
+    small = [_ingest(engine_api, ticketNumber=f"s-{i}") for i in range(2)]
+    large = [_ingest(engine_api, ticketNumber=f"l-{i}") for i in range(12)]
+    counts = []
+    for batch in (small, large):
+        with CaptureQueriesContext(connection) as queries:
+            outcomes = svc.deliveries_attempt(delivery_ids=[d.pk for d in batch])
+        assert set(outcomes.values()) == {"succeeded"}
+        counts.append(len(queries.captured_queries))
+    assert counts[0] == counts[1], counts
+
+
+def test_after_a_failure_the_rest_of_the_targets_batch_is_handed_back(
+    engine_api, pointed, partner_server_factory, partner
+):
+    sink = pointed(partner_server_factory(lambda r, n: (503, b"", {}) if n == 1 else OK))
+    batch = [_ingest(engine_api, ticketNumber=f"t-{i}") for i in range(3)]
+    outcomes = svc.deliveries_attempt(delivery_ids=[d.pk for d in batch])
+    # one attempt at a time for a failing partner: the first fails, the others are not tried
+    assert outcomes == {
+        batch[0].pk: "retrying",
+        batch[1].pk: "handed_back",
+        batch[2].pk: "handed_back",
+    }
+    assert len(sink.received) == 1
+    for delivery in batch[1:]:
+        delivery.refresh_from_db()
+        # waiting again exactly as before the claim: no attempt used, no lease, re-queueable
+        assert delivery.status == "pending" and delivery.attempts == 0
+        assert delivery.lease_token is None and delivery.dispatched_at is None
+        assert not DeliveryAttempt.objects.filter(delivery=delivery).exists()
+    partner.refresh_from_db()
+    assert partner.consecutive_failures == 1
+    # the dispatcher queues the handed-back ones again (the failing partner has no attempt
+    # in flight now)
+    due = svc.deliveries_due(now=timezone.now())
+    assert {batch[1].pk, batch[2].pk} <= set(due)
+
+
+def test_a_retrying_delivery_handed_back_stays_retrying(
+    engine_api, pointed, partner_server_factory
+):
+    sink = pointed(partner_server_factory(lambda r, n: (503, b"", {}) if n <= 2 else OK))
+    first = _ingest(engine_api, ticketNumber="a")
+    second = _ingest(engine_api, ticketNumber="b")
+    assert svc.delivery_attempt(delivery_id=second.pk) == "retrying"
+    Delivery.objects.filter(pk=second.pk).update(next_attempt_at=timezone.now())
+    # a batch goes in id order: the first fails, so the second (retrying) is not tried
+    outcomes = svc.deliveries_attempt(delivery_ids=[first.pk, second.pk])
+    assert outcomes == {first.pk: "retrying", second.pk: "handed_back"}
+    second.refresh_from_db()
+    assert second.status == "retrying" and second.attempts == 1
+    assert len(sink.received) == 2
+
+
+def test_a_batch_takes_only_the_oldest_open_delivery_of_a_ticket(
+    engine_api, pointed, partner_server_factory, request, django_capture_on_commit_callbacks
+):
+    pointed(partner_server_factory())
+    first = _ingest(engine_api, message="one")
+    second = _ingest(engine_api, message="two")
+    request.node.queued_deliveries.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        outcomes = svc.deliveries_attempt(delivery_ids=[first.pk, second.pk])
+    assert outcomes == {first.pk: "succeeded", second.pk: "not_claimed"}
+    # and the next of the ticket is queued as soon as the first is final
+    assert request.node.queued_deliveries == [second.pk]
+    assert svc.delivery_attempt(delivery_id=second.pk) == "succeeded"
+
+
+def test_what_would_outlast_half_the_lease_is_handed_back(
+    engine_api, pointed, partner_server_factory, settings, partner
+):
+    # a 10 s lease leaves 5 s per batch; the partner's deadline is 10 s, so after the first
+    # request nothing more fits and the rest waits for another task
+    settings.PORTAL_DELIVERY_LEASE_SECONDS = 10
+    sink = pointed(partner_server_factory())
+    batch = [_ingest(engine_api, ticketNumber=f"t-{i}") for i in range(3)]
+    assert partner.timeout == 10
+    outcomes = svc.deliveries_attempt(delivery_ids=[d.pk for d in batch])
+    assert outcomes == {
+        batch[0].pk: "succeeded",
+        batch[1].pk: "handed_back",
+        batch[2].pk: "handed_back",
+    }
+    assert len(sink.received) == 1
+
+
+def test_batches_are_per_target_in_id_order_and_bounded():
+    rows = [(5, "partner:1"), (1, "partner:1"), (2, "engine"), (3, "partner:1"), (9, "partner:2")]
+    assert svc.batches_by_target(rows, 2) == [[1, 3], [5], [2], [9]]
+    assert svc.batches_by_target([], 20) == []
+
+
+def test_dispatcher_queues_due_deliveries_in_batches_per_target(
+    engine_api, pointed, partner_server_factory, settings, monkeypatch
+):
+    settings.PORTAL_DELIVERY_BATCH = 2
+    pointed(partner_server_factory())
+    batch = [_ingest(engine_api, ticketNumber=f"t-{i}") for i in range(5)]
+    partner_ids = [d.pk for d in batch]
+    # as if their queue messages had been lost: the dispatcher must queue them
+    Delivery.objects.filter(pk__in=partner_ids).update(dispatched_at=None)
+    messages: list[list[int]] = []
+    monkeypatch.setattr("integrations.tasks.deliveries_enqueue", messages.append)
+    assert svc.deliveries_dispatch(now=timezone.now()) == 5
+    mine = [m for m in messages if set(m) & set(partner_ids)]
+    assert mine == [partner_ids[0:2], partner_ids[2:4], partner_ids[4:5]]
+    # each message is one target's
+    targets = [
+        set(Delivery.objects.filter(pk__in=m).values_list("target", flat=True)) for m in messages
+    ]
+    assert all(len(t) == 1 for t in targets)
+    # and they are not queued again on the next run (dispatched_at)
+    messages.clear()
+    assert svc.deliveries_dispatch(now=timezone.now()) == 0 and messages == []
