@@ -8,7 +8,9 @@ addresses actually connected to, so DNS rebinding between check and connect is i
 from __future__ import annotations
 
 import base64
+import heapq
 import ipaddress
+import itertools
 import json
 import math
 import os
@@ -296,8 +298,9 @@ def resolve(host: str, port: int) -> list[str]:
 class _Watchdog:
     """Enforces the wall-clock deadline by shutting down every socket of one exchange.
 
-    Per-recv read timeouts cannot stop a server that drips one byte a second, so a timer
-    shuts the sockets down at the deadline and the blocked read fails at once.
+    Per-recv read timeouts cannot stop a server that drips one byte a second, so at the
+    deadline the process's deadline thread shuts the sockets down and the blocked read fails
+    at once.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -306,8 +309,6 @@ class _Watchdog:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._finished = False
-        self._timer = threading.Timer(seconds, self.fire)
-        self._timer.daemon = True
 
     def remaining(self) -> float:
         return self.expires_at - time.monotonic()
@@ -315,6 +316,10 @@ class _Watchdog:
     @property
     def expired(self) -> bool:
         return self.fired or self.remaining() <= 0
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
 
     def register(self, sock: socket.socket | None) -> None:
         with self._lock:
@@ -333,15 +338,66 @@ class _Watchdog:
 
     def __enter__(self) -> _Watchdog:
         _local.watchdog = self
-        self._timer.start()
+        _deadlines().add(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         with self._lock:  # after this, fire() can no longer touch a pooled socket
             self._finished = True
             self._sockets.clear()
-        self._timer.cancel()
         _local.watchdog = None
+
+
+class _Deadlines:
+    """One daemon thread per process fires the watchdogs whose deadline has passed.
+
+    A timer thread per request cost more CPU than the rest of sending it (bench/delivery.py,
+    py-spy): starting a thread is two context switches and a handshake. Finished watchdogs
+    are dropped lazily, when they reach the front of the heap.
+    """
+
+    def __init__(self) -> None:
+        self._wakeup = threading.Condition()
+        self._heap: list[tuple[float, int, _Watchdog]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, watchdog: _Watchdog) -> None:
+        with self._wakeup:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="webhook-deadlines", daemon=True
+                )
+                self._thread.start()
+            heapq.heappush(self._heap, (watchdog.expires_at, next(self._order), watchdog))
+            if self._heap[0][2] is watchdog:  # a new earliest deadline: wake up for it
+                self._wakeup.notify()
+
+    def _run(self) -> None:
+        with self._wakeup:
+            while True:
+                while self._heap and self._heap[0][2].finished:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._wakeup.wait()
+                    continue
+                wait = self._heap[0][0] - time.monotonic()
+                if wait > 0:
+                    self._wakeup.wait(wait)
+                    continue
+                heapq.heappop(self._heap)[2].fire()
+
+
+_deadline_threads: dict[int, _Deadlines] = {}
+
+
+def _deadlines() -> _Deadlines:
+    """This process's deadline thread (a forked child starts its own)."""
+    pid = os.getpid()
+    deadlines = _deadline_threads.get(pid)
+    if deadlines is None:
+        deadlines = _deadline_threads.setdefault(pid, _Deadlines())
+    return deadlines
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -474,6 +530,8 @@ def _session_for(policy: OutboundPolicy) -> requests.Session:
 def _reset_after_fork() -> None:
     global _sessions_lock
     _sessions_lock = threading.Lock()  # a thread may have held it at fork time
+    # The parent's deadline thread does not run here (_deadlines() keys them by pid).
+    _deadline_threads.clear()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
