@@ -8,13 +8,14 @@ one fact. Refusals (4xx) delete the record: they are not remembered.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import connection
 from django.utils import timezone
 
 from integrations.errors import Conflict
@@ -49,13 +50,9 @@ def idempotency_begin(*, holder: str, key: str, fingerprint: str) -> Idempotency
     pause = 0.02
     while True:
         now = timezone.now()
-        try:
-            with transaction.atomic():
-                return IdempotencyRecord.objects.create(
-                    holder=holder, key=key, request_hash=fingerprint, created_at=now
-                )
-        except IntegrityError:
-            pass
+        created = _record_insert(holder=holder, key=key, fingerprint=fingerprint, now=now)
+        if created is not None:
+            return created
         record = IdempotencyRecord.objects.filter(holder=holder, key=key).first()
         if record is None:
             continue  # the other request was refused and forgot the key: try again
@@ -80,6 +77,43 @@ def idempotency_begin(*, holder: str, key: str, fingerprint: str) -> Idempotency
             )
         time.sleep(pause)
         pause = min(pause * 2, 0.25)
+
+
+@functools.cache
+def _insert_sql() -> str:
+    c = {f.name: connection.ops.quote_name(f.column) for f in IdempotencyRecord._meta.fields}
+    table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
+    return (
+        f"INSERT INTO {table} ({c['holder']}, {c['key']}, {c['request_hash']}, {c['state']},"  # noqa: S608
+        f" {c['created_at']}) VALUES (%s, %s, %s, %s, %s)"
+        f" ON CONFLICT ({c['holder']}, {c['key']}) DO NOTHING RETURNING {c['id']}"
+    )
+
+
+def _record_insert(*, holder: str, key: str, fingerprint: str, now) -> IdempotencyRecord | None:
+    """Insert the in-progress record, or return None when the key is taken.
+
+    One statement that cannot fail on the unique key (INSERT ... ON CONFLICT DO NOTHING, on
+    PostgreSQL and SQLite alike), so it needs no transaction or savepoint of its own: outside
+    a transaction it commits at once, as a concurrent duplicate must see it. Hand-written
+    because every request with a key runs it (issue #7: the ORM's compiler cost more CPU than
+    the statement); only names from the model's metadata are formatted into the SQL.
+    """
+    state = IdempotencyRecord.State.IN_PROGRESS
+    created_at = IdempotencyRecord._meta.get_field("created_at")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _insert_sql(),
+            [holder, key, fingerprint, state.value, created_at.get_db_prep_save(now, connection)],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    record = IdempotencyRecord(
+        id=row[0], holder=holder, key=key, request_hash=fingerprint, state=state, created_at=now
+    )
+    record._state.adding, record._state.db = False, connection.alias
+    return record
 
 
 def idempotency_complete(*, record: IdempotencyRecord, status: int, body: dict) -> None:
