@@ -15,8 +15,9 @@ logger = logging.getLogger(__name__)
 
 @shared_task(name="integrations.tasks.delivery_send_batch", ignore_result=True)
 def delivery_send_batch(delivery_ids: list[int]) -> dict[int, str]:
-    """Make one attempt of each delivery (claimed first; ids not due or taken are skipped)."""
-    return delivery_services.deliveries_attempt(delivery_ids=delivery_ids)
+    """Make one attempt of each delivery (claimed first; ids not due or taken are skipped),
+    topping the batch up with the partner's oldest new deliveries."""
+    return delivery_services.deliveries_attempt(delivery_ids=delivery_ids, top_up=True)
 
 
 @shared_task(name="integrations.tasks.delivery_send", ignore_result=True)

@@ -183,3 +183,37 @@ def test_dispatcher_queues_due_deliveries_in_batches_per_target(
     # and they are not queued again on the next run (dispatched_at)
     messages.clear()
     assert svc.deliveries_dispatch(now=timezone.now()) == 0 and messages == []
+
+
+def test_a_task_tops_its_batch_up_with_the_partners_oldest_new_deliveries(
+    engine_api, pointed, partner_server_factory, settings
+):
+    settings.PORTAL_DELIVERY_BATCH = 3
+    sink = pointed(partner_server_factory())
+    a1 = _ingest(engine_api, ticketNumber="a", message="a1")
+    b1 = _ingest(engine_api, ticketNumber="b", message="b1")
+    a2 = _ingest(engine_api, ticketNumber="a", message="a2")  # held back by a1 (order)
+    c1 = _ingest(engine_api, ticketNumber="c", message="c1")
+    d1 = _ingest(engine_api, ticketNumber="d", message="d1")
+    # when the queue's task for c1 runs (its message came first, say)
+    outcomes = svc.deliveries_attempt(delivery_ids=[c1.pk], top_up=True)
+    # then it also took the two oldest new deliveries of that partner that may go now; the
+    # batch is full at 3, so d1 waits for its own message
+    assert outcomes == {c1.pk: "succeeded", a1.pk: "succeeded", b1.pk: "succeeded"}
+    assert [r.json["message"] for r in sink.received] == ["a1", "b1", "c1"]
+    for delivery, status in ((a2, "pending"), (d1, "pending")):
+        delivery.refresh_from_db()
+        assert delivery.status == status and delivery.attempts == 0
+    # and the messages of those taken find nothing left to do
+    assert svc.deliveries_attempt(delivery_ids=[a1.pk, b1.pk], top_up=True) == {
+        a1.pk: "not_claimed",
+        b1.pk: "not_claimed",
+    }
+
+
+def test_only_the_queues_tasks_top_up(engine_api, pointed, partner_server_factory):
+    sink = pointed(partner_server_factory())
+    first = _ingest(engine_api, ticketNumber="a")
+    _ingest(engine_api, ticketNumber="b")
+    assert svc.deliveries_attempt(delivery_ids=[first.pk]) == {first.pk: "succeeded"}
+    assert len(sink.received) == 1

@@ -43,6 +43,7 @@ from portal.env import parse_retry_schedule
 __all__ = [
     "deliveries_attempt",
     "deliveries_claim",
+    "deliveries_claim_more",
     "deliveries_dispatch",
     "deliveries_due",
     "delivery_attempt",
@@ -124,15 +125,14 @@ def _db_value(field_name: str, value):
     return Delivery._meta.get_field(field_name).get_db_prep_value(value, connection)
 
 
-def deliveries_claim(*, delivery_ids: Sequence[int], token: uuid.UUID, now: datetime) -> list[int]:
-    """Take those of these deliveries that may be attempted now; returns their ids.
-
-    The attempt count rises here, so a delivery whose worker dies mid-attempt still uses up
-    its tries and ends `dead` instead of looping forever.
-    """
-    ids = [int(pk) for pk in delivery_ids]
-    if not ids:
-        return []
+def _claim(
+    candidates: str, candidate_params: list, token: uuid.UUID, now: datetime
+) -> list[tuple[int, int | None]]:
+    """The claim statement: `candidates` is a SELECT of delivery ids (on `c`); those of them
+    that may be attempted now are taken. Rows another transaction has locked (being claimed
+    or recorded) are skipped rather than waited for, so concurrent claims neither queue up
+    nor deadlock (SQLite has one writer at a time anyway). Returns (id, partner id) pairs."""
+    skip_locked = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
     at = _db_value("updated_at", now)
     lease_until = _db_value(
         "lease_expires_at", now + timedelta(seconds=settings.PORTAL_DELIVERY_LEASE_SECONDS)
@@ -141,13 +141,52 @@ def deliveries_claim(*, delivery_ids: Sequence[int], token: uuid.UUID, now: date
         UPDATE {Delivery._meta.db_table} AS d
         SET status = %s, lease_token = %s, lease_expires_at = %s,
             attempts = attempts + 1, updated_at = %s
-        WHERE d.id IN ({", ".join(["%s"] * len(ids))}) AND {_claimable_sql()}
-        RETURNING id
-    """  # noqa: S608 (only the table name, placeholders and _claimable_sql are formatted in)
+        WHERE d.id IN ({candidates}{skip_locked}) AND {_claimable_sql()}
+        RETURNING id, partner_id
+    """  # noqa: S608 (only the table name, fixed SQL and placeholders are formatted in)
     params = [Delivery.Status.DELIVERING.value, _db_value("lease_token", token), lease_until, at]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, *ids, at, at, at])
-        return sorted(row[0] for row in cursor.fetchall())
+        cursor.execute(sql, [*params, *candidate_params, at, at, at])
+        return sorted(cursor.fetchall())
+
+
+def deliveries_claim(*, delivery_ids: Sequence[int], token: uuid.UUID, now: datetime) -> list[int]:
+    """Take those of these deliveries that may be attempted now; returns their ids.
+
+    The attempt count rises here, so a delivery whose worker dies mid-attempt still uses up
+    its tries and ends `dead` instead of looping forever.
+    """
+    return [pk for pk, _ in _claim_ids([int(pk) for pk in delivery_ids], token, now)]
+
+
+def _claim_ids(ids: list[int], token: uuid.UUID, now: datetime) -> list[tuple[int, int | None]]:
+    if not ids:
+        return []
+    candidates = f"""
+        SELECT c.id FROM {Delivery._meta.db_table} c
+        WHERE c.id IN ({", ".join(["%s"] * len(ids))})
+    """  # noqa: S608 (only the table name and placeholders are formatted in)
+    return _claim(candidates, ids, token, now)
+
+
+def deliveries_claim_more(
+    *, partner_id: int, limit: int, token: uuid.UUID, now: datetime
+) -> list[int]:
+    """Top a batch up: of this partner's `limit` oldest new (`pending`, due) deliveries, take
+    those that may be attempted now; returns their ids.
+
+    Each event queues its own message, so a burst to one partner would otherwise be sent one
+    task per delivery; their own messages later find them taken and do nothing. Only `limit`
+    rows are looked at (on a backlog of few tickets most are held back by the order rule, and
+    the batch simply stays small), so the cost stays bounded.
+    """
+    candidates = f"""
+        SELECT c.id FROM {Delivery._meta.db_table} c
+        WHERE c.partner_id = %s AND c.status = %s AND c.next_attempt_at <= %s
+        ORDER BY c.id LIMIT %s
+    """  # noqa: S608 (only the table name is formatted in)
+    params = [partner_id, Delivery.Status.PENDING.value, _db_value("updated_at", now), limit]
+    return [pk for pk, _ in _claim(candidates, params, token, now)]
 
 
 def delivery_claim(*, delivery_id: int, token: uuid.UUID, now: datetime) -> bool:
@@ -291,7 +330,7 @@ def delivery_attempt(*, delivery_id: int) -> str:
     return deliveries_attempt(delivery_ids=[delivery_id])[delivery_id]
 
 
-def deliveries_attempt(*, delivery_ids: Sequence[int]) -> dict[int, str]:
+def deliveries_attempt(*, delivery_ids: Sequence[int], top_up: bool = False) -> dict[int, str]:
     """Claim these deliveries and make one attempt of each; returns each id's outcome (as
     `delivery_attempt`, or "handed_back": claimed, not tried, waiting again).
 
@@ -299,16 +338,27 @@ def deliveries_attempt(*, delivery_ids: Sequence[int]) -> dict[int, str]:
     partners' health; when a delivery became final, the next one of its (target, ticket) is
     queued. Requests go one after the other; after a target's first failure its other
     deliveries of the batch are handed back untried (a failing partner gets one attempt at a
-    time), and so is whatever would not finish within half the lease.
+    time), and so is whatever would not finish within half the lease. With `top_up` (the
+    queue's tasks), a batch of one partner smaller than PORTAL_DELIVERY_BATCH is filled up
+    with that partner's oldest new deliveries (`deliveries_claim_more`); those appear in the
+    result too.
     """
     ids = list(dict.fromkeys(int(pk) for pk in delivery_ids))
     outcomes = dict.fromkeys(ids, "not_claimed")
     token, now = uuid.uuid4(), timezone.now()
-    if not deliveries_claim(delivery_ids=ids, token=token, now=now):
+    rows = _claim_ids(ids, token, now)
+    if not rows:
         return outcomes
+    taken = [pk for pk, _ in rows]
+    partners = {partner_id for _, partner_id in rows}
+    room = settings.PORTAL_DELIVERY_BATCH - len(taken)
+    if top_up and room > 0 and len(partners) == 1 and None not in partners:
+        more = deliveries_claim_more(partner_id=partners.pop(), limit=room, token=token, now=now)
+        taken += more
+        outcomes.update(dict.fromkeys(more, "not_claimed"))
     claimed = list(
         Delivery.objects.select_related("event", "partner", "tenant")
-        .filter(pk__in=ids, lease_token=token)
+        .filter(pk__in=taken, lease_token=token)
         .order_by("id")
     )
     started, budget = time.monotonic(), settings.PORTAL_DELIVERY_LEASE_SECONDS / 2
