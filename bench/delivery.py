@@ -1,7 +1,7 @@
 """Delivery throughput: real Celery workers draining queued deliveries against a bare loop.
 
     .venv/bin/python bench/delivery.py [--count 20000] [--tickets 2000] [--concurrency 4]
-                                       [--batches 1,20]
+                                       [--runs 1:1,1:20,20:20]
 
 Starts its own PostgreSQL and Redis (scripts/testenv.py) and a sink (bench/sink.py, its own
 process, answering {"status":"success"}), migrates, creates a tenant and a partner whose base
@@ -11,18 +11,19 @@ round-robin over TICKETS tickets (so per-ticket ordering does not serialize the 
   baseline  CONCURRENCY processes, each a bare `requests.Session` loop, POST the same payload
             bodies (with a webhook-id header) to the same sink. Run before and after the
             portal; the mean of the two is the baseline.
-  portal    once per batch size B of --batches, on COUNT fresh deliveries: the ids are queued
-            in messages of B ids of one target (integrations.services.deliveries.enqueue, as
-            the dispatcher queues a backlog; B=1 is one message per delivery, as ingest queues
-            an event for one partner), then `celery -A portal worker --concurrency
-            CONCURRENCY` with PORTAL_DELIVERY_BATCH=B drains them: claim, sign, POST, record.
+  portal    once per run M:B of --runs, on COUNT fresh deliveries: the ids are queued in
+            messages of M ids of one target (grouped as deliveries.enqueue does), then
+            `celery -A portal worker --concurrency CONCURRENCY` with PORTAL_DELIVERY_BATCH=B
+            drains them: claim, sign, POST, record. 1:1 is one task per delivery (before
+            batches existed); 1:20 is how ingest queues an event for one partner (one message
+            each; tasks top their batch up); 20:20 is how the dispatcher queues a backlog.
 
 Throughput is measured the same way for both, at the sink: (requests - 1) / (last receipt -
 first receipt). At the end it checks that all COUNT deliveries are `succeeded` and that the
 sink got COUNT requests (both reported, not asserted).
 
-Prints one JSON object; ratio = portal deliveries/s / baseline deliveries/s for the last
-batch size (20, PORTAL_DELIVERY_BATCH's default); by_batch has every batch size's run.
+Prints one JSON object; ratio = portal deliveries/s / baseline deliveries/s for the last run
+(20:20 by default); by_batch has every run.
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ def parse_args() -> argparse.Namespace:
         help="worker processes (celery --concurrency) and baseline processes",
     )
     parser.add_argument(
-        "--batches",
-        default="1,20",
-        help="comma-separated batch sizes (PORTAL_DELIVERY_BATCH) to run the portal with",
+        "--runs",
+        default="1:1,1:20,20:20",
+        help="comma-separated MESSAGE_SIZE:PORTAL_DELIVERY_BATCH pairs to run the portal with",
     )
     parser.add_argument(
         "--stall-timeout",
@@ -61,9 +62,9 @@ def parse_args() -> argparse.Namespace:
     )
     args = parser.parse_args()
     try:
-        args.batches = [int(b) for b in args.batches.split(",")]
+        args.runs = [(int(m), int(b)) for m, b in (run.split(":") for run in args.runs.split(","))]
     except ValueError:
-        parser.error("--batches: comma-separated integers")
+        parser.error("--runs: comma-separated MESSAGE_SIZE:BATCH pairs, e.g. 1:20")
     if args.count < 2 or args.tickets < 1 or args.concurrency < 1:
         parser.error("--count >= 2, --tickets >= 1, --concurrency >= 1")
     return args
@@ -216,6 +217,7 @@ def run_portal(
     sink: str,
     ids: list[int],
     args: argparse.Namespace,
+    message_size: int,
     batch: int,
 ) -> tuple[dict[str, Any], list[str]]:
     from integrations.models import Delivery
@@ -225,7 +227,7 @@ def run_portal(
     target = Delivery.objects.get(pk=ids[0]).target
     harness.http_json(sink + "/_reset", method="POST")
     started = time.monotonic()
-    messages = batches_by_target([(pk, target) for pk in ids], batch)
+    messages = batches_by_target([(pk, target) for pk in ids], message_size)
     for message in messages:
         deliveries_enqueue(message)
     enqueue_s = time.monotonic() - started
@@ -237,7 +239,7 @@ def run_portal(
     cmd = harness.celery_worker_cmd(args.concurrency)
     cpu_before, sessions_before = bench.cpu_snapshot(), harness.pg_sessions()
     spawned, spawned_wall = time.monotonic(), time.time()
-    worker = f"worker-b{batch}"
+    worker = f"worker-m{message_size}-b{batch}"
     bench.spawn(worker, cmd, env={**env, "PORTAL_DELIVERY_BATCH": str(batch)})
     seen, last_change = 0, time.monotonic()
     while True:
@@ -271,6 +273,7 @@ def run_portal(
         f"sink got {stats['count']}"
     )
     return {
+        "message_size": message_size,
         "batch": batch,
         "messages": len(messages),
         "deliveries_per_s": rnd(rate, 1),
@@ -324,10 +327,10 @@ def main() -> None:
         runs: list[dict[str, Any]] = []
         items: list[tuple[str, bytes]] = []
         before: dict[str, Any] = {}
-        for n, batch in enumerate(args.batches):
+        for n, (message_size, batch) in enumerate(args.runs):
             started = time.monotonic()
             rows = create_deliveries(
-                args.count, args.tickets, int(seeds["partner_id"]), prefix=f"b{batch}-{n}"
+                args.count, args.tickets, int(seeds["partner_id"]), prefix=f"run{n}"
             )
             log(
                 f"created {len(rows)} pending deliveries on {min(args.tickets, args.count)} "
@@ -338,8 +341,8 @@ def main() -> None:
                 items = [(row[1], row[2]) for row in rows]
                 log("baseline (before)")
                 before = run_baseline(bench, sink, items, args.concurrency)
-            log(f"portal, batches of {batch}")
-            portal, worker_cmd = run_portal(bench, env, sink, ids, args, batch)
+            log(f"portal, messages of {message_size}, PORTAL_DELIVERY_BATCH={batch}")
+            portal, worker_cmd = run_portal(bench, env, sink, ids, args, message_size, batch)
             runs.append(portal)
         log("baseline (after)")
         after = run_baseline(bench, sink, items, args.concurrency)
@@ -353,8 +356,8 @@ def main() -> None:
             "ratio": portal["ratio"],
             "by_batch": runs,
             "ratio_definition": "portal deliveries/s / baseline deliveries/s (mean of the "
-            "baseline runs before and after), both measured at the sink; for the last batch "
-            "size (by_batch: every size)",
+            "baseline runs before and after), both measured at the sink; for the last run "
+            "(by_batch: every run)",
             "goal": "ratio >= 0.7 (reported, not asserted)",
             "count": args.count,
             "all_succeeded": portal["succeeded"] == args.count,

@@ -133,16 +133,25 @@ def rows_ingest(r: dict[str, Any]) -> list[str]:
 
 
 def rows_delivery(r: dict[str, Any]) -> list[str]:
-    p, b = r["portal"], r["baseline"]
-    return [
-        f"| delivery: {r['count']:,} queued deliveries drained by Celery "
-        f"(concurrency {r['config']['concurrency']}) "
-        f"| {_f(p['deliveries_per_s'])} deliveries/s; {p['succeeded']:,}/{r['count']:,} "
-        f"succeeded, sink got {p['sink_requests']:,} "
-        f"| bare `requests.Session` loop, {r['config']['concurrency']} processes: "
-        f"{_f(b['deliveries_per_s'])} /s "
-        f"| **{r['ratio']}×** | ≥ 0.7× — {_goal(r['ratio'] is not None and r['ratio'] >= 0.7)} |"
-    ]
+    b = r["baseline"]
+    rows = []
+    for p in r.get("by_batch") or [r["portal"]]:
+        how = (
+            f"messages of {p['message_size']}, PORTAL_DELIVERY_BATCH={p['batch']}"
+            if "batch" in p
+            else "one message per delivery"
+        )
+        ratio = p.get("ratio", r["ratio"])
+        rows.append(
+            f"| delivery: {r['count']:,} queued deliveries drained by Celery "
+            f"(concurrency {r['config']['concurrency']}; {how}) "
+            f"| {_f(p['deliveries_per_s'])} deliveries/s; {p['succeeded']:,}/{r['count']:,} "
+            f"succeeded, sink got {p['sink_requests']:,} "
+            f"| bare `requests.Session` loop, {r['config']['concurrency']} processes: "
+            f"{_f(b['deliveries_per_s'])} /s "
+            f"| **{ratio}×** | ≥ 0.7× — {_goal(ratio is not None and ratio >= 0.7)} |"
+        )
+    return rows
 
 
 def rows_latency(r: dict[str, Any]) -> list[str]:
@@ -301,12 +310,14 @@ def diagnostics(results: dict[str, Any]) -> list[str]:
             )
     if "delivery" in results:
         d = results["delivery"]
-        lines.append(
-            f"| delivery portal (per delivery; tasks run {d['portal']['tasks_run']}, "
-            f"of which not claimable {d['portal']['tasks_not_claimed']}) "
-            f"| {cpu_text(d['portal']['cpu_ms_per_delivery'])} "
-            f"| {d['portal']['postgres_sessions_opened']} |"
-        )
+        for p in d.get("by_batch") or [d["portal"]]:
+            how = f"messages of {p['message_size']}, batch {p['batch']}; " if "batch" in p else ""
+            lines.append(
+                f"| delivery portal (per delivery; {how}tasks run {p['tasks_run']}, "
+                f"deliveries found not claimable {p['tasks_not_claimed']}) "
+                f"| {cpu_text(p['cpu_ms_per_delivery'])} "
+                f"| {p['postgres_sessions_opened']} |"
+            )
         lines.append(
             f"| delivery baseline (per delivery) "
             f"| {cpu_text(d['baseline']['before']['cpu_ms_per_delivery'])} | 0 |"
