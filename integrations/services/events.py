@@ -324,13 +324,13 @@ def _json_value(value):
 
 def _deliveries_create(event: Event, rows: list[Delivery]) -> list[Delivery]:
     created = _insert(rows)
-    waiting = [d.pk for d in created if d.status == Delivery.Status.PENDING]
+    waiting = [(d.pk, d.target) for d in created if d.status == Delivery.Status.PENDING]
     if waiting:
-        from integrations.tasks import deliveries_enqueue
+        from integrations.services.deliveries import enqueue
 
         # robust: a broker that is down must not fail the accepted request; the dispatcher
         # finds the rows in the database and queues them later.
-        transaction.on_commit(lambda: deliveries_enqueue(waiting), robust=True)
+        transaction.on_commit(lambda: enqueue(waiting), robust=True)
     return created
 
 
