@@ -267,7 +267,7 @@ class Ticket(models.Model):
         _("created date"), help_text=_("When the engine created the ticket.")
     )
     group_id = models.CharField(_("group ID"), max_length=255, blank=True)
-    language = models.CharField(_("language"), max_length=64, blank=True)
+    language = models.CharField(_("language"), max_length=255, blank=True)
     status = models.CharField(
         _("status"), max_length=16, choices=Status.choices, default=Status.OPEN
     )

@@ -66,6 +66,18 @@ def test_engine_incoming_accepts_aliases_and_emits_camel_case(engine_api, partne
     assert "GroupId" not in payload
 
 
+def test_engine_incoming_keeps_the_longest_allowed_group_and_language(engine_api, partner):
+    # both may be 255 characters (payloads.MAX_OPTIONAL); the ticket stores them whole
+    # (a 65-character language once ended in a 500 from a varchar(64) column)
+    body = incoming_body(groupId="g" * 255, language="l" * 255)
+    response = engine_api.post(URL, body)
+    assert response.status_code == 202, response.content
+    ticket = Ticket.objects.get()
+    assert ticket.group_id == "g" * 255 and ticket.language == "l" * 255
+    too_long = engine_api.post(URL, incoming_body(language="l" * 256))
+    assert too_long.status_code == 400 and "language" in too_long.json()["errors"]
+
+
 def test_engine_incoming_message_type_is_case_insensitive(engine_api, partner):
     response = engine_api.post(
         URL,
