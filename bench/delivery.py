@@ -237,6 +237,7 @@ def run_portal(
     )
 
     cmd = harness.celery_worker_cmd(args.concurrency)
+    harness.wait_pg_quiet()  # the previous run's sessions are not this run's cost
     cpu_before, sessions_before = bench.cpu_snapshot(), harness.pg_sessions()
     spawned, spawned_wall = time.monotonic(), time.time()
     worker = f"worker-m{message_size}-b{batch}"

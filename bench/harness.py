@@ -367,6 +367,26 @@ def pg_sessions() -> int:
         return int(cursor.fetchone()[0])
 
 
+def wait_pg_quiet(timeout: float = 15.0) -> None:
+    """Wait until no other client session is connected to PostgreSQL.
+
+    An ended backend's CPU reaches the postmaster's counters when it is reaped, so the
+    sessions of a worker stopped just before would be charged to the next measured phase.
+    """
+    from django.db import connection
+
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                " AND pid <> pg_backend_pid()"
+            )
+            if cursor.fetchone()[0] == 0:
+                return
+            time.sleep(0.2)
+
+
 # --- waiting ----------------------------------------------------------------------------------
 
 
