@@ -100,7 +100,7 @@ def parse_duration(value: str, *, name: str) -> int:
 def parse_allowlist(value: str, *, name: str = "PORTAL_OUTBOUND_ALLOWLIST") -> list[str]:
     """Check comma-separated CIDRs and host names with the delivery transport's own parser
     (so what starts is exactly what deliveries accept); return the entries."""
-    from integrations.delivery import OutboundPolicy
+    from integrations.ssrf import OutboundPolicy
 
     try:
         OutboundPolicy.from_setting(value)

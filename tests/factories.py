@@ -4,7 +4,7 @@ import factory
 from django.utils import timezone
 
 from integrations import models
-from integrations.delivery import generate_secret
+from integrations.webhooks import generate_secret
 
 
 class TenantFactory(factory.django.DjangoModelFactory):

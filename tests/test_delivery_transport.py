@@ -27,15 +27,14 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from integrations import delivery
-from integrations.delivery import (
-    OutboundPolicy,
+from integrations import deadlines, delivery
+from integrations.delivery import send_webhook
+from integrations.ssrf import OutboundPolicy, address_block_reason
+from integrations.webhooks import (
     Outcome,
-    address_block_reason,
     classify,
     generate_secret,
     parse_retry_after,
-    send_webhook,
     sign_headers,
 )
 
@@ -607,8 +606,8 @@ def test_send_webhook_dripping_body_hits_deadline(partner: Partner) -> None:
 
 def test_deadlines_fire_in_order_and_never_after_the_exchange_ended() -> None:
     # given watchdogs with deadlines out of order, one of which finishes in time
-    dogs = [delivery._Watchdog(seconds) for seconds in (0.6, 0.2, 0.4)]
-    finished_early = delivery._Watchdog(0.3)
+    dogs = [deadlines.Watchdog(seconds) for seconds in (0.6, 0.2, 0.4)]
+    finished_early = deadlines.Watchdog(0.3)
     for dog in [*dogs, finished_early]:
         dog.__enter__()
     finished_early.__exit__(None, None, None)
@@ -627,7 +626,7 @@ def test_deadlines_of_concurrent_exchanges_each_cut_their_own_socket() -> None:
     def blocked(i: int) -> None:
         ours, theirs = socket.socketpair()
         try:
-            with delivery._Watchdog(0.2 + 0.1 * i) as dog:
+            with deadlines.Watchdog(0.2 + 0.1 * i) as dog:
                 dog.register(ours)
                 started = time.monotonic()
                 assert ours.recv(1) == b""  # shut down at the deadline: end of stream
@@ -649,7 +648,7 @@ def test_deadlines_of_concurrent_exchanges_each_cut_their_own_socket() -> None:
 
 def test_a_forked_child_gets_its_own_deadline_thread() -> None:
     # given the parent's deadline thread is running
-    with delivery._Watchdog(5):
+    with deadlines.Watchdog(5):
         pass
     pid = os.fork()
     if pid == 0:  # the child: a deadline must still cut a blocked read
@@ -657,7 +656,7 @@ def test_a_forked_child_gets_its_own_deadline_thread() -> None:
         signal.alarm(5)  # a deadline that never fires must not hang the suite
         try:
             ours, _theirs = socket.socketpair()
-            with delivery._Watchdog(0.2) as dog:
+            with deadlines.Watchdog(0.2) as dog:
                 dog.register(ours)
                 code = 0 if ours.recv(1) == b"" and dog.fired else 2
         finally:

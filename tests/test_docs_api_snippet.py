@@ -15,14 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from integrations.delivery import (
-    OutboundPolicy,
-    Outcome,
-    generate_secret,
-    send_webhook,
-    sign_headers,
-)
+from integrations.delivery import send_webhook
 from integrations.payloads import canonical_json
+from integrations.ssrf import OutboundPolicy
+from integrations.webhooks import Outcome, generate_secret, sign_headers
 
 API_MD = Path(__file__).resolve().parents[1] / "docs" / "API.md"
 BODY = canonical_json(

@@ -24,7 +24,6 @@ from integrations.admin.scoping import (
     TenantScopedAdmin,
     tenant_ids_for,
 )
-from integrations.delivery import generate_secret
 from integrations.errors import PortalError
 from integrations.models import ApiKey, Partner, SigningSecret, Tenant, TenantMembership
 from integrations.services import operations
@@ -35,6 +34,7 @@ from integrations.services.accounts import (
     user_create,
     validate_time_zone,
 )
+from integrations.webhooks import generate_secret
 
 
 def show_once(request, label: str, value: str) -> None:

@@ -15,9 +15,9 @@ from django.core.validators import URLValidator
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from integrations.delivery import generate_secret
 from integrations.errors import Conflict, Forbidden, NotFound, PortalError, Unauthorized
 from integrations.models import ApiKey, Partner, SigningSecret, Tenant, TenantMembership
+from integrations.webhooks import generate_secret
 
 KEY_PREFIXES = {ApiKey.Kind.PARTNER: "prt", ApiKey.Kind.ENGINE: "eng"}
 

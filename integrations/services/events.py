@@ -4,14 +4,12 @@ writes one delivery row per target (SPEC §3, §5 outbox)."""
 from __future__ import annotations
 
 import functools
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from integrations.errors import Conflict, NotFound
@@ -26,8 +24,8 @@ from integrations.payloads import (
     render_outgoing,
 )
 from integrations.services.accounts import Principal
-
-M = TypeVar("M", bound=models.Model)
+from integrations.services.delivery_queue import enqueue
+from integrations.services.sql import insert, json_value, prep, qn
 
 
 @dataclass(frozen=True)
@@ -68,76 +66,20 @@ def _ticket_for_update(tenant: Tenant, ticket_number: str) -> Ticket | None:
     )
 
 
-# --- Hand-written SQL for the hot path ----------------------------------------------------------
-#
-# Every accepted event runs the statements below. Building them through the ORM's query
-# compiler took about a quarter of the web process's CPU per request (issue #7 profile of
-# bench/ingest.py), so their text is built once per process from the models' metadata
-# (table and column names are never spelled out by hand) and only the values are prepared per
-# request, by each field's own get_db_prep_save (the adaptation the ORM itself uses: JSON,
-# bytes, UUIDs and datetimes come out right on PostgreSQL and on SQLite alike). INSERT ... ON
-# CONFLICT ... DO UPDATE and RETURNING run on PostgreSQL and on SQLite >= 3.35. Only names
-# from the models' metadata and placeholders are formatted into the SQL (hence the S608 noqa).
-
-
-def _qn(name: str) -> str:
-    return connection.ops.quote_name(name)
-
-
-def _insert_fields(model: type[models.Model]) -> tuple[models.Field, ...]:
-    """The columns an INSERT of `model` writes: every concrete field except an auto pk."""
-    return tuple(f for f in model._meta.concrete_fields if f is not model._meta.auto_field)
-
-
-@functools.cache
-def _insert_sql(model: type[models.Model], rows: int) -> str:
-    """`INSERT INTO <table> (<_insert_fields>) VALUES (...) x rows`, plus `RETURNING <pk>`
-    when the database assigns the key."""
-    fields = _insert_fields(model)
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    sql = (
-        f"INSERT INTO {_qn(model._meta.db_table)} ({', '.join(_qn(f.column) for f in fields)})"  # noqa: S608
-        f" VALUES {', '.join([row] * rows)}"
-    )
-    if model._meta.auto_field is not None:
-        sql += f" RETURNING {_qn(model._meta.pk.column)}"
-    return sql
-
-
-def _insert(objs: list[M]) -> list[M]:
-    """Insert unsaved instances of one model in one statement, as Model.save() would (defaults
-    and auto_now fields included); sets their pk, marks them saved and returns them."""
-    if not objs:
-        return objs
-    model = type(objs[0])
-    fields = _insert_fields(model)
-    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(model, len(objs)), params)
-        if model._meta.auto_field is not None:
-            # RETURNING yields the rows in VALUES order (bulk_create relies on it too).
-            for obj, (pk,) in zip(objs, cursor.fetchall(), strict=True):
-                obj.pk = pk
-    for obj in objs:
-        obj._state.adding, obj._state.db = False, connection.alias
-    return objs
-
-
-def _prep(model: type[models.Model], field: str, value):
-    return model._meta.get_field(field).get_db_prep_save(value, connection)
+# Hand-written SQL for the hot path: see integrations/services/sql.py for why and how.
 
 
 @functools.cache
 def _contact_upsert_sql() -> str:
     table = Contact._meta.db_table
-    column = {f.name: _qn(f.column) for f in Contact._meta.concrete_fields}
+    column = {f.name: qn(f.column) for f in Contact._meta.concrete_fields}
     insert = (
         *("tenant", "contact_id", "customer_name", "channel", "account_id"),
         *("first_seen", "last_seen"),
     )
     updated = ["customer_name", "channel", "account_id", "last_seen"]
     return (
-        f"INSERT INTO {_qn(table)} ({', '.join(column[n] for n in insert)})"  # noqa: S608
+        f"INSERT INTO {qn(table)} ({', '.join(column[n] for n in insert)})"  # noqa: S608
         f" VALUES ({', '.join(['%s'] * len(insert))})"
         f" ON CONFLICT ({column['tenant']}, {column['contact_id']}) DO UPDATE SET "
         + ", ".join(f"{column[n]} = EXCLUDED.{column[n]}" for n in updated)
@@ -148,7 +90,7 @@ def _contact_upsert_sql() -> str:
 def _contact_upsert(tenant: Tenant, msg: MessagePayload, now: datetime) -> int:
     """Insert or update the contact in one statement (INSERT … ON CONFLICT DO UPDATE);
     `first_seen` is kept from the first insert. Returns the contact's pk."""
-    at = _prep(Contact, "last_seen", now)
+    at = prep(Contact, "last_seen", now)
     with connection.cursor() as cursor:
         cursor.execute(
             _contact_upsert_sql(),
@@ -159,8 +101,8 @@ def _contact_upsert(tenant: Tenant, msg: MessagePayload, now: datetime) -> int:
 
 @functools.cache
 def _ticket_upsert_sql() -> str:
-    table = _qn(Ticket._meta.db_table)
-    c = {f.name: _qn(f.column) for f in Ticket._meta.concrete_fields}
+    table = qn(Ticket._meta.db_table)
+    c = {f.name: qn(f.column) for f in Ticket._meta.concrete_fields}
     fields = ["tenant", "ticket_number", "contact", "channel", "account_id", "customer_name"]
     fields += ["created_date", "group_id", "language", "status", "closed_by", "closed_at"]
     fields += ["last_sequence", "created_at", "updated_at"]
@@ -200,7 +142,7 @@ def _ticket_upsert(
     they entered. A concurrent first message of a new ticket waits on the unique index and
     then updates the row the other one inserted (PostgreSQL); SQLite runs one writer at a time.
     """
-    at = _prep(Ticket, "updated_at", now)
+    at = prep(Ticket, "updated_at", now)
     params = [
         tenant.pk,
         msg.ticket_number,
@@ -208,7 +150,7 @@ def _ticket_upsert(
         msg.channel,
         msg.account_id,
         msg.customer_name,
-        _prep(Ticket, "created_date", created_date),
+        prep(Ticket, "created_date", created_date),
         msg.group_id,
         msg.language,
         Ticket.Status.OPEN.value,
@@ -252,7 +194,7 @@ def _event_row(
         idempotency_key=idempotency_key,
         received_at=now,
     )
-    _insert([event])
+    insert([event])
     return event
 
 
@@ -300,7 +242,7 @@ def _partner_targets(tenant: Tenant, channel: str) -> list[Partner]:
         Partner.from_db(
             connection.alias,
             ["id", "channels", "retry_schedule"],
-            [pk, _json_value(channels), retry_schedule],
+            [pk, json_value(channels), retry_schedule],
         )
         for pk, channels, retry_schedule in rows
     ]
@@ -309,25 +251,18 @@ def _partner_targets(tenant: Tenant, channel: str) -> list[Partner]:
 
 @functools.cache
 def _partner_targets_sql() -> str:
-    c = {f.name: _qn(f.column) for f in Partner._meta.concrete_fields}
+    c = {f.name: qn(f.column) for f in Partner._meta.concrete_fields}
     return (
         f"SELECT {c['id']}, {c['channels']}, {c['retry_schedule']}"  # noqa: S608
-        f" FROM {_qn(Partner._meta.db_table)}"
+        f" FROM {qn(Partner._meta.db_table)}"
         f" WHERE {c['tenant']} = %s AND {c['state']} <> %s ORDER BY {c['name']}"
     )
 
 
-def _json_value(value):
-    """A JSON column as a raw cursor returns it: text (SQLite, Django's PostgreSQL setup)."""
-    return json.loads(value) if isinstance(value, (str, bytes)) else value
-
-
 def _deliveries_create(event: Event, rows: list[Delivery]) -> list[Delivery]:
-    created = _insert(rows)
+    created = insert(rows)
     waiting = [(d.pk, d.target) for d in created if d.status == Delivery.Status.PENDING]
     if waiting:
-        from integrations.services.deliveries import enqueue
-
         # robust: a broker that is down must not fail the accepted request; the dispatcher
         # finds the rows in the database and queues them later.
         transaction.on_commit(lambda: enqueue(waiting), robust=True)

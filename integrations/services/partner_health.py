@@ -15,8 +15,9 @@ from django.conf import settings
 from django.db.models import F
 from django.db.models.functions import Coalesce
 
-from integrations.delivery import DeliveryResult, Outcome
+from integrations.delivery import DeliveryResult
 from integrations.models import Partner
+from integrations.webhooks import Outcome
 
 logger = logging.getLogger(__name__)
 
