@@ -70,6 +70,6 @@ def insert(objs: list[M]) -> list[M]:
     return objs
 
 
-def _json_value(value):
+def json_value(value):
     """A JSON column as a raw cursor returns it: text (SQLite, Django's PostgreSQL setup)."""
     return json.loads(value) if isinstance(value, (str, bytes)) else value
