@@ -151,11 +151,34 @@ class EstimatedCountPaginator(Paginator):
         # 10,001) instead of using the filter's own index.
         return qs.order_by()[: self.CAP + 1].count()
 
+    @property
+    def capped(self) -> bool:
+        """True when the count stopped at the cap: the real number of rows is unknown."""
+        return self.count == self.CAP + 1
+
+    def _reach(self, number) -> None:
+        """A page past a capped count is served when it has rows: look at most one page and
+        one row ahead there, and count that far (so the next page's link is right too)."""
+        try:
+            number = int(number)
+        except (TypeError, ValueError):
+            return  # validate_number says what is wrong
+        bottom = (number - 1) * self.per_page
+        if not self.capped or number <= self.num_pages or bottom < 0:
+            return
+        ahead = self.object_list.values_list("pk", flat=True)[bottom : bottom + self.per_page + 1]
+        found = len(ahead)
+        if found:
+            self.__dict__["count"] = bottom + found
+            self.__dict__.pop("num_pages", None)
+
     def page(self, number):
         """The page, by a deferred join once it is deep: OFFSET n with the list's
         select_related joins joins all n skipped rows too (300 ms for page 2,000 of
         1,000,000 events); the page's primary keys alone come from one table, then only
-        those rows are fetched with their joins, in the same order."""
+        those rows are fetched with their joins, in the same order. Past a capped count
+        (a tenant's list of more than CAP rows) a page is served while there are rows."""
+        self._reach(number)
         number = self.validate_number(number)
         bottom = (number - 1) * self.per_page
         top = bottom + self.per_page

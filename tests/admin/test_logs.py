@@ -3,10 +3,12 @@ over the whole table."""
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.paginator import EmptyPage
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from integrations.admin.logs import EventAdmin
 from integrations.admin.scoping import EstimatedCountPaginator
 from integrations.models import Delivery, Event, TenantMembership, Ticket
 from tests.conftest import incoming_body
@@ -75,6 +77,43 @@ def test_estimated_paginator_caps_filtered_counts(two_tickets):
         assert paginator.count == 2  # CAP + 1: "more than the cap"
     finally:
         EstimatedCountPaginator.CAP = cap
+
+
+def test_pages_past_a_capped_count_are_served_while_there_are_rows(
+    engine_api, partner, monkeypatch
+):
+    # given 5 events, a cap of 1 (the count stops at 2) and pages of 2
+    for i in range(5):
+        engine_api.post(IN, incoming_body(ticketNumber=f"T-{i}", message=f"m{i}"))
+    monkeypatch.setattr(EstimatedCountPaginator, "CAP", 1)
+    paginator = EstimatedCountPaginator(
+        Event.objects.filter(kind="incoming").order_by("received_at"), 2
+    )
+    assert paginator.capped and paginator.num_pages == 1
+    # when page 3 is asked for, then it is served, with the last event, and is the last page
+    page = paginator.page(3)
+    assert [e.payload["message"] for e in page.object_list] == ["m4"]
+    assert not page.has_next() and paginator.num_pages == 3
+    # and a page past the rows is still an empty page
+    with pytest.raises(EmptyPage):
+        EstimatedCountPaginator(Event.objects.filter(kind="incoming"), 2).page(4)
+
+
+def test_a_tenant_users_deep_admin_page_is_a_page_not_a_redirect(
+    support_client, engine_api, partner, monkeypatch
+):
+    # given more events than the cap, so the tenant's count is capped
+    for i in range(4):
+        engine_api.post(IN, incoming_body(ticketNumber=f"T-{i}", message=f"m{i}"))
+    monkeypatch.setattr(EstimatedCountPaginator, "CAP", 1)
+    monkeypatch.setattr(EventAdmin, "list_per_page", 1)
+    # when a page past the capped count is opened
+    response = support_client.get("/admin/integrations/event/", {"p": "4"})
+    # then it is that page (oldest event last: the list is newest first), with a way back
+    assert response.status_code == 200
+    rows = list(response.context["cl"].result_list)
+    assert [e.payload["message"] for e in rows] == ["m0"]
+    assert "?p=3" in response.content.decode()
 
 
 def test_support_sees_inlines_of_visible_objects(support_client, two_tickets, partner):
