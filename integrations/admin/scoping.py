@@ -166,7 +166,10 @@ class EstimatedCountPaginator(Paginator):
         bottom = (number - 1) * self.per_page
         if not self.capped or number <= self.num_pages or bottom < 0:
             return
-        ahead = self.object_list.values_list("pk", flat=True)[bottom : bottom + self.per_page + 1]
+        ahead = list(
+            self.object_list.values_list("pk", flat=True)[bottom : bottom + self.per_page + 1]
+        )
+        self._ahead = (bottom, ahead)  # page() takes its keys from here
         found = len(ahead)
         if found:
             self.__dict__["count"] = bottom + found
@@ -187,7 +190,11 @@ class EstimatedCountPaginator(Paginator):
         qs = self.object_list
         if bottom < self.DEFERRED_FROM or not hasattr(qs, "values_list") or qs.query.distinct:
             return self._get_page(qs[bottom:top], number, self)
-        pks = list(qs.values_list("pk", flat=True)[bottom:top])
+        known = getattr(self, "_ahead", None)
+        if known is not None and known[0] == bottom:
+            pks = known[1][: top - bottom]
+        else:
+            pks = list(qs.values_list("pk", flat=True)[bottom:top])
         return self._get_page(qs.filter(pk__in=pks), number, self)
 
 
