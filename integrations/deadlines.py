@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import os
 import socket
 import threading
 import time
+
+logger = logging.getLogger(__name__)
 
 
 class Watchdog:
@@ -80,7 +83,7 @@ class Deadlines:
 
     def add(self, watchdog: Watchdog) -> None:
         with self._wakeup:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="webhook-deadlines", daemon=True
                 )
@@ -101,7 +104,10 @@ class Deadlines:
                 if wait > 0:
                     self._wakeup.wait(wait)
                     continue
-                heapq.heappop(self._heap)[2].fire()
+                try:
+                    heapq.heappop(self._heap)[2].fire()
+                except Exception:  # never let one socket stop every later deadline
+                    logger.exception("could not enforce a webhook deadline")
 
 
 _deadline_threads: dict[int, Deadlines] = {}

@@ -6,11 +6,13 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from rest_framework.test import APIClient
 
-from integrations.models import Delivery, DeliveryAttempt
+from integrations.models import ApiKey, Delivery, DeliveryAttempt
 from integrations.services import deliveries as svc
+from integrations.services.accounts import api_key_create
 from integrations.services.partner_health import latency_fold
-from tests.conftest import incoming_body
+from tests.conftest import Caller, incoming_body
 
 IN = "/api/v1/engine/incoming"
 OK = (200, b'{"status":"success"}', {})
@@ -65,8 +67,10 @@ def test_latency_fold_in_one_update_equals_one_by_one():
 
 
 def test_statements_per_batch_do_not_grow_with_its_size(
-    engine_api, pointed, partner_server_factory
+    engine_api, pointed, partner_server_factory, monkeypatch
 ):
+    # (however slow the machine: a batch past RECORD_EVERY records request by request)
+    monkeypatch.setattr(svc, "RECORD_EVERY", 600.0)
     pointed(partner_server_factory())
     small = [_ingest(engine_api, ticketNumber=f"s-{i}") for i in range(2)]
     large = [_ingest(engine_api, ticketNumber=f"l-{i}") for i in range(12)]
@@ -217,3 +221,103 @@ def test_only_the_queues_tasks_top_up(engine_api, pointed, partner_server_factor
     _ingest(engine_api, ticketNumber="b")
     assert svc.deliveries_attempt(delivery_ids=[first.pk]) == {first.pk: "succeeded"}
     assert len(sink.received) == 1
+
+
+def _relay_delivery(engine, partner_caller, owner: str, ticket: str) -> Delivery:
+    """A partner's reply on a new ticket: one delivery to its tenant's engine relay."""
+    engine.post(IN, incoming_body(ticketNumber=ticket, owner=owner))
+    reply = partner_caller.post(
+        "/api/v1/outgoing",
+        {
+            "ticketNumber": ticket,
+            "channel": "whatsapp",
+            "messageType": "text",
+            "message": "hi",
+            "mediaLink": "",
+            "customerName": "Farhan Akbar",
+            "owner": owner,
+        },
+    )
+    assert reply.status_code == 200, reply.content
+    return Delivery.objects.get(event_id=reply.json()["eventId"])
+
+
+def test_one_tenants_failing_engine_never_holds_up_another_tenants_relay(
+    tenant, other_tenant, partner_with_key, other_partner_api, partner_server_factory, monkeypatch
+):
+    # given tenant A's engine failing and tenant B's healthy (both relays' target is "engine")
+    failing = partner_server_factory(lambda r, n: (503, b"", {}))
+    healthy = partner_server_factory()
+    for owner_tenant, server in ((tenant, failing), (other_tenant, healthy)):
+        owner_tenant.engine_base_url = server.url
+        owner_tenant.engine_send_message_path = "/msg"
+        owner_tenant.save()
+    engines = {}
+    for owner_tenant in (tenant, other_tenant):
+        _, raw = api_key_create(kind=ApiKey.Kind.ENGINE, tenants=[owner_tenant])
+        engines[owner_tenant.pk] = Caller(APIClient(), raw)
+    partner_a = Caller(APIClient(), partner_with_key[1])
+    a = [_relay_delivery(engines[tenant.pk], partner_a, tenant.owner, f"a{i}") for i in range(2)]
+    b = [
+        _relay_delivery(engines[other_tenant.pk], other_partner_api, other_tenant.owner, f"b{i}")
+        for i in range(2)
+    ]
+    assert {d.target for d in a + b} == {"engine"}
+    # when the dispatcher queues them: one message per tenant's engine
+    Delivery.objects.filter(pk__in=[d.pk for d in a + b]).update(dispatched_at=None)
+    messages: list[list[int]] = []
+    monkeypatch.setattr("integrations.tasks.deliveries_enqueue", messages.append)
+    svc.deliveries_dispatch(now=timezone.now())
+    assert sorted(messages) == sorted([[d.pk for d in a], [d.pk for d in b]])
+    # and even in one batch, A's failure hands back only A's deliveries
+    outcomes = svc.deliveries_attempt(delivery_ids=[d.pk for d in a + b])
+    assert [outcomes[d.pk] for d in a] == ["retrying", "handed_back"]
+    assert [outcomes[d.pk] for d in b] == ["succeeded", "succeeded"]
+    assert len(healthy.received) == 2
+
+
+def test_an_error_mid_batch_records_what_was_sent_and_hands_back_the_rest(
+    engine_api, pointed, partner_server_factory, monkeypatch
+):
+    sink = pointed(partner_server_factory())
+    batch = [_ingest(engine_api, ticketNumber=f"t-{i}") for i in range(3)]
+    real, calls = svc.send_webhook, []
+
+    def second_breaks(**kwargs):
+        calls.append(kwargs["msg_id"])
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(**kwargs)
+
+    monkeypatch.setattr(svc, "send_webhook", second_breaks)
+    with pytest.raises(RuntimeError):
+        svc.deliveries_attempt(delivery_ids=[d.pk for d in batch])
+    first, second, third = (Delivery.objects.get(pk=d.pk) for d in batch)
+    # the first was sent and is recorded
+    assert len(sink.received) == 1 and first.status == "succeeded"
+    assert DeliveryAttempt.objects.filter(delivery=first).count() == 1
+    # the one that broke keeps its lease (its try counted: one that always breaks runs out)
+    assert second.status == "delivering" and second.attempts == 1
+    # the third was never tried: waiting again as before the claim
+    assert third.status == "pending" and third.attempts == 0 and third.lease_token is None
+
+
+def test_a_slow_batch_records_each_request_as_it_goes(
+    engine_api, pointed, partner_server_factory, monkeypatch, request
+):
+    # given a batch that has already run longer than RECORD_EVERY
+    monkeypatch.setattr(svc, "RECORD_EVERY", 0.0)
+    pointed(partner_server_factory())
+    batch = [_ingest(engine_api, ticketNumber=f"t-{i}") for i in range(3)]
+    recorded_before_next_send: list[int] = []
+    real = svc.send_webhook
+
+    def send(**kwargs):
+        recorded_before_next_send.append(DeliveryAttempt.objects.count())
+        return real(**kwargs)
+
+    monkeypatch.setattr(svc, "send_webhook", send)
+    outcomes = svc.deliveries_attempt(delivery_ids=[d.pk for d in batch])
+    assert set(outcomes.values()) == {"succeeded"}
+    # then every request was recorded before the next one was sent
+    assert recorded_before_next_send == [0, 1, 2]

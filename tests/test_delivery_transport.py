@@ -619,6 +619,20 @@ def test_deadlines_fire_in_order_and_never_after_the_exchange_ended() -> None:
     assert all(d.fired for d in dogs) and not finished_early.fired
 
 
+def test_a_deadline_that_cannot_be_enforced_does_not_stop_the_later_ones(monkeypatch) -> None:
+    # given a watchdog whose firing breaks, due before a normal one
+    broken = deadlines.Watchdog(0.1)
+    monkeypatch.setattr(broken, "fire", lambda: 1 / 0)
+    later = deadlines.Watchdog(0.3)
+    broken.__enter__()
+    later.__enter__()
+    # when both deadlines pass, then the later one still fires
+    time.sleep(0.6)
+    assert later.fired
+    broken.__exit__(None, None, None)
+    later.__exit__(None, None, None)
+
+
 def test_deadlines_of_concurrent_exchanges_each_cut_their_own_socket() -> None:
     # given 8 threads each blocked reading a socket that never answers, deadlines 0.2..0.9 s
     results: dict[int, float] = {}

@@ -164,7 +164,8 @@ class EstimatedCountPaginator(Paginator):
         except (TypeError, ValueError):
             return  # validate_number says what is wrong
         bottom = (number - 1) * self.per_page
-        if not self.capped or number <= self.num_pages or bottom < 0:
+        # From the last page of the capped count on (it would be cut short at the cap).
+        if not self.capped or number < self.num_pages or bottom < 0:
             return
         ahead = list(
             self.object_list.values_list("pk", flat=True)[bottom : bottom + self.per_page + 1]

@@ -34,6 +34,7 @@ from integrations.models import Delivery, DeliveryAttempt, Partner, SigningSecre
 from integrations.payloads import canonical_json
 from integrations.services import alerts
 from integrations.services.delivery_queue import (
+    batch_key,
     batches_by_target,
     claim_ids,
     deliveries_claim,
@@ -73,6 +74,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 STORED_BODY_BYTES = 8 * 1024
+# Seconds a batch's requests are recorded together; past that, each one as soon as it is sent.
+RECORD_EVERY = 0.25
 MAX_RETRY_AFTER = 10 * 3600
 JITTER = 0.2
 
@@ -245,10 +248,16 @@ def deliveries_attempt(*, delivery_ids: Sequence[int], top_up: bool = False) -> 
     queue's tasks), a batch of one partner smaller than PORTAL_DELIVERY_BATCH is filled up
     with that partner's oldest new deliveries (`deliveries_claim_more`); those appear in the
     result too.
+
+    What was sent is recorded together while the batch is quick; once it has run for
+    RECORD_EVERY seconds, after every request. So a slow partner's next message of a ticket
+    is not held up by the rest of the batch, and a worker killed mid-batch has at most that
+    much sent and not recorded (to be sent again). If anything fails mid-batch, what was sent
+    is recorded and the rest handed back before the error goes on.
     """
     ids = list(dict.fromkeys(int(pk) for pk in delivery_ids))
     outcomes = dict.fromkeys(ids, "not_claimed")
-    token, now = uuid.uuid4(), timezone.now()
+    token, now, started = uuid.uuid4(), timezone.now(), time.monotonic()
     rows = claim_ids(ids, token, now)
     if not rows:
         return outcomes
@@ -264,36 +273,52 @@ def deliveries_attempt(*, delivery_ids: Sequence[int], top_up: bool = False) -> 
         .filter(pk__in=taken, lease_token=token)
         .order_by("id")
     )
-    started, budget = time.monotonic(), settings.PORTAL_DELIVERY_LEASE_SECONDS / 2
+    budget = settings.PORTAL_DELIVERY_LEASE_SECONDS / 2  # counted from before the claim
     targets: dict[tuple, _Target] = {}
     done: list[_Done] = []
     handed_back: list[Delivery] = []
-    failed_targets: set[str] = set()
-    for delivery in claimed:
-        schedule = retry_schedule_for(delivery.partner)
-        if delivery.attempts - delivery.retry_base > len(schedule):
-            # The previous holder died after taking the last try; nothing is sent again.
-            error = "Attempts used up (a worker was lost during the last one)."
-            done.append(_Done(delivery, Delivery.Status.DEAD, error))
-            continue
-        key = (delivery.target, delivery.tenant_id, delivery.endpoint)
-        if key not in targets:
-            targets[key] = _target_for(delivery, now)
-        target = targets[key]
-        if not target.url:
-            error = "No engine relay is configured."
-            done.append(_Done(delivery, Delivery.Status.NOT_CONFIGURED, error))
-            continue
-        elapsed = time.monotonic() - started
-        if delivery.target in failed_targets or (done and elapsed + target.deadline > budget):
-            handed_back.append(delivery)
-            continue
-        outcome = _attempt(delivery, target, schedule)
-        done.append(outcome)
-        if outcome.status != Delivery.Status.SUCCEEDED:
-            failed_targets.add(delivery.target)
-    outcomes.update(_record(token, done))
-    _hand_back(token, handed_back)
+    failed: set[str] = set()
+    sent = 0
+    position = 0
+    try:
+        for position, delivery in enumerate(claimed):  # noqa: B007 (read in `finally`)
+            key = batch_key(delivery.target, delivery.tenant_id)
+            schedule = retry_schedule_for(delivery.partner)
+            if delivery.attempts - delivery.retry_base > len(schedule):
+                # The previous holder died after taking the last try; nothing is sent again.
+                error = "Attempts used up (a worker was lost during the last one)."
+                done.append(_Done(delivery, Delivery.Status.DEAD, error))
+                continue
+            target_key = (delivery.target, delivery.tenant_id, delivery.endpoint)
+            if target_key not in targets:
+                targets[target_key] = _target_for(delivery, now)
+            target = targets[target_key]
+            if not target.url:
+                error = "No engine relay is configured."
+                done.append(_Done(delivery, Delivery.Status.NOT_CONFIGURED, error))
+                continue
+            elapsed = time.monotonic() - started
+            if key in failed or (sent and elapsed + target.deadline > budget):
+                handed_back.append(delivery)
+                continue
+            outcome = _attempt(delivery, target, schedule)
+            sent += 1
+            done.append(outcome)
+            if outcome.status != Delivery.Status.SUCCEEDED:
+                failed.add(key)
+            if time.monotonic() - started > RECORD_EVERY:
+                outcomes.update(_record(token, done))
+                done = []
+        position = len(claimed)
+    finally:
+        # After an error at claimed[position], the ones after it were never tried. That one
+        # keeps its lease: if it breaks every worker, its tries run out (see above).
+        untried = claimed[position + 1 :]
+        try:
+            if done:
+                outcomes.update(_record(token, done))
+        finally:
+            _hand_back(token, handed_back + untried)
     outcomes.update(dict.fromkeys((d.pk for d in handed_back), "handed_back"))
     return outcomes
 

@@ -163,7 +163,7 @@ def queue_next_in_order(finished: Sequence[Delivery]) -> None:
               ON n.target = v.column1 AND n.ticket_id = v.column2 AND n.id > v.column3
             WHERE n.status NOT IN ({final})
             GROUP BY n.target, n.ticket_id)
-        RETURNING id, target
+        RETURNING id, target, tenant_id
     """  # noqa: S608 (only the table name and placeholders are formatted in)
     params = [
         prep(Delivery, "dispatched_at", timezone.now()),
@@ -172,14 +172,20 @@ def queue_next_in_order(finished: Sequence[Delivery]) -> None:
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        rows = [(pk, target) for pk, target in cursor.fetchall()]
+        rows = [(pk, batch_key(target, tenant)) for pk, target, tenant in cursor.fetchall()]
     if rows:
         transaction.on_commit(lambda: enqueue(rows), robust=True)
 
 
+def batch_key(target: str, tenant_id: int) -> str:
+    """What a batch is one of: a partner, or one tenant's engine relay (every tenant's relay
+    target is "engine", but one tenant's engine must not hold up another's)."""
+    return f"{target}:{tenant_id}" if target == Delivery.ENGINE_TARGET else target
+
+
 def batches_by_target(rows: Iterable[tuple[int, str]], size: int) -> list[list[int]]:
-    """Group (delivery id, target) pairs into queue messages: one target each (a slow partner
-    never holds up another's batch), at most `size` ids each, in id order."""
+    """Group (delivery id, batch key) pairs into queue messages: one key each (a slow partner
+    or engine never holds up another's batch), at most `size` ids each, in id order."""
     by_target: dict[str, list[int]] = defaultdict(list)
     for pk, target in sorted(rows):
         by_target[target].append(pk)
@@ -187,7 +193,7 @@ def batches_by_target(rows: Iterable[tuple[int, str]], size: int) -> list[list[i
 
 
 def enqueue(rows: Iterable[tuple[int, str]]) -> None:
-    """Send the queue messages for these (delivery id, target) pairs."""
+    """Send the queue messages for these (delivery id, batch key) pairs."""
     from integrations import tasks
 
     for batch in batches_by_target(rows, settings.PORTAL_DELIVERY_BATCH):
@@ -200,14 +206,14 @@ def _due_rows(now: datetime, limit: int) -> list[tuple[int, str]]:
     )
     at = prep(Delivery, "updated_at", now)
     sql = f"""
-        SELECT d.id, d.target FROM {Delivery._meta.db_table} d
+        SELECT d.id, d.target, d.tenant_id FROM {Delivery._meta.db_table} d
         WHERE {_claimable_sql()} AND (d.dispatched_at IS NULL OR d.dispatched_at < %s)
         ORDER BY d.next_attempt_at, d.id
         LIMIT %s
     """  # noqa: S608 (only the table name and _claimable_sql are formatted in)
     with connection.cursor() as cursor:
         cursor.execute(sql, [at, at, at, stale, limit])
-        return [(pk, target) for pk, target in cursor.fetchall()]
+        return [(pk, batch_key(target, tenant)) for pk, target, tenant in cursor.fetchall()]
 
 
 def deliveries_due(*, now: datetime, limit: int = 500) -> list[int]:

@@ -24,7 +24,7 @@ from integrations.payloads import (
     render_outgoing,
 )
 from integrations.services.accounts import Principal
-from integrations.services.delivery_queue import enqueue
+from integrations.services.delivery_queue import batch_key, enqueue
 from integrations.services.sql import insert, json_value, prep, qn
 
 
@@ -261,7 +261,11 @@ def _partner_targets_sql() -> str:
 
 def _deliveries_create(event: Event, rows: list[Delivery]) -> list[Delivery]:
     created = insert(rows)
-    waiting = [(d.pk, d.target) for d in created if d.status == Delivery.Status.PENDING]
+    waiting = [
+        (d.pk, batch_key(d.target, d.tenant_id))
+        for d in created
+        if d.status == Delivery.Status.PENDING
+    ]
     if waiting:
         # robust: a broker that is down must not fail the accepted request; the dispatcher
         # finds the rows in the database and queues them later.

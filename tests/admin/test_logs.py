@@ -99,6 +99,20 @@ def test_pages_past_a_capped_count_are_served_while_there_are_rows(
         EstimatedCountPaginator(Event.objects.filter(kind="incoming"), 2).page(4)
 
 
+def test_the_last_page_of_a_capped_count_is_whole_and_leads_on(engine_api, partner, monkeypatch):
+    # given 10 events and a cap of 4: the count stops at 5, which is 3 pages of 2
+    for i in range(10):
+        engine_api.post(IN, incoming_body(ticketNumber=f"T-{i}", message=f"m{i}"))
+    monkeypatch.setattr(EstimatedCountPaginator, "CAP", 4)
+    events = Event.objects.filter(kind="incoming").order_by("received_at")
+    paginator = EstimatedCountPaginator(events, 2)
+    assert paginator.capped and paginator.num_pages == 3
+    # when page 3 is shown, then it is a whole page with a next one (not cut at the cap)
+    page = paginator.page(3)
+    assert [e.payload["message"] for e in page.object_list] == ["m4", "m5"]
+    assert page.has_next()
+
+
 def test_a_tenant_users_deep_admin_page_is_a_page_not_a_redirect(
     support_client, engine_api, partner, monkeypatch
 ):
