@@ -162,7 +162,8 @@ class _Done:
     url: str = ""
 
 
-def _lost_worker_result() -> DeliveryResult:
+def _unanswered(error_class: str, message: str) -> DeliveryResult:
+    """A dead outcome with no answer from the target (nothing was received)."""
     return DeliveryResult(
         outcome=Outcome.DEAD,
         status_code=None,
@@ -170,26 +171,14 @@ def _lost_worker_result() -> DeliveryResult:
         response_headers={},
         response_body=b"",
         duration_ms=0,
-        error_class="worker_lost",
-        error_message="A worker was lost during the last attempt.",
+        error_class=error_class,
+        error_message=message[:1000],
         retry_after=None,
         gone=False,
     )
 
 
-def _configuration_error(exc: ValueError) -> DeliveryResult:
-    return DeliveryResult(
-        outcome=Outcome.DEAD,
-        status_code=None,
-        request_headers={},
-        response_headers={},
-        response_body=b"",
-        duration_ms=0,
-        error_class="configuration_error",
-        error_message=str(exc)[:1000],
-        retry_after=None,
-        gone=False,
-    )
+_LOST_WORKER = _unanswered("worker_lost", "A worker was lost during the last attempt.")
 
 
 def _attempt(delivery: Delivery, target: _Target, schedule: tuple[int, ...]) -> _Done:
@@ -208,7 +197,7 @@ def _attempt(delivery: Delivery, target: _Target, schedule: tuple[int, ...]) -> 
     except ValueError as exc:
         # A configuration problem (no usable signing secret, say): retrying cannot fix it,
         # so the delivery is dead with the reason recorded, not left leased.
-        result = _configuration_error(exc)
+        result = _unanswered("configuration_error", str(exc))
     result = _storable(result)
     now = timezone.now()
     error = result.error_message or (
@@ -437,7 +426,7 @@ def _health_and_alerts(done: list[_Done], now: datetime) -> None:
             successes = []
             # A delivery whose worker died during its last try counts as a failure too: a
             # partner that hangs until workers die still gets paused in time.
-            paused |= partner_failure(partner_id, d.result or _lost_worker_result(), now)
+            paused |= partner_failure(partner_id, d.result or _LOST_WORKER, now)
         partner_successes(partner_id, successes, now)
         if paused:
             alerts.partner_paused_alert(partner_id=partner_id)

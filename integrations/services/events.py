@@ -375,6 +375,32 @@ def _check_channel(ticket: Ticket, channel: str) -> None:
         )
 
 
+def _outgoing_event_create(
+    tenant: Tenant,
+    ticket: Ticket,
+    msg: MessagePayload,
+    principal: Principal,
+    raw_body: bytes,
+    idempotency_key: str,
+    now: datetime,
+) -> Event:
+    """Store an outgoing event (engine's or partner's) on a locked existing ticket; the
+    payload carries the ticket's creation date."""
+    payload = render_outgoing(
+        msg, created_date=format_created_date(ticket.created_date, tenant.time_zone)
+    )
+    return _event_create(
+        tenant=tenant,
+        ticket=ticket,
+        kind=Event.Kind.OUTGOING,
+        principal=principal,
+        payload=payload,
+        raw_body=raw_body,
+        idempotency_key=idempotency_key,
+        now=now,
+    )
+
+
 def event_ingest_engine_outgoing(
     *, principal: Principal, msg: MessagePayload, raw_body: bytes, idempotency_key: str = ""
 ) -> Event:
@@ -388,18 +414,8 @@ def event_ingest_engine_outgoing(
     now = timezone.now()
     with transaction.atomic():
         ticket = _existing_ticket(tenant, msg.ticket_number)
-        payload = render_outgoing(
-            msg, created_date=format_created_date(ticket.created_date, tenant.time_zone)
-        )
-        event = _event_create(
-            tenant=tenant,
-            ticket=ticket,
-            kind=Event.Kind.OUTGOING,
-            principal=principal,
-            payload=payload,
-            raw_body=raw_body,
-            idempotency_key=idempotency_key,
-            now=now,
+        event = _outgoing_event_create(
+            tenant, ticket, msg, principal, raw_body, idempotency_key, now
         )
         _partner_deliveries(
             event, _partner_targets(tenant, ticket.channel), Delivery.Endpoint.SEND, now
@@ -421,18 +437,8 @@ def event_ingest_partner_outgoing(
         if ticket.status == Ticket.Status.CLOSED:
             raise Conflict(f"Ticket {ticket.ticket_number!r} is closed.", code="ticket_closed")
         _check_channel(ticket, msg.channel)
-        payload = render_outgoing(
-            msg, created_date=format_created_date(ticket.created_date, tenant.time_zone)
-        )
-        event = _event_create(
-            tenant=tenant,
-            ticket=ticket,
-            kind=Event.Kind.OUTGOING,
-            principal=principal,
-            payload=payload,
-            raw_body=raw_body,
-            idempotency_key=idempotency_key,
-            now=now,
+        event = _outgoing_event_create(
+            tenant, ticket, msg, principal, raw_body, idempotency_key, now
         )
         _relay_delivery(event, Delivery.Endpoint.ENGINE_MESSAGE, now)
     return event

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from integrations.errors import Conflict
 from integrations.models import IdempotencyRecord
+from integrations.services.sql import prep, qn
 
 TTL = timedelta(hours=24)
 # An in-progress record older than this belongs to a request that died; it is taken over.
@@ -81,8 +82,8 @@ def idempotency_begin(*, holder: str, key: str, fingerprint: str) -> Idempotency
 
 @functools.cache
 def _insert_sql() -> str:
-    c = {f.name: connection.ops.quote_name(f.column) for f in IdempotencyRecord._meta.fields}
-    table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
+    c = {f.name: qn(f.column) for f in IdempotencyRecord._meta.fields}
+    table = qn(IdempotencyRecord._meta.db_table)
     return (
         f"INSERT INTO {table} ({c['holder']}, {c['key']}, {c['request_hash']}, {c['state']},"  # noqa: S608
         f" {c['created_at']}) VALUES (%s, %s, %s, %s, %s)"
@@ -100,11 +101,10 @@ def _record_insert(*, holder: str, key: str, fingerprint: str, now) -> Idempoten
     the statement); only names from the model's metadata are formatted into the SQL.
     """
     state = IdempotencyRecord.State.IN_PROGRESS
-    created_at = IdempotencyRecord._meta.get_field("created_at")
     with connection.cursor() as cursor:
         cursor.execute(
             _insert_sql(),
-            [holder, key, fingerprint, state.value, created_at.get_db_prep_save(now, connection)],
+            [holder, key, fingerprint, state.value, prep(IdempotencyRecord, "created_at", now)],
         )
         row = cursor.fetchone()
     if row is None:
