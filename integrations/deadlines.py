@@ -135,7 +135,8 @@ _local = threading.local()
 
 
 def current_watchdog() -> Watchdog | None:
-    return getattr(_local, "watchdog", None)
+    watchdog: Watchdog | None = getattr(_local, "watchdog", None)
+    return watchdog
 
 
 def _reset_after_fork() -> None:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
@@ -40,44 +40,53 @@ from integrations.webhooks import Outcome, classify, parse_retry_after, sign_hea
 def resolve(host: str, port: int) -> list[str]:
     """Resolve `host` to address strings (tests monkeypatch this; raises socket.gaierror)."""
     infos = socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
-    return [info[4][0] for info in infos]
+    # For AF_INET and AF_INET6 (all allowed_gai_family() asks for) sockaddr[0] is the address
+    # string already; str() only tells the type checker so (other families may give an int).
+    return [str(info[4][0]) for info in infos]
 
 
-class _GuardedConnectionMixin:
+# Mixed into urllib3's connections only: typed as one so its attributes are checked, while
+# at run time the mixin stays a plain class ahead of HTTP(S)Connection in the MRO.
+if TYPE_CHECKING:
+    _ConnectionBase = HTTPConnection
+else:
+    _ConnectionBase = object
+
+
+class _GuardedConnectionMixin(_ConnectionBase):
     """Resolves once, vets every address, then connects to a vetted one (no re-resolving)."""
 
     policy: OutboundPolicy = OutboundPolicy()  # per-policy subclasses override this
 
     def _new_conn(self) -> socket.socket:
-        conn: Any = self  # the urllib3 connection this is mixed into
-        host = conn._dns_host.strip("[]")
+        host = self._dns_host.strip("[]")
         watchdog = current_watchdog()
         try:
             literal = ipaddress.ip_address(host)
             addresses = [literal]
         except ValueError:
             try:
-                answers = resolve(host, conn.port)
+                answers = resolve(host, self.port)
             except socket.gaierror as exc:
-                raise NameResolutionError(conn.host, conn, exc) from exc
+                raise NameResolutionError(self.host, self, exc) from exc
             addresses = list(dict.fromkeys(ipaddress.ip_address(a) for a in answers))
         for address in addresses:  # all before any connect: one bad answer refuses the host
             if reason := self.policy.block_reason(host, address):
                 raise BlockedDestination(host, str(address), reason)
         error: OSError = OSError(f"{host} resolved to no address")
         for address in addresses:
-            timeout = conn.timeout
+            timeout = self.timeout
             if watchdog is not None:
                 timeout = max(0.001, min(timeout or watchdog.remaining(), watchdog.remaining()))
             family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:
-                for option in conn.socket_options or ():
+                for option in self.socket_options or ():
                     sock.setsockopt(*option)
                 sock.settimeout(timeout)
-                if conn.source_address:
-                    sock.bind(conn.source_address)
-                sock.connect((str(address), conn.port))
+                if self.source_address:
+                    sock.bind(self.source_address)
+                sock.connect((str(address), self.port))
             except OSError as exc:
                 sock.close()
                 error = exc
@@ -86,18 +95,18 @@ class _GuardedConnectionMixin:
                 watchdog.register(sock)  # covers the TLS handshake too
             return sock
         if isinstance(error, TimeoutError):
-            raise ConnectTimeoutError(conn, f"connection to {host} timed out") from error
-        raise NewConnectionError(conn, f"Failed to establish a new connection: {error}") from error
+            raise ConnectTimeoutError(self, f"connection to {host} timed out") from error
+        raise NewConnectionError(self, f"Failed to establish a new connection: {error}") from error
 
     def connect(self) -> None:
-        super().connect()  # type: ignore[misc]
+        super().connect()
         if (watchdog := current_watchdog()) is not None:
-            watchdog.register(self.sock)  # type: ignore[attr-defined]  # the TLS socket
+            watchdog.register(self.sock)  # the TLS socket
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         if (watchdog := current_watchdog()) is not None:
-            watchdog.register(self.sock)  # type: ignore[attr-defined]  # a reused connection
-        super().request(*args, **kwargs)  # type: ignore[misc]
+            watchdog.register(self.sock)  # a reused connection
+        super().request(*args, **kwargs)
 
 
 class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):

@@ -18,9 +18,10 @@ def healthz(request) -> JsonResponse:
 
 def _check_database() -> str | None:
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
+        connection.ensure_connection()
+        if not connection.is_usable():  # Django's own round trip to the server
+            connection.close()
+            raise ConnectionError("the connection is not usable")
     except Exception as exc:
         return f"database unreachable: {exc.__class__.__name__}: {str(exc)[:200]}"
     return None

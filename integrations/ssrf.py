@@ -100,8 +100,8 @@ def address_block_reason(ip: IPAddress) -> str | None:
             return reason
     embedded = _embedded_ipv4(ip)
     for form, v4 in embedded:
-        if reason := address_block_reason(v4):
-            return f"{reason} (in {form})"
+        if v4_reason := address_block_reason(v4):
+            return f"{v4_reason} (in {form})"
     if embedded:
         return None
     for net, reason in _V6_BLOCKED:

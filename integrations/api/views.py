@@ -8,7 +8,6 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
@@ -24,15 +23,9 @@ from integrations.api.auth import (
     PartnerRateThrottle,
 )
 from integrations.errors import PortalError
-from integrations.models import Event
 from integrations.services import events as event_services
-from integrations.services.idempotency import (
-    Replay,
-    idempotency_abandon,
-    idempotency_begin,
-    idempotency_complete,
-    request_fingerprint,
-)
+from integrations.services.events import Route
+from integrations.services.idempotency import IdempotencyRequest, request_fingerprint
 
 _ERRORS = {code: schemas.ErrorSerializer for code in (400, 401, 403, 404, 409, 411, 413, 415, 429)}
 _GET_ERRORS = {code: schemas.ErrorSerializer for code in (400, 401, 403, 404, 429)}
@@ -51,11 +44,13 @@ class PortalView(APIView):
 
 
 class _IngestView(PortalView):
-    """POST an event: content checks, parse, idempotency, one transaction, one answer."""
+    """POST an event: content checks, parse and validate everything, then one service call
+    that accepts it (transaction, Idempotency-Key) and says what to answer."""
 
     success_status = 200
+    route: Route
 
-    def ingest(self, data: dict, raw: bytes, idempotency_key: str) -> Event:
+    def parse(self, data: dict) -> payloads.MessagePayload | payloads.CommandPayload:
         raise NotImplementedError
 
     def post(self, request: Request) -> Response:
@@ -67,32 +62,24 @@ class _IngestView(PortalView):
                 code="validation_error",
                 errors={"Idempotency-Key": ["Too long (max 255)."]},
             )
-        data = payloads.parse_json_object(raw)
-        if not key:
-            event = self.ingest(data, raw, "")
-            return Response(_accepted(event), status=self.success_status)
-        record = idempotency_begin(
-            holder=request.user.holder,
-            key=key,
-            fingerprint=request_fingerprint(request.method, request.path, raw),
-        )
-        if isinstance(record, Replay):
-            return Response(
-                record.body, status=record.status, headers={"Idempotent-Replayed": "true"}
+        payload = self.parse(payloads.parse_json_object(raw))
+        idempotency = None
+        if key:
+            idempotency = IdempotencyRequest(
+                holder=request.user.holder,
+                key=key,
+                fingerprint=request_fingerprint(request.method, request.path, raw),
             )
-        try:
-            with transaction.atomic():
-                event = self.ingest(data, raw, key)
-                body = _accepted(event)
-                idempotency_complete(record=record, status=self.success_status, body=body)
-        except BaseException:
-            idempotency_abandon(record=record)
-            raise
-        return Response(body, status=self.success_status)
-
-
-def _accepted(event: Event) -> dict:
-    return {"status": "success", "eventId": str(event.id)}
+        answer = event_services.event_accept(
+            route=self.route,
+            principal=request.user,
+            payload=payload,
+            raw_body=raw,
+            status=self.success_status,
+            idempotency=idempotency,
+        )
+        headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
+        return Response(answer.body, status=answer.status, headers=headers)
 
 
 def _read_json_body(request: Request) -> bytes:
@@ -151,6 +138,7 @@ def _ingest_schema(request_serializer, example, status: int, summary: str) -> Ca
 class EngineIncomingView(_IngestView):
     permission_classes = [IsEngine]
     success_status = 202
+    route = Route.ENGINE_INCOMING
 
     @_ingest_schema(
         schemas.IncomingEventSerializer,
@@ -161,18 +149,14 @@ class EngineIncomingView(_IngestView):
     def post(self, request: Request) -> Response:
         return super().post(request)
 
-    def ingest(self, data: dict, raw: bytes, idempotency_key: str) -> Event:
-        return event_services.event_ingest_incoming(
-            principal=self.request.user,
-            msg=payloads.parse_incoming(data),
-            raw_body=raw,
-            idempotency_key=idempotency_key,
-        )
+    def parse(self, data: dict) -> payloads.MessagePayload:
+        return payloads.parse_incoming(data)
 
 
 class EngineOutgoingView(_IngestView):
     permission_classes = [IsEngine]
     success_status = 202
+    route = Route.ENGINE_OUTGOING
 
     @_ingest_schema(
         schemas.EngineOutgoingEventSerializer,
@@ -183,17 +167,13 @@ class EngineOutgoingView(_IngestView):
     def post(self, request: Request) -> Response:
         return super().post(request)
 
-    def ingest(self, data: dict, raw: bytes, idempotency_key: str) -> Event:
-        return event_services.event_ingest_engine_outgoing(
-            principal=self.request.user,
-            msg=payloads.parse_outgoing(data, from_engine=True),
-            raw_body=raw,
-            idempotency_key=idempotency_key,
-        )
+    def parse(self, data: dict) -> payloads.MessagePayload:
+        return payloads.parse_outgoing(data, from_engine=True)
 
 
 class PartnerOutgoingView(_IngestView):
     permission_classes = [IsPartner]
+    route = Route.PARTNER_OUTGOING
 
     @_ingest_schema(
         schemas.PartnerOutgoingEventSerializer,
@@ -204,17 +184,13 @@ class PartnerOutgoingView(_IngestView):
     def post(self, request: Request) -> Response:
         return super().post(request)
 
-    def ingest(self, data: dict, raw: bytes, idempotency_key: str) -> Event:
-        return event_services.event_ingest_partner_outgoing(
-            principal=self.request.user,
-            msg=payloads.parse_outgoing(data, from_engine=False),
-            raw_body=raw,
-            idempotency_key=idempotency_key,
-        )
+    def parse(self, data: dict) -> payloads.MessagePayload:
+        return payloads.parse_outgoing(data, from_engine=False)
 
 
 class PartnerCommandView(_IngestView):
     permission_classes = [IsPartner]
+    route = Route.COMMAND
 
     @_ingest_schema(
         schemas.CommandEventSerializer,
@@ -225,13 +201,8 @@ class PartnerCommandView(_IngestView):
     def post(self, request: Request) -> Response:
         return super().post(request)
 
-    def ingest(self, data: dict, raw: bytes, idempotency_key: str) -> Event:
-        return event_services.event_ingest_command(
-            principal=self.request.user,
-            cmd=payloads.parse_command(data),
-            raw_body=raw,
-            idempotency_key=idempotency_key,
-        )
+    def parse(self, data: dict) -> payloads.CommandPayload:
+        return payloads.parse_command(data)
 
 
 def _int_param(request: Request, name: str, default: int, *, minimum: int, maximum: int) -> int:

@@ -1,22 +1,27 @@
-"""Tenants, users, partners, API keys and signing secrets."""
+"""Tenants, users, API keys and who is calling (partners: services/partners.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.exceptions import ValidationError
-from django.core.validators import URLValidator
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from integrations.errors import Conflict, Forbidden, NotFound, PortalError, Unauthorized
-from integrations.models import ApiKey, Partner, SigningSecret, Tenant, TenantMembership
+from integrations.models import ApiKey, Partner, Tenant, TenantMembership
+from integrations.services.fields import (
+    base_url_clean,
+    collect_errors,
+    path_clean,
+    time_zone_clean,
+)
 from integrations.webhooks import generate_secret
 
 KEY_PREFIXES = {ApiKey.Kind.PARTNER: "prt", ApiKey.Kind.ENGINE: "eng"}
@@ -26,43 +31,109 @@ def _hash_key(raw: str) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
-def validate_time_zone(name: str) -> str:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise PortalError(f"Unknown time zone {name!r}.", code="invalid_time_zone") from None
-    return name
+TENANT_SETTINGS = (
+    "owner",
+    "name",
+    "is_active",
+    "time_zone",
+    "sticker_text",
+    "retention_days",
+    "engine_base_url",
+    "engine_send_message_path",
+    "engine_command_path",
+    "engine_token",
+)
 
 
-def validate_base_url(url: str) -> str:
-    try:
-        URLValidator(schemes=["http", "https"])(url)
-    except ValidationError:
-        raise PortalError(f"{url!r} is not an absolute http(s) URL.", code="invalid_url") from None
-    return url.rstrip("/")
+def _required(limit: int) -> Callable[[str], str]:
+    def clean(value: str) -> str:
+        value = value.strip()
+        if not value or len(value) > limit:
+            raise ValueError(f"Required, at most {limit} characters.")
+        return value
+
+    return clean
 
 
-def tenant_create(*, owner: str, name: str, time_zone: str = "Asia/Jakarta") -> Tenant:
-    """Create a tenant with a fresh engine signing secret.
+def _optional(clean: Callable[[str], str]) -> Callable[[str], str]:
+    return lambda value: clean(value) if value.strip() else ""
 
-    Raises PortalError (blank owner/name, unknown time zone), Conflict (owner taken).
+
+def _retention(value: int) -> int:
+    if not isinstance(value, int) or not 1 <= value <= 3650:
+        raise ValueError("Must be a whole number of days from 1 to 3650.")
+    return value
+
+
+def _text(limit: int) -> Callable[[str], str]:
+    def clean(value: str) -> str:
+        if len(value) > limit:
+            raise ValueError(f"At most {limit} characters.")
+        return value
+
+    return clean
+
+
+_TENANT_CLEANERS: dict[str, Callable[[Any], Any]] = {
+    "owner": _required(255),
+    "name": _required(200),
+    "is_active": bool,
+    "time_zone": time_zone_clean,
+    "sticker_text": _required(100),
+    "retention_days": _retention,
+    "engine_base_url": _optional(lambda url: base_url_clean(url, max_length=200)),
+    "engine_send_message_path": _optional(path_clean),
+    "engine_command_path": _optional(path_clean),
+    "engine_token": _text(500),
+}
+
+
+def tenant_settings_clean(**values: Any) -> dict[str, Any]:
+    """Check and normalise tenant settings (any of TENANT_SETTINGS); returns them cleaned.
+
+    Raises PortalError (`validation_error`) with every problem keyed by field name.
     """
-    owner, name = owner.strip(), name.strip()
-    if not owner or not name:
-        raise PortalError("owner and name are required.", code="invalid_arguments")
-    validate_time_zone(time_zone)
+    return collect_errors(_TENANT_CLEANERS, values, "Some tenant settings are not valid.")
+
+
+def tenant_create(*, owner: str, name: str, time_zone: str = "Asia/Jakarta", **more: Any) -> Tenant:
+    """Create a tenant with a fresh engine signing secret; `more` may set any other of
+    TENANT_SETTINGS.
+
+    Raises PortalError (invalid settings, by field), Conflict (owner taken).
+    """
+    cleaned = tenant_settings_clean(owner=owner, name=name, time_zone=time_zone, **more)
     try:
         with transaction.atomic():
-            return Tenant.objects.create(
-                owner=owner,
-                name=name,
-                time_zone=time_zone,
-                engine_signing_secret=generate_secret(),
-            )
+            return Tenant.objects.create(**cleaned, engine_signing_secret=generate_secret())
     except IntegrityError:
         raise Conflict(
-            f"A tenant with owner {owner!r} exists already.", code="duplicate_owner"
+            f"A tenant with owner {cleaned['owner']!r} exists already.",
+            code="duplicate_owner",
+            errors={"owner": ["A tenant with this ID exists already."]},
         ) from None
+
+
+def tenant_update(*, tenant: Tenant, **changes: Any) -> Tenant:
+    """Change a tenant's settings (any of TENANT_SETTINGS), checked as at creation. A tenant
+    without an engine signing secret (made before secrets existed) gets one.
+
+    Raises PortalError (invalid settings, by field), Conflict (owner taken).
+    """
+    for name, value in tenant_settings_clean(**changes).items():
+        setattr(tenant, name, value)
+    if not tenant.engine_signing_secret:
+        tenant.engine_signing_secret = generate_secret()
+    try:
+        with transaction.atomic():
+            tenant.save()
+    except IntegrityError:
+        raise Conflict(
+            f"A tenant with owner {tenant.owner!r} exists already.",
+            code="duplicate_owner",
+            errors={"owner": ["A tenant with this ID exists already."]},
+        ) from None
+    return tenant
 
 
 def tenant_get(*, owner: str) -> Tenant:
@@ -93,14 +164,14 @@ def api_key_create(
         expires_at=expires_at,
         all_tenants=kind == ApiKey.Kind.ENGINE and not tenants,
     )
-    raw = api_key_generate(key=key)
+    raw = _key_generate(key)
     key.save()
     if tenants:
         key.tenants.set(tenants)
     return key, raw
 
 
-def api_key_generate(*, key: ApiKey) -> str:
+def _key_generate(key: ApiKey) -> str:
     """Give an unsaved key a fresh random value; returns the raw value (only the prefix and
     a SHA-256 hash are kept)."""
     prefix = f"{KEY_PREFIXES[key.kind]}_{secrets.token_hex(6)}"
@@ -181,63 +252,6 @@ def principal_authenticate(raw: str) -> Principal:
         return Principal(api_key=key, partner=None, tenant_ids=None)
     tenant_ids = frozenset(key.tenants.values_list("pk", flat=True))
     return Principal(api_key=key, partner=None, tenant_ids=tenant_ids)
-
-
-def partner_create(
-    *,
-    tenant: Tenant,
-    name: str,
-    base_url: str,
-    incoming_message_path: str,
-    send_message_path: str,
-    channels: list[str] | None = None,
-) -> tuple[Partner, str, str]:
-    """Create a partner with one API key and one signing secret.
-
-    Returns (partner, raw API key, signing secret); both are shown once.
-    Raises PortalError (bad URL or path) and Conflict (name taken in the tenant).
-    """
-    name = name.strip()
-    if not name:
-        raise PortalError("name is required.", code="invalid_arguments")
-    base_url = validate_base_url(base_url)
-    paths = {"incoming path": incoming_message_path, "send path": send_message_path}
-    for label, path in paths.items():
-        if not path.startswith("/") or any(ch.isspace() for ch in path):
-            raise PortalError(
-                f"The {label} must start with '/' and have no spaces.", code="invalid_path"
-            )
-    channel_list = sorted({c.strip().lower() for c in channels or [] if c.strip()})
-    try:
-        with transaction.atomic():
-            partner = Partner.objects.create(
-                tenant=tenant,
-                name=name,
-                base_url=base_url,
-                incoming_message_path=incoming_message_path,
-                send_message_path=send_message_path,
-                channels=channel_list,
-            )
-            _, raw_key = api_key_create(kind=ApiKey.Kind.PARTNER, partner=partner, name="initial")
-            secret = SigningSecret.objects.create(partner=partner, secret=generate_secret())
-    except IntegrityError:
-        raise Conflict(
-            f"Tenant {tenant.owner!r} already has a partner named {name!r}.", code="duplicate_name"
-        ) from None
-    return partner, raw_key, secret.secret
-
-
-def signing_secret_rotate(*, partner: Partner, overlap_hours: int = 24) -> SigningSecret:
-    """Add a new signing secret; the current ones expire after `overlap_hours`.
-
-    While both are live every delivery carries both signatures.
-    """
-    expires = timezone.now() + timedelta(hours=overlap_hours)
-    with transaction.atomic():
-        SigningSecret.objects.filter(partner=partner, expires_at__isnull=True).update(
-            expires_at=expires
-        )
-        return SigningSecret.objects.create(partner=partner, secret=generate_secret())
 
 
 def user_create(*, tenant: Tenant, username: str, role: str, email: str = "") -> tuple[object, str]:

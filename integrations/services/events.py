@@ -1,19 +1,24 @@
-"""Accepting events: one transaction stores the event, upserts ticket and contact, and
-writes one delivery row per target (SPEC §3, §5 outbox)."""
+"""Accepting events (SPEC §3): one service takes a parsed, valid event, owns the transaction
+that stores it (event, ticket, contact, one delivery row per target) and completes its
+Idempotency-Key record; the outbox sends the deliveries after the commit (SPEC §5).
+"""
 
 from __future__ import annotations
 
-import functools
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
 
-from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from integrations.errors import Conflict, NotFound
-from integrations.models import Contact, Delivery, Event, Partner, Tenant, Ticket
+from integrations.models import Delivery, Event, Tenant, Ticket
+from integrations.outbox.queue import batch_key, enqueue
+from integrations.outbox.targets import NO_RELAY, first_attempt_at, relay_url
 from integrations.payloads import (
     CommandPayload,
     MessagePayload,
@@ -23,345 +28,180 @@ from integrations.payloads import (
     render_incoming,
     render_outgoing,
 )
+from integrations.services import ingest_sql
 from integrations.services.accounts import Principal
-from integrations.services.delivery_queue import batch_key, enqueue
-from integrations.services.sql import insert, json_value, prep, qn
+from integrations.services.idempotency import (
+    IdempotencyRequest,
+    Replay,
+    idempotency_abandon,
+    idempotency_begin,
+    idempotency_complete,
+)
+
+
+class Route(StrEnum):
+    """Which door an event came in by (SPEC §4): it decides what is checked and who gets it."""
+
+    ENGINE_INCOMING = "engine_incoming"
+    ENGINE_OUTGOING = "engine_outgoing"
+    PARTNER_OUTGOING = "partner_outgoing"
+    COMMAND = "command"
 
 
 @dataclass(frozen=True)
-class EngineRelay:
-    """Where a tenant's partner messages and commands go (SPEC §6)."""
+class Answer:
+    """What the API answers: the status and body of the first acceptance (a replay of an
+    Idempotency-Key answers the same as the first time)."""
 
-    base_url: str
-    message_path: str
-    command_path: str
-    token: str
-
-    def url_for(self, endpoint: str) -> str:
-        path = (
-            self.message_path
-            if endpoint == Delivery.Endpoint.ENGINE_MESSAGE
-            else (self.command_path)
-        )
-        if not self.base_url or not path:
-            return ""
-        return self.base_url.rstrip("/") + "/" + path.lstrip("/")
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
 
 
-def engine_relay_for(tenant: Tenant) -> EngineRelay:
-    """The tenant's engine settings, each falling back to the portal-wide setting."""
-    return EngineRelay(
-        base_url=tenant.engine_base_url or settings.PORTAL_ENGINE_BASE_URL,
-        message_path=tenant.engine_send_message_path or settings.PORTAL_ENGINE_SEND_MESSAGE_PATH,
-        command_path=tenant.engine_command_path or settings.PORTAL_ENGINE_COMMAND_PATH,
-        token=tenant.engine_token or settings.PORTAL_ENGINE_TOKEN,
-    )
-
-
-def _ticket_for_update(tenant: Tenant, ticket_number: str) -> Ticket | None:
-    return (
-        Ticket.objects.select_for_update()
-        .filter(tenant=tenant, ticket_number=ticket_number)
-        .first()
-    )
-
-
-# Hand-written SQL for the hot path: see integrations/services/sql.py for why and how.
-
-
-@functools.cache
-def _contact_upsert_sql() -> str:
-    table = Contact._meta.db_table
-    column = {f.name: qn(f.column) for f in Contact._meta.concrete_fields}
-    insert = (
-        *("tenant", "contact_id", "customer_name", "channel", "account_id"),
-        *("first_seen", "last_seen"),
-    )
-    updated = ["customer_name", "channel", "account_id", "last_seen"]
-    return (
-        f"INSERT INTO {qn(table)} ({', '.join(column[n] for n in insert)})"  # noqa: S608
-        f" VALUES ({', '.join(['%s'] * len(insert))})"
-        f" ON CONFLICT ({column['tenant']}, {column['contact_id']}) DO UPDATE SET "
-        + ", ".join(f"{column[n]} = EXCLUDED.{column[n]}" for n in updated)
-        + f" RETURNING {column['id']}"
-    )
-
-
-def _contact_upsert(tenant: Tenant, msg: MessagePayload, now: datetime) -> int:
-    """Insert or update the contact in one statement (INSERT … ON CONFLICT DO UPDATE);
-    `first_seen` is kept from the first insert. Returns the contact's pk."""
-    at = prep(Contact, "last_seen", now)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _contact_upsert_sql(),
-            [tenant.pk, msg.contact_id, msg.customer_name, msg.channel, msg.account_id, at, at],
-        )
-        return cursor.fetchone()[0]
-
-
-@functools.cache
-def _ticket_upsert_sql() -> str:
-    table = qn(Ticket._meta.db_table)
-    c = {f.name: qn(f.column) for f in Ticket._meta.concrete_fields}
-    fields = ["tenant", "ticket_number", "contact", "channel", "account_id", "customer_name"]
-    fields += ["created_date", "group_id", "language", "status", "closed_by", "closed_at"]
-    fields += ["last_sequence", "created_at", "updated_at"]
-    closed = f"{table}.{c['status']} = '{Ticket.Status.CLOSED}'"
-    return (
-        f"INSERT INTO {table} ({', '.join(c[n] for n in fields)})"  # noqa: S608
-        f" VALUES ({', '.join(['%s'] * len(fields))})"
-        f" ON CONFLICT ({c['tenant']}, {c['ticket_number']}) DO UPDATE SET"
-        f" {c['contact']} = EXCLUDED.{c['contact']},"
-        f" {c['channel']} = EXCLUDED.{c['channel']},"
-        f" {c['account_id']} = EXCLUDED.{c['account_id']},"
-        f" {c['customer_name']} = EXCLUDED.{c['customer_name']},"
-        f" {c['created_date']} = EXCLUDED.{c['created_date']},"
-        # an empty groupId or language keeps the ticket's earlier one
-        f" {c['group_id']} = CASE WHEN EXCLUDED.{c['group_id']} = ''"
-        f" THEN {table}.{c['group_id']} ELSE EXCLUDED.{c['group_id']} END,"
-        f" {c['language']} = CASE WHEN EXCLUDED.{c['language']} = ''"
-        f" THEN {table}.{c['language']} ELSE EXCLUDED.{c['language']} END,"
-        # an incoming event re-opens a closed ticket
-        f" {c['closed_by']} = CASE WHEN {closed} THEN '' ELSE {table}.{c['closed_by']} END,"
-        f" {c['closed_at']} = CASE WHEN {closed} THEN NULL ELSE {table}.{c['closed_at']} END,"
-        f" {c['status']} = EXCLUDED.{c['status']},"
-        f" {c['last_sequence']} = {table}.{c['last_sequence']} + 1,"
-        f" {c['updated_at']} = EXCLUDED.{c['updated_at']}"
-        f" RETURNING {c['id']}, {c['last_sequence']}"
-    )
-
-
-def _ticket_upsert(
-    tenant: Tenant, msg: MessagePayload, contact_pk: int, created_date: datetime, now: datetime
-) -> tuple[int, int]:
-    """Create or update the ticket of an incoming event (re-opening it) and take its next
-    event sequence number, in one statement; returns (ticket pk, sequence).
-
-    The statement locks the ticket row until the transaction ends, like SELECT … FOR UPDATE
-    did: events of one ticket take their sequence numbers one after the other, in the order
-    they entered. A concurrent first message of a new ticket waits on the unique index and
-    then updates the row the other one inserted (PostgreSQL); SQLite runs one writer at a time.
-    """
-    at = prep(Ticket, "updated_at", now)
-    params = [
-        tenant.pk,
-        msg.ticket_number,
-        contact_pk,
-        msg.channel,
-        msg.account_id,
-        msg.customer_name,
-        prep(Ticket, "created_date", created_date),
-        msg.group_id,
-        msg.language,
-        Ticket.Status.OPEN.value,
-        "",
-        None,
-        1,  # a new ticket's first event
-        at,
-        at,
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(_ticket_upsert_sql(), params)
-        ticket_pk, sequence = cursor.fetchone()
-    return ticket_pk, sequence
-
-
-def _event_row(
+def event_accept(
     *,
-    tenant: Tenant,
-    ticket_id: int,
-    ticket_number: str,
-    sequence: int,
-    kind: str,
+    route: Route,
     principal: Principal,
-    payload: dict,
+    payload: MessagePayload | CommandPayload,
     raw_body: bytes,
-    idempotency_key: str,
-    now: datetime,
-) -> Event:
-    """Store the event with its ticket sequence number (taken under the ticket's row lock)."""
-    event = Event(
-        id=uuid.uuid4(),
-        tenant=tenant,
-        kind=kind,
-        source=Event.Source.ENGINE if principal.is_engine else Event.Source.PARTNER,
-        partner=principal.partner,
-        ticket_id=ticket_id,
-        ticket_number=ticket_number,
-        sequence=sequence,
-        raw_body=raw_body,
-        payload=payload,
-        idempotency_key=idempotency_key,
-        received_at=now,
-    )
-    insert([event])
-    return event
+    status: int,
+    idempotency: IdempotencyRequest | None = None,
+) -> Answer:
+    """Accept one parsed, valid event; answer `status` with its `eventId`.
 
-
-def _event_create(
-    *,
-    tenant: Tenant,
-    ticket: Ticket,
-    kind: str,
-    principal: Principal,
-    payload: dict,
-    raw_body: bytes,
-    idempotency_key: str,
-    now,
-) -> Event:
-    """Take the ticket's next sequence number (the ticket row is locked) and store the event."""
-    ticket.last_sequence += 1
-    ticket.save()
-    event = _event_row(
-        tenant=tenant,
-        ticket_id=ticket.pk,
-        ticket_number=ticket.ticket_number,
-        sequence=ticket.last_sequence,
-        kind=kind,
-        principal=principal,
-        payload=payload,
-        raw_body=raw_body,
-        idempotency_key=idempotency_key,
-        now=now,
-    )
-    event.ticket = ticket
-    return event
-
-
-def _partner_targets(tenant: Tenant, channel: str) -> list[Partner]:
-    """Partners that get a copy: subscribed to the channel and not disabled by an admin.
-
-    A paused partner still gets its rows; they wait until it is resumed (never dropped).
+    With an Idempotency-Key (`idempotency`): a repeat answers the first answer (replayed), a
+    concurrent duplicate waits for the first, another body under the same key is a Conflict;
+    the record is completed in the transaction that stores the event, so "event stored" and
+    "key remembered" are one fact, and forgotten when the event is refused.
+    Raises Forbidden (owner not allowed), NotFound (unknown ticket), Conflict (ticket closed,
+    other channel, Idempotency-Key conflicts).
     """
-    with connection.cursor() as cursor:
-        cursor.execute(_partner_targets_sql(), [tenant.pk, Partner.State.DISABLED.value])
-        rows = cursor.fetchall()
-    # Only what a delivery row needs is loaded (the other fields are deferred); by name, the
-    # order Partner.Meta.ordering gives within one tenant.
-    partners = [
-        Partner.from_db(
-            connection.alias,
-            ["id", "channels", "retry_schedule"],
-            [pk, json_value(channels), retry_schedule],
-        )
-        for pk, channels, retry_schedule in rows
-    ]
-    return [p for p in partners if p.subscribes_to(channel)]
+    ingest = _INGEST[route]
+    key = idempotency.key if idempotency else ""
+    if idempotency is None:
+        with transaction.atomic():
+            event_id = ingest(principal, payload, raw_body, key)
+        return Answer(status, _accepted(event_id))
+    record = idempotency_begin(request=idempotency)
+    if isinstance(record, Replay):
+        return Answer(record.status, record.body, replayed=True)
+    try:
+        with transaction.atomic():
+            body = _accepted(ingest(principal, payload, raw_body, key))
+            idempotency_complete(record_id=record, status=status, body=body)
+    except BaseException:
+        idempotency_abandon(record_id=record)
+        raise
+    return Answer(status, body)
 
 
-@functools.cache
-def _partner_targets_sql() -> str:
-    c = {f.name: qn(f.column) for f in Partner._meta.concrete_fields}
-    return (
-        f"SELECT {c['id']}, {c['channels']}, {c['retry_schedule']}"  # noqa: S608
-        f" FROM {qn(Partner._meta.db_table)}"
-        f" WHERE {c['tenant']} = %s AND {c['state']} <> %s ORDER BY {c['name']}"
-    )
+def _accepted(event_id: uuid.UUID) -> dict[str, Any]:
+    return {"status": "success", "eventId": str(event_id)}
 
 
-def _deliveries_create(event: Event, rows: list[Delivery]) -> list[Delivery]:
-    created = insert(rows)
-    waiting = [
-        (d.pk, batch_key(d.target, d.tenant_id))
-        for d in created
-        if d.status == Delivery.Status.PENDING
-    ]
-    if waiting:
-        # robust: a broker that is down must not fail the accepted request; the dispatcher
-        # finds the rows in the database and queues them later.
-        transaction.on_commit(lambda: enqueue(waiting), robust=True)
-    return created
+# --- one function per route; each runs inside event_accept's transaction -------------------
 
 
-def _first_attempt_at(partner: Partner | None, now):
-    """Entry 0 of the retry schedule is the delay before the first attempt (0 by default)."""
-    from integrations.services.deliveries import retry_schedule_for
+def _source(principal: Principal) -> str:
+    return Event.Source.ENGINE if principal.is_engine else Event.Source.PARTNER
 
-    delay = retry_schedule_for(partner)[0]
-    return now + timedelta(seconds=delay) if delay else now
+
+def _queue_on_commit(rows: list[tuple[int, str]]) -> None:
+    """Send the queue messages of new pending deliveries, (id, batch key), once the event is
+    committed; robust: a broker that is down must not fail the accepted request (the
+    dispatcher finds the rows later)."""
+    if rows:
+        transaction.on_commit(lambda: enqueue(rows), robust=True)
 
 
 def _partner_deliveries(
-    event: Event, partners: list[Partner], endpoint: str, now
-) -> list[Delivery]:
-    return _deliveries_create(
-        event,
-        [
-            Delivery(
-                event=event,
-                tenant_id=event.tenant_id,
-                ticket_id=event.ticket_id,
-                partner=p,
-                target=f"partner:{p.pk}",
-                endpoint=endpoint,
-                next_attempt_at=_first_attempt_at(p, now),
-                dispatched_at=now,
-            )
-            for p in partners
-        ],
+    *, event_id: uuid.UUID, tenant: Tenant, ticket_id: int, channel: str, endpoint: str, now
+) -> None:
+    """One delivery per partner subscribed to `channel` and not disabled (SPEC §3.2)."""
+    partners = ingest_sql.partner_targets(tenant_id=tenant.pk, channel=channel)
+    rows = [
+        ingest_sql.NewDelivery(
+            partner_id=p.id,
+            target=f"partner:{p.id}",
+            endpoint=endpoint,
+            status=Delivery.Status.PENDING,
+            next_attempt_at=first_attempt_at(p.retry_schedule, now),
+            dispatched_at=now,
+        )
+        for p in partners
+    ]
+    ids = ingest_sql.deliveries_insert(
+        event_id=event_id, tenant_id=tenant.pk, ticket_id=ticket_id, rows=rows, now=now
     )
+    _queue_on_commit([(pk, row.target) for pk, row in zip(ids, rows, strict=True)])
 
 
-def _relay_delivery(event: Event, endpoint: str, now) -> Delivery:
-    configured = bool(engine_relay_for(event.tenant).url_for(endpoint))
-    status = Delivery.Status.PENDING if configured else Delivery.Status.NOT_CONFIGURED
-    return _deliveries_create(
-        event,
-        [
-            Delivery(
-                event=event,
-                tenant_id=event.tenant_id,
-                ticket_id=event.ticket_id,
-                partner=None,
-                target=Delivery.ENGINE_TARGET,
-                endpoint=endpoint,
-                status=status,
-                next_attempt_at=_first_attempt_at(None, now) if configured else None,
-                dispatched_at=now if configured else None,
-                last_error="" if configured else "No engine relay is configured.",
-            )
-        ],
-    )[0]
+def _relay_delivery(
+    *, event_id: uuid.UUID, tenant: Tenant, ticket_id: int, endpoint: str, now
+) -> None:
+    """The engine relay's delivery (SPEC §6): `not_configured` (final) with no engine."""
+    configured = bool(relay_url(tenant, endpoint))
+    row = ingest_sql.NewDelivery(
+        partner_id=None,
+        target=Delivery.ENGINE_TARGET,
+        endpoint=endpoint,
+        status=Delivery.Status.PENDING if configured else Delivery.Status.NOT_CONFIGURED,
+        next_attempt_at=first_attempt_at("", now) if configured else None,
+        dispatched_at=now if configured else None,
+        last_error="" if configured else NO_RELAY,
+    )
+    ids = ingest_sql.deliveries_insert(
+        event_id=event_id, tenant_id=tenant.pk, ticket_id=ticket_id, rows=[row], now=now
+    )
+    if configured:
+        _queue_on_commit([(ids[0], batch_key(Delivery.ENGINE_TARGET, tenant.pk))])
 
 
-def event_ingest_incoming(
-    *, principal: Principal, msg: MessagePayload, raw_body: bytes, idempotency_key: str = ""
-) -> Event:
-    """Accept an engine incoming event (SPEC §3.1).
-
-    Upserts contact and ticket (re-opening a closed ticket), stores the event and queues one
-    delivery per subscribed partner. Raises Forbidden (owner not allowed).
-    """
+def _incoming(principal: Principal, msg: Any, raw_body: bytes, key: str) -> uuid.UUID:
+    """An engine incoming event (SPEC §3.1): upserts contact and ticket (re-opening a
+    closed ticket), one delivery per subscribed partner."""
     tenant = principal.tenant_for_owner(msg.owner)
     msg = msg.with_sticker_converted(tenant.sticker_text)
     now = timezone.now()
     created_date = localize_created_date(msg.created_date, tenant.time_zone)
     # The ticket takes the message's createdDate, so the payload renders it from the message.
     payload = render_incoming(msg, created_date=format_created_date(created_date, tenant.time_zone))
-    partners = _partner_targets(tenant, msg.channel)
-    # No savepoint when the view's transaction (Idempotency-Key) encloses this one: nothing
-    # here raises on purpose, and any error rolls the view's transaction back as a whole.
-    with transaction.atomic(savepoint=False):
-        contact_pk = _contact_upsert(tenant, msg, now)
-        ticket_pk, sequence = _ticket_upsert(tenant, msg, contact_pk, created_date, now)
-        event = _event_row(
-            tenant=tenant,
-            ticket_id=ticket_pk,
-            ticket_number=msg.ticket_number,
-            sequence=sequence,
-            kind=Event.Kind.INCOMING,
-            principal=principal,
-            payload=payload,
-            raw_body=raw_body,
-            idempotency_key=idempotency_key,
-            now=now,
-        )
-        _partner_deliveries(event, partners, Delivery.Endpoint.INCOMING, now)
-    return event
+    contact_pk = ingest_sql.contact_upsert(tenant_id=tenant.pk, msg=msg, now=now)
+    ticket_pk, sequence = ingest_sql.ticket_upsert(
+        tenant_id=tenant.pk, msg=msg, contact_pk=contact_pk, created_date=created_date, now=now
+    )
+    event_id = ingest_sql.event_insert(
+        tenant_id=tenant.pk,
+        kind=Event.Kind.INCOMING,
+        source=_source(principal),
+        partner_id=principal.partner.pk if principal.partner else None,
+        ticket_id=ticket_pk,
+        ticket_number=msg.ticket_number,
+        sequence=sequence,
+        raw_body=raw_body,
+        payload=payload,
+        idempotency_key=key,
+        received_at=now,
+    )
+    _partner_deliveries(
+        event_id=event_id,
+        tenant=tenant,
+        ticket_id=ticket_pk,
+        channel=msg.channel,
+        endpoint=Delivery.Endpoint.INCOMING,
+        now=now,
+    )
+    return event_id
 
 
-def _existing_ticket(tenant: Tenant, ticket_number: str) -> Ticket:
-    ticket = _ticket_for_update(tenant, ticket_number)
+def _locked_ticket(tenant: Tenant, ticket_number: str) -> Ticket:
+    """The ticket under a row lock (events of one ticket take their sequence numbers in
+    order); raises NotFound."""
+    ticket = (
+        Ticket.objects.select_for_update()
+        .filter(tenant=tenant, ticket_number=ticket_number)
+        .first()
+    )
     if ticket is None:
         raise NotFound(f"No ticket {ticket_number!r} for this owner.", code="ticket_not_found")
     return ticket
@@ -375,103 +215,110 @@ def _check_channel(ticket: Ticket, channel: str) -> None:
         )
 
 
-def _outgoing_event_create(
-    tenant: Tenant,
-    ticket: Ticket,
-    msg: MessagePayload,
+def _event_on_ticket(
     principal: Principal,
+    ticket: Ticket,
+    kind: str,
+    payload: dict[str, Any],
     raw_body: bytes,
-    idempotency_key: str,
+    key: str,
     now: datetime,
-) -> Event:
-    """Store an outgoing event (engine's or partner's) on a locked existing ticket; the
-    payload carries the ticket's creation date."""
-    payload = render_outgoing(
-        msg, created_date=format_created_date(ticket.created_date, tenant.time_zone)
-    )
-    return _event_create(
-        tenant=tenant,
-        ticket=ticket,
-        kind=Event.Kind.OUTGOING,
-        principal=principal,
-        payload=payload,
+) -> uuid.UUID:
+    """Store an event on a locked existing ticket, with the ticket's next sequence number
+    (the ticket's other changes, if any, are saved with it)."""
+    ticket.last_sequence += 1
+    ticket.save()
+    return ingest_sql.event_insert(
+        tenant_id=ticket.tenant_id,
+        kind=kind,
+        source=_source(principal),
+        partner_id=principal.partner.pk if principal.partner else None,
+        ticket_id=ticket.pk,
+        ticket_number=ticket.ticket_number,
+        sequence=ticket.last_sequence,
         raw_body=raw_body,
-        idempotency_key=idempotency_key,
-        now=now,
+        payload=payload,
+        idempotency_key=key,
+        received_at=now,
     )
 
 
-def event_ingest_engine_outgoing(
-    *, principal: Principal, msg: MessagePayload, raw_body: bytes, idempotency_key: str = ""
-) -> Event:
-    """Accept an outgoing message from the engine itself (bot greeting, platform agent).
+def _outgoing_payload(tenant: Tenant, ticket: Ticket, msg: MessagePayload) -> dict[str, Any]:
+    """An outgoing event carries the ticket's creation date (SPEC §3.2)."""
+    created = format_created_date(ticket.created_date, tenant.time_zone)
+    return render_outgoing(msg, created_date=created)
 
-    Mirrored to every subscribed partner's send-message path; accepted on a closed ticket
-    without re-opening it. Raises Forbidden, NotFound (unknown ticket).
-    """
+
+def _engine_outgoing(principal: Principal, msg: Any, raw_body: bytes, key: str) -> uuid.UUID:
+    """A message the platform itself sent (bot greeting, platform agent): mirrored to every
+    subscribed partner's send-message path; accepted on a closed ticket without re-opening
+    it (SPEC §3.2)."""
     tenant = principal.tenant_for_owner(msg.owner)
     msg = msg.with_sticker_converted(tenant.sticker_text)
     now = timezone.now()
-    with transaction.atomic():
-        ticket = _existing_ticket(tenant, msg.ticket_number)
-        event = _outgoing_event_create(
-            tenant, ticket, msg, principal, raw_body, idempotency_key, now
-        )
-        _partner_deliveries(
-            event, _partner_targets(tenant, ticket.channel), Delivery.Endpoint.SEND, now
-        )
-    return event
+    ticket = _locked_ticket(tenant, msg.ticket_number)
+    payload = _outgoing_payload(tenant, ticket, msg)
+    event_id = _event_on_ticket(principal, ticket, Event.Kind.OUTGOING, payload, raw_body, key, now)
+    _partner_deliveries(
+        event_id=event_id,
+        tenant=tenant,
+        ticket_id=ticket.pk,
+        channel=ticket.channel,
+        endpoint=Delivery.Endpoint.SEND,
+        now=now,
+    )
+    return event_id
 
 
-def event_ingest_partner_outgoing(
-    *, principal: Principal, msg: MessagePayload, raw_body: bytes, idempotency_key: str = ""
-) -> Event:
-    """Accept a partner's reply to the customer; relayed to the engine only (no echo).
-
-    Raises Forbidden, NotFound (unknown ticket), Conflict (ticket closed, other channel).
-    """
+def _partner_outgoing(principal: Principal, msg: Any, raw_body: bytes, key: str) -> uuid.UUID:
+    """A partner's reply to the customer: relayed to the engine only, never back to a
+    partner (SPEC §3.2). The ticket must be open and on the same channel."""
     tenant = principal.tenant_for_owner(msg.owner)
     now = timezone.now()
-    with transaction.atomic():
-        ticket = _existing_ticket(tenant, msg.ticket_number)
-        if ticket.status == Ticket.Status.CLOSED:
-            raise Conflict(f"Ticket {ticket.ticket_number!r} is closed.", code="ticket_closed")
-        _check_channel(ticket, msg.channel)
-        event = _outgoing_event_create(
-            tenant, ticket, msg, principal, raw_body, idempotency_key, now
-        )
-        _relay_delivery(event, Delivery.Endpoint.ENGINE_MESSAGE, now)
-    return event
+    ticket = _locked_ticket(tenant, msg.ticket_number)
+    if ticket.status == Ticket.Status.CLOSED:
+        raise Conflict(f"Ticket {ticket.ticket_number!r} is closed.", code="ticket_closed")
+    _check_channel(ticket, msg.channel)
+    payload = _outgoing_payload(tenant, ticket, msg)
+    event_id = _event_on_ticket(principal, ticket, Event.Kind.OUTGOING, payload, raw_body, key, now)
+    _relay_delivery(
+        event_id=event_id,
+        tenant=tenant,
+        ticket_id=ticket.pk,
+        endpoint=Delivery.Endpoint.ENGINE_MESSAGE,
+        now=now,
+    )
+    return event_id
 
 
-def event_ingest_command(
-    *, principal: Principal, cmd: CommandPayload, raw_body: bytes, idempotency_key: str = ""
-) -> Event:
-    """Apply a partner's ticket command (`close`) and relay it to the engine.
-
-    Closing a closed ticket is logged as an event but queues no relay.
-    Raises Forbidden, NotFound (unknown ticket), Conflict (other channel).
-    """
+def _command(principal: Principal, cmd: Any, raw_body: bytes, key: str) -> uuid.UUID:
+    """A partner's ticket command (`close`, SPEC §3.3), relayed to the engine. Closing a
+    closed ticket is stored as an event but relays nothing."""
     tenant = principal.tenant_for_owner(cmd.owner)
     now = timezone.now()
-    with transaction.atomic():
-        ticket = _existing_ticket(tenant, cmd.ticket_number)
-        _check_channel(ticket, cmd.channel)
-        already_closed = ticket.status == Ticket.Status.CLOSED
-        if not already_closed:
-            ticket.status = Ticket.Status.CLOSED
-            ticket.closed_at = now
-            ticket.closed_by = principal.partner.name if principal.partner else "engine"
-        event = _event_create(
+    ticket = _locked_ticket(tenant, cmd.ticket_number)
+    _check_channel(ticket, cmd.channel)
+    already_closed = ticket.status == Ticket.Status.CLOSED
+    if not already_closed:
+        ticket.status = Ticket.Status.CLOSED
+        ticket.closed_at = now
+        ticket.closed_by = principal.partner.name if principal.partner else "engine"
+    payload = render_command(cmd)
+    event_id = _event_on_ticket(principal, ticket, Event.Kind.COMMAND, payload, raw_body, key, now)
+    if not already_closed:
+        _relay_delivery(
+            event_id=event_id,
             tenant=tenant,
-            ticket=ticket,
-            kind=Event.Kind.COMMAND,
-            principal=principal,
-            payload=render_command(cmd),
-            raw_body=raw_body,
-            idempotency_key=idempotency_key,
+            ticket_id=ticket.pk,
+            endpoint=Delivery.Endpoint.ENGINE_COMMAND,
             now=now,
         )
-        if not already_closed:
-            _relay_delivery(event, Delivery.Endpoint.ENGINE_COMMAND, now)
-    return event
+    return event_id
+
+
+_INGEST: dict[Route, Callable[[Principal, Any, bytes, str], uuid.UUID]] = {
+    Route.ENGINE_INCOMING: _incoming,
+    Route.ENGINE_OUTGOING: _engine_outgoing,
+    Route.PARTNER_OUTGOING: _partner_outgoing,
+    Route.COMMAND: _command,
+}

@@ -1,26 +1,24 @@
-"""Idempotency-Key handling (SPEC §3.5).
+"""Idempotency-Key records (SPEC §3.5).
 
 The first request with a key inserts an `in_progress` record in its own committed
-transaction; a concurrent duplicate finds it and waits. The first request completes the record
-inside the same transaction that stores its event, so "event stored" and "key remembered" are
-one fact. Refusals (4xx) delete the record: they are not remembered.
+statement; a concurrent duplicate finds it and waits. The accepting service
+(services/events.py) completes the record inside the transaction that stores its event, so
+"event stored" and "key remembered" are one fact, and forgets it when the event is refused.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection
 from django.utils import timezone
 
 from integrations.errors import Conflict
 from integrations.models import IdempotencyRecord
-from integrations.services.sql import prep, qn
+from integrations.services.ingest_sql import idempotency_record_insert
 
 TTL = timedelta(hours=24)
 # An in-progress record older than this belongs to a request that died; it is taken over.
@@ -29,20 +27,33 @@ WAIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
+class IdempotencyRequest:
+    """A request under an Idempotency-Key: who holds the key's scope (one partner, all its
+    keys; or one engine key), the key, and the request's fingerprint."""
+
+    holder: str
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
 class Replay:
+    """The first answer given under a key, to be answered again."""
+
     status: int
     body: dict[str, Any]
 
 
 def request_fingerprint(method: str, path: str, body: bytes) -> str:
+    """SHA-256 of method, path and the exact body bytes."""
     digest = hashlib.sha256()
     for part in (method.encode(), b"\0", path.encode(), b"\0", body):
         digest.update(part)
     return digest.hexdigest()
 
 
-def idempotency_begin(*, holder: str, key: str, fingerprint: str) -> IdempotencyRecord | Replay:
-    """Start a request under a key: returns the new record, or the earlier answer to replay.
+def idempotency_begin(*, request: IdempotencyRequest) -> int | Replay:
+    """Start a request under a key: returns the new record's id, or the answer to replay.
 
     Raises Conflict (`idempotency_conflict`) when the key was used with another body, and
     (`idempotency_in_progress`) when a duplicate is still running after WAIT_SECONDS.
@@ -51,10 +62,12 @@ def idempotency_begin(*, holder: str, key: str, fingerprint: str) -> Idempotency
     pause = 0.02
     while True:
         now = timezone.now()
-        created = _record_insert(holder=holder, key=key, fingerprint=fingerprint, now=now)
+        created = idempotency_record_insert(
+            holder=request.holder, key=request.key, fingerprint=request.fingerprint, now=now
+        )
         if created is not None:
             return created
-        record = IdempotencyRecord.objects.filter(holder=holder, key=key).first()
+        record = IdempotencyRecord.objects.filter(holder=request.holder, key=request.key).first()
         if record is None:
             continue  # the other request was refused and forgot the key: try again
         expired = record.created_at < now - TTL
@@ -64,7 +77,7 @@ def idempotency_begin(*, holder: str, key: str, fingerprint: str) -> Idempotency
         if expired or stale:
             IdempotencyRecord.objects.filter(pk=record.pk, created_at=record.created_at).delete()
             continue
-        if record.request_hash != fingerprint:
+        if record.request_hash != request.fingerprint:
             raise Conflict(
                 "This Idempotency-Key was used with a different request body.",
                 code="idempotency_conflict",
@@ -80,56 +93,19 @@ def idempotency_begin(*, holder: str, key: str, fingerprint: str) -> Idempotency
         pause = min(pause * 2, 0.25)
 
 
-@functools.cache
-def _insert_sql() -> str:
-    c = {f.name: qn(f.column) for f in IdempotencyRecord._meta.fields}
-    table = qn(IdempotencyRecord._meta.db_table)
-    return (
-        f"INSERT INTO {table} ({c['holder']}, {c['key']}, {c['request_hash']}, {c['state']},"  # noqa: S608
-        f" {c['created_at']}) VALUES (%s, %s, %s, %s, %s)"
-        f" ON CONFLICT ({c['holder']}, {c['key']}) DO NOTHING RETURNING {c['id']}"
-    )
-
-
-def _record_insert(*, holder: str, key: str, fingerprint: str, now) -> IdempotencyRecord | None:
-    """Insert the in-progress record, or return None when the key is taken.
-
-    One statement that cannot fail on the unique key (INSERT ... ON CONFLICT DO NOTHING, on
-    PostgreSQL and SQLite alike), so it needs no transaction or savepoint of its own: outside
-    a transaction it commits at once, as a concurrent duplicate must see it. Hand-written
-    because every request with a key runs it (issue #7: the ORM's compiler cost more CPU than
-    the statement); only names from the model's metadata are formatted into the SQL.
-    """
-    state = IdempotencyRecord.State.IN_PROGRESS
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _insert_sql(),
-            [holder, key, fingerprint, state.value, prep(IdempotencyRecord, "created_at", now)],
-        )
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    record = IdempotencyRecord(
-        id=row[0], holder=holder, key=key, request_hash=fingerprint, state=state, created_at=now
-    )
-    record._state.adding, record._state.db = False, connection.alias
-    return record
-
-
-def idempotency_complete(*, record: IdempotencyRecord, status: int, body: dict) -> None:
+def idempotency_complete(*, record_id: int, status: int, body: dict[str, Any]) -> None:
     """Remember the answer; call inside the transaction that stored the event."""
-    IdempotencyRecord.objects.filter(pk=record.pk).update(
+    IdempotencyRecord.objects.filter(pk=record_id).update(
         state=IdempotencyRecord.State.DONE, response_status=status, response_body=body
     )
 
 
-def idempotency_abandon(*, record: IdempotencyRecord) -> None:
+def idempotency_abandon(*, record_id: int) -> None:
     """Forget a key whose request was refused or failed, so it can be used again."""
-    IdempotencyRecord.objects.filter(pk=record.pk).delete()
+    IdempotencyRecord.objects.filter(pk=record_id).delete()
 
 
-def idempotency_prune(*, now=None) -> int:
-    """Delete records older than 24 h; returns how many."""
-    now = now or timezone.now()
+def idempotency_prune(*, now: datetime) -> int:
+    """Delete records older than 24 h (retention); returns how many."""
     deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=now - TTL).delete()
     return deleted

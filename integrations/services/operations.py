@@ -14,10 +14,11 @@ from django.utils import timezone
 
 from integrations.delivery import send_webhook
 from integrations.errors import Conflict
-from integrations.models import Delivery, Event, IdempotencyRecord, Partner, SigningSecret, Tenant
+from integrations.models import Delivery, Event, Partner, Tenant
+from integrations.outbox.queue import queue_next_in_order
+from integrations.outbox.targets import outbound_policy, partner_target, relay_url
 from integrations.payloads import canonical_json, format_created_date
-from integrations.services.deliveries import outbound_policy, queue_next_in_order
-from integrations.services.events import engine_relay_for
+from integrations.services.idempotency import idempotency_prune
 
 RETENTION_BATCH = 500
 
@@ -43,9 +44,9 @@ def delivery_redeliver(*, delivery: Delivery) -> Delivery:
     once the engine relay is configured. Raises Conflict if it is not final yet, or is an
     engine relay with still no engine configured.
     """
-    if delivery.status == Delivery.Status.NOT_CONFIGURED and not engine_relay_for(
-        delivery.tenant
-    ).url_for(delivery.endpoint):
+    if delivery.status == Delivery.Status.NOT_CONFIGURED and not relay_url(
+        delivery.tenant, delivery.endpoint
+    ):
         raise Conflict("Configure the engine relay first.", code="not_configured")
     now = timezone.now()
     restarted = _restart(
@@ -157,22 +158,18 @@ def partner_send_test_event(*, partner: Partner) -> ProbeResult:
         "groupId": "",
         "language": "",
     }
-    url = partner.base_url.rstrip("/") + "/" + partner.incoming_message_path.lstrip("/")
-    secrets = [
-        s.secret
-        for s in SigningSecret.objects.filter(partner=partner)
-        if s.expires_at is None or s.expires_at > now
-    ]
+    target = partner_target(partner, Delivery.Endpoint.INCOMING, now)
+    url = target.url
     started = time.monotonic()
     try:
         result = send_webhook(
             url=url,
             body=canonical_json(payload),
             msg_id=f"test_{uuid.uuid4()}",
-            secrets=secrets,
+            secrets=list(target.secrets),
             policy=outbound_policy(),
-            connect_timeout=partner.connect_timeout,
-            deadline=partner.timeout,
+            connect_timeout=target.connect_timeout,
+            deadline=target.deadline,
         )
     except ValueError as exc:  # nothing valid to sign with: say so instead of failing
         return ProbeResult(
@@ -196,7 +193,8 @@ def partner_send_test_event(*, partner: Partner) -> ProbeResult:
 def events_prune(
     *, now: datetime | None = None, batch: int = RETENTION_BATCH, max_batches: int = 1000
 ) -> int:
-    """Delete events older than their tenant's retention whose deliveries are all final.
+    """Delete events older than their tenant's retention whose deliveries are all final,
+    then the Idempotency-Key records older than 24 h.
 
     Works in small batches (each its own short transaction) so it never locks the tables for
     long. Returns how many events were deleted.
@@ -219,5 +217,5 @@ def events_prune(
             with transaction.atomic():
                 Event.objects.filter(pk__in=ids).filter(~Exists(unfinished)).delete()
             deleted += len(ids)
-    IdempotencyRecord.objects.filter(created_at__lt=now - timedelta(hours=24)).delete()
+    idempotency_prune(now=now)
     return deleted

@@ -1,5 +1,6 @@
 from integrations.management.commands._base import JsonCommand
-from integrations.services.accounts import partner_create, tenant_get
+from integrations.services.accounts import tenant_get
+from integrations.services.partners import partner_create
 
 
 class Command(JsonCommand):

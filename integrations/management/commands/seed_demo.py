@@ -14,12 +14,8 @@ from django.db import transaction
 from integrations.errors import PortalError
 from integrations.management.commands._base import JsonCommand
 from integrations.models import ApiKey, Partner, Tenant, TenantMembership
-from integrations.services.accounts import (
-    api_key_create,
-    partner_create,
-    principal_authenticate,
-    tenant_create,
-)
+from integrations.services.accounts import api_key_create, principal_authenticate, tenant_create
+from integrations.services.partners import partner_create
 
 DEMO_OWNER = "82ab0fd5cfd1e80d1ff97c0cfc9aa9e2"
 DEMO_USERNAME = "demo-admin"

@@ -1,6 +1,6 @@
 """A partner's health counters (SPEC §5 "Partner state") and its automatic pause.
 
-Updated after the attempts' transaction, in short statements of their own: inside it, the
+Updated after a batch's transaction, in short statements of their own: inside it, the
 partner's row lock made every worker delivering to that partner queue behind the others
 (bench/delivery.py). A crash in between leaves those attempts out of the counters.
 """
@@ -12,17 +12,20 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import F
+from django.db.models import Case, F, Value, When
 from django.db.models.functions import Coalesce
 
 from integrations.delivery import DeliveryResult
 from integrations.models import Partner
-from integrations.webhooks import Outcome
 
 logger = logging.getLogger(__name__)
 
 # Weight of the newest attempt in the latency average (an exponentially weighted mean).
 LATENCY_WEIGHT = 0.2
+# An average below this (ms) is taken as 0 before it decays further: a long run of 0 ms
+# attempts would otherwise shrink it towards the smallest float, and PostgreSQL refuses a
+# product that underflows ("value out of range: underflow").
+LATENCY_FLOOR_MS = 0.001
 
 
 def latency_fold(average: float | None, durations: Sequence[int]) -> float | None:
@@ -40,15 +43,20 @@ def partner_successes(partner_id: int, durations: Sequence[int], now: datetime) 
     """Count successful attempts (oldest first) in one UPDATE: the failing run ends."""
     if not durations:
         return
-    keep = (1 - LATENCY_WEIGHT) ** len(durations)
     # average * keep + added is latency_fold(average, durations) for any starting average.
+    keep = (1 - LATENCY_WEIGHT) ** len(durations)
+    keep = keep if keep > 1e-300 else 0.0
     added = latency_fold(0.0, durations)
+    decayed = Case(
+        When(latency_ms_avg__lt=LATENCY_FLOOR_MS, then=Value(0.0)),
+        default=F("latency_ms_avg") * keep,
+    )
     Partner.objects.filter(pk=partner_id).update(
         consecutive_failures=0,
         failing_since=None,
         last_success_at=now,
         success_count=F("success_count") + len(durations),
-        latency_ms_avg=Coalesce(F("latency_ms_avg") * keep + added, latency_fold(None, durations)),
+        latency_ms_avg=Coalesce(decayed + added, latency_fold(None, durations)),
     )
 
 
@@ -79,14 +87,6 @@ def partner_failure(partner_id: int, result: DeliveryResult, now: datetime) -> b
             reason="Every attempt failed for longer than PORTAL_PARTNER_PAUSE_AFTER.",
         )
     return False
-
-
-def partner_health_update(partner_id: int, result: DeliveryResult, now: datetime) -> bool:
-    """Count one attempt; True when it paused the partner."""
-    if result.outcome == Outcome.SUCCESS:
-        partner_successes(partner_id, [result.duration_ms], now)
-        return False
-    return partner_failure(partner_id, result, now)
 
 
 def partner_pause(*, partner_id: int, reason: str, now: datetime) -> bool:

@@ -1,0 +1,284 @@
+"""Which deliveries may go now, and the one place that wakes workers for them (SPEC §5).
+
+Claims: one conditional UPDATE per batch takes, with a lease, the deliveries that may be
+attempted now. Queueing: a queue message carries a batch of one target's delivery ids; the
+dispatcher (beat) finds due deliveries in the database, so a lost message only delays one.
+
+The statements here are hand-written SQL, each in one function that says why: they run for
+every batch (claim, order, hand-back) or every second (dispatch), and building them through
+the ORM's compiler cost more worker CPU than PostgreSQL spent running them (bench/delivery.py,
+docs/PERFORMANCE.md). They run on PostgreSQL and SQLite (>= 3.35) alike. Only the models'
+own table names, status constants and placeholders are formatted into them (hence S608).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import current_app
+from django.conf import settings
+from django.db import connection, models, transaction
+from django.utils import timezone
+
+from integrations.models import Delivery, Partner
+
+logger = logging.getLogger(__name__)
+
+# The task that sends a batch (integrations/tasks.py); named, not imported: the outbox sits
+# below the tasks that call it.
+SEND_BATCH_TASK = "integrations.tasks.delivery_send_batch"
+
+Claimed = tuple[int, int | None]  # (delivery id, partner id or None for the engine relay)
+
+
+def db_value(model: type[models.Model], field: str, value: Any) -> Any:
+    """`value` as the database driver takes it for `model.field` (the ORM's own adaptation:
+    datetimes and UUIDs come out right on PostgreSQL and SQLite alike)."""
+    model_field = model._meta.get_field(field)
+    assert isinstance(model_field, models.Field)
+    return model_field.get_db_prep_save(value, connection)
+
+
+# --- claiming --------------------------------------------------------------------------------
+
+
+@functools.cache
+def _claimable_sql() -> str:
+    """WHERE conditions (on `d`, a delivery) of a delivery that may be attempted now; three
+    parameters, all `now`:
+
+    - due (waiting and its time has come) or its lease expired (a worker died holding it);
+    - its target is the engine relay or an active partner (not disabled, not paused);
+    - no older delivery of the same target and ticket is still open (SPEC §5 order);
+    - its partner is not failing with an attempt already in flight: a failing partner gets
+      one attempt at a time, or its timeouts would hold every worker slot and stall the
+      deliveries of other partners and tenants.
+    """
+    deliveries, partners = Delivery._meta.db_table, Partner._meta.db_table
+    final = ", ".join(f"'{status}'" for status in Delivery.FINAL_STATUSES)
+    waiting = ", ".join(f"'{status}'" for status in Delivery.WAITING_STATUSES)
+    return f"""
+        ((d.status IN ({waiting}) AND d.next_attempt_at <= %s)
+          OR (d.status = '{Delivery.Status.DELIVERING}' AND d.lease_expires_at < %s))
+        AND (d.partner_id IS NULL OR EXISTS (
+            SELECT 1 FROM {partners} p
+            WHERE p.id = d.partner_id AND p.state = '{Partner.State.ACTIVE}'))
+        AND NOT EXISTS (
+            SELECT 1 FROM {deliveries} o
+            WHERE o.target = d.target AND o.ticket_id = d.ticket_id AND o.id < d.id
+              AND o.status NOT IN ({final}))
+        AND NOT EXISTS (
+            SELECT 1 FROM {deliveries} b JOIN {partners} fp ON fp.id = b.partner_id
+            WHERE b.partner_id = d.partner_id AND fp.consecutive_failures > 0
+              AND b.status = '{Delivery.Status.DELIVERING}' AND b.lease_expires_at >= %s)
+    """  # noqa: S608
+
+
+def _claim(candidates: str, params: list[Any], token: uuid.UUID, now: datetime) -> list[Claimed]:
+    """The claim: of the delivery ids `candidates` selects (a SELECT on `c`), take those that
+    may be attempted now: status `delivering`, a new lease token and expiry, and the attempt
+    counted here, so a delivery whose worker dies mid-attempt still uses up its tries and
+    ends `dead` instead of looping. Rows another transaction has locked (being claimed or
+    recorded) are skipped rather than waited for, so concurrent claims neither queue up nor
+    deadlock (SQLite has one writer at a time anyway). Returns (id, partner id), by id."""
+    skip_locked = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    at = db_value(Delivery, "updated_at", now)
+    lease = timedelta(seconds=settings.PORTAL_DELIVERY_LEASE_SECONDS)
+    sql = f"""
+        UPDATE {Delivery._meta.db_table} AS d
+        SET status = %s, lease_token = %s, lease_expires_at = %s,
+            attempts = attempts + 1, updated_at = %s
+        WHERE d.id IN ({candidates}{skip_locked}) AND {_claimable_sql()}
+        RETURNING id, partner_id
+    """  # noqa: S608
+    values = [
+        Delivery.Status.DELIVERING.value,
+        db_value(Delivery, "lease_token", token),
+        db_value(Delivery, "lease_expires_at", now + lease),
+        at,
+        *params,
+        at,
+        at,
+        at,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        return sorted(cursor.fetchall())
+
+
+def deliveries_claim(
+    *, delivery_ids: Sequence[int], token: uuid.UUID, now: datetime
+) -> list[Claimed]:
+    """Take those of these deliveries that may be attempted now under lease `token`.
+
+    Returns (id, partner id) of each delivery taken, by id; a delivery is returned to one
+    caller only, so a duplicate queue message or a second worker does nothing.
+    """
+    ids = [int(pk) for pk in delivery_ids]
+    if not ids:
+        return []
+    candidates = f"""
+        SELECT c.id FROM {Delivery._meta.db_table} c
+        WHERE c.id IN ({", ".join(["%s"] * len(ids))})
+    """  # noqa: S608
+    return _claim(candidates, ids, token, now)
+
+
+def deliveries_claim_more(
+    *, partner_id: int, limit: int, token: uuid.UUID, now: datetime
+) -> list[int]:
+    """Top a batch up: of this partner's `limit` oldest new (`pending`, due) deliveries, take
+    those that may be attempted now; returns their ids.
+
+    Each event queues its own message, so a burst to one partner would otherwise be sent one
+    task per delivery; their own messages later find them taken and do nothing. Only `limit`
+    rows are looked at (on a backlog of few tickets most are held back by the order rule, and
+    the batch simply stays small), so the cost stays bounded.
+    """
+    candidates = f"""
+        SELECT c.id FROM {Delivery._meta.db_table} c
+        WHERE c.partner_id = %s AND c.status = %s AND c.next_attempt_at <= %s
+        ORDER BY c.id LIMIT %s
+    """  # noqa: S608
+    params = [partner_id, Delivery.Status.PENDING.value, db_value(Delivery, "updated_at", now)]
+    return [pk for pk, _ in _claim(candidates, [*params, limit], token, now)]
+
+
+def deliveries_hand_back(*, delivery_ids: Sequence[int], token: uuid.UUID) -> int:
+    """Give back claimed deliveries that were not tried: the try the claim counted is
+    returned, and the status is what it was before the claim (`pending` before a first try,
+    `retrying` after one); the dispatcher queues them again on its next run. Only rows still
+    under lease `token` change. Returns how many did."""
+    ids = [int(pk) for pk in delivery_ids]
+    if not ids:
+        return 0
+    sql = f"""
+        UPDATE {Delivery._meta.db_table}
+        SET status = CASE WHEN attempts <= retry_base + 1 THEN %s ELSE %s END,
+            attempts = attempts - 1, lease_token = NULL, lease_expires_at = NULL,
+            dispatched_at = NULL, updated_at = %s
+        WHERE lease_token = %s AND id IN ({", ".join(["%s"] * len(ids))})
+    """  # noqa: S608
+    params = [
+        Delivery.Status.PENDING.value,
+        Delivery.Status.RETRYING.value,
+        db_value(Delivery, "updated_at", timezone.now()),
+        db_value(Delivery, "lease_token", token),
+        *ids,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
+
+
+# --- per-ticket order -------------------------------------------------------------------------
+
+
+def queue_next_in_order(finished: Iterable[Delivery]) -> None:
+    """When deliveries become final, the next open one of each (target, ticket) goes at once
+    (marked as queued now; its message is sent on commit).
+
+    Call inside the transaction that made them final. One statement for a whole batch: the
+    ORM's OR of one condition per pair cost more worker CPU to build than PostgreSQL spent
+    running it (bench/delivery.py). VALUES columns are column1, column2, … on PostgreSQL and
+    SQLite alike.
+    """
+    after: dict[tuple[str, int], int] = {}
+    for delivery in finished:
+        pair = (delivery.target, delivery.ticket_id)
+        after[pair] = min(after.get(pair, delivery.pk), delivery.pk)
+    if not after:
+        return
+    table = Delivery._meta.db_table
+    final = ", ".join(["%s"] * len(Delivery.FINAL_STATUSES))
+    sql = f"""
+        UPDATE {table} SET dispatched_at = %s
+        WHERE id IN (
+            SELECT MIN(n.id) FROM {table} n
+            JOIN (VALUES {", ".join(["(%s, %s, %s)"] * len(after))}) v
+              ON n.target = v.column1 AND n.ticket_id = v.column2 AND n.id > v.column3
+            WHERE n.status NOT IN ({final})
+            GROUP BY n.target, n.ticket_id)
+        RETURNING id, target, tenant_id
+    """  # noqa: S608
+    params = [
+        db_value(Delivery, "dispatched_at", timezone.now()),
+        *(value for (target, ticket), pk in after.items() for value in (target, ticket, pk)),
+        *Delivery.FINAL_STATUSES,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = [(pk, batch_key(target, tenant)) for pk, target, tenant in cursor.fetchall()]
+    if rows:
+        transaction.on_commit(lambda: enqueue(rows), robust=True)
+
+
+# --- the dispatcher ---------------------------------------------------------------------------
+
+
+def deliveries_due(*, now: datetime, limit: int = 500) -> list[tuple[int, str]]:
+    """Deliveries to queue now, oldest due first, as (id, batch key): claimable (see
+    `_claimable_sql`) and not queued in the last PORTAL_REDISPATCH_AFTER seconds, so a
+    backlog in the broker is not flooded with duplicates every second."""
+    stale = now - timedelta(seconds=settings.PORTAL_REDISPATCH_AFTER)
+    at = db_value(Delivery, "updated_at", now)
+    sql = f"""
+        SELECT d.id, d.target, d.tenant_id FROM {Delivery._meta.db_table} d
+        WHERE {_claimable_sql()} AND (d.dispatched_at IS NULL OR d.dispatched_at < %s)
+        ORDER BY d.next_attempt_at, d.id
+        LIMIT %s
+    """  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [at, at, at, db_value(Delivery, "dispatched_at", stale), limit])
+        return [(pk, batch_key(target, tenant)) for pk, target, tenant in cursor.fetchall()]
+
+
+def deliveries_dispatch(*, now: datetime, limit: int = 500) -> int:
+    """Queue every due delivery not queued recently, in batches per target; returns how
+    many were queued."""
+    rows = deliveries_due(now=now, limit=limit)
+    if rows:
+        Delivery.objects.filter(pk__in=[pk for pk, _ in rows]).update(dispatched_at=now)
+        enqueue(rows)
+    return len(rows)
+
+
+# --- queue messages ---------------------------------------------------------------------------
+
+
+def batch_key(target: str, tenant_id: int) -> str:
+    """What a batch is one of: a partner, or one tenant's engine relay (every tenant's relay
+    target is "engine", but one tenant's engine must not hold up another's)."""
+    return f"{target}:{tenant_id}" if target == Delivery.ENGINE_TARGET else target
+
+
+def batches_by_target(rows: Iterable[tuple[int, str]], size: int) -> list[list[int]]:
+    """Group (delivery id, batch key) pairs into queue messages: one key each (a slow partner
+    or engine never holds up another's batch), at most `size` ids each, in id order."""
+    by_target: dict[str, list[int]] = defaultdict(list)
+    for pk, target in sorted(rows):
+        by_target[target].append(pk)
+    return [pks[i : i + size] for pks in by_target.values() for i in range(0, len(pks), size)]
+
+
+def enqueue(rows: Iterable[tuple[int, str]]) -> None:
+    """Send the queue messages for these (delivery id, batch key) pairs, in batches of at
+    most PORTAL_DELIVERY_BATCH ids of one target each."""
+    for batch in batches_by_target(rows, settings.PORTAL_DELIVERY_BATCH):
+        publish(SEND_BATCH_TASK, batch)
+
+
+def publish(task: str, *args: Any) -> None:
+    """Send one queue message for the task named `task`. A broker error is logged, not
+    raised: what the task would do is in the database (deliveries are found again by the
+    dispatcher), so a broker that is down must not fail the caller."""
+    try:
+        current_app.signature(task, args=args).delay()
+    except Exception:
+        logger.exception("could not queue %s%r; the dispatcher will retry", task, args)

@@ -1,0 +1,214 @@
+"""Recording a batch: its attempts and outcomes in one transaction, then the partners'
+health counters and the alerts (SPEC §5).
+
+No transaction is open during an HTTP call: the sender collects what became of each
+delivery (`Finished`, its result already made `storable`) and hands it here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from functools import partial
+from urllib.parse import urlsplit, urlunsplit
+
+from django.db import transaction
+from django.utils import timezone
+
+from integrations.delivery import DeliveryResult
+from integrations.models import Delivery, DeliveryAttempt
+from integrations.outbox import queue
+from integrations.outbox.health import partner_failure, partner_successes
+from integrations.webhooks import Outcome
+
+STORED_BODY_BYTES = 8 * 1024
+# The alert tasks (integrations/tasks.py), named: the outbox sits below the tasks.
+PARTNER_PAUSED_ALERT_TASK = "integrations.tasks.partner_paused_alert"
+DELIVERIES_DEAD_ALERT_TASK = "integrations.tasks.deliveries_dead_alert"
+
+
+class SendResult(StrEnum):
+    """What became of one delivery id handed to the sender."""
+
+    SUCCEEDED = Delivery.Status.SUCCEEDED.value
+    RETRYING = Delivery.Status.RETRYING.value
+    DEAD = Delivery.Status.DEAD.value
+    NOT_CONFIGURED = Delivery.Status.NOT_CONFIGURED.value
+    # not due, held back by an older delivery of its ticket, or another worker has it
+    NOT_CLAIMED = "not_claimed"
+    # claimed, then given back untried (its partner failed earlier in the batch, or the
+    # batch ran out of time); it waits again
+    HANDED_BACK = "handed_back"
+    # the attempt outlived its lease and another worker took the delivery over: the attempt
+    # is recorded, the other worker's outcome stands
+    LEASE_LOST = "lease_lost"
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What became of one claimed delivery, to be recorded with the rest of its batch."""
+
+    delivery: Delivery
+    status: Delivery.Status
+    error: str
+    next_at: datetime | None = None
+    result: DeliveryResult | None = None  # None: finished without sending a request
+    url: str = ""
+
+
+def unanswered(error_class: str, message: str) -> DeliveryResult:
+    """A dead outcome with no answer from the target (nothing was received)."""
+    return DeliveryResult(
+        outcome=Outcome.DEAD,
+        status_code=None,
+        request_headers={},
+        response_headers={},
+        response_body=b"",
+        duration_ms=0,
+        error_class=error_class,
+        error_message=message[:1000],
+        retry_after=None,
+        gone=False,
+    )
+
+
+_LOST_WORKER = unanswered("worker_lost", "A worker was lost during the last attempt.")
+
+
+def storable_text(text: str) -> str:
+    """PostgreSQL text and jsonb refuse NUL, and a partner's answer (body, headers, a garbled
+    status line quoted in an error) may well contain it: U+FFFD is stored in its place."""
+    return text.replace("\x00", "\ufffd")
+
+
+def storable(result: DeliveryResult) -> DeliveryResult:
+    """The result with its answer's headers and the error message fit to be stored."""
+    return dataclasses.replace(
+        result,
+        response_headers={
+            storable_text(k): storable_text(v) for k, v in result.response_headers.items()
+        },
+        error_message=storable_text(result.error_message),
+    )
+
+
+def url_for_storage(url: str) -> str:
+    """The URL without the password of credentials written into it (user:password@host):
+    they travel as an Authorization header, which is never stored either."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc}"))
+
+
+def _attempt_row(finished: Finished) -> DeliveryAttempt:
+    result = finished.result
+    assert result is not None
+    return DeliveryAttempt(
+        delivery=finished.delivery,
+        number=finished.delivery.attempts,
+        url=url_for_storage(finished.url),
+        request_headers=result.request_headers,
+        response_status=result.status_code,
+        response_headers=result.response_headers,
+        response_body=storable_text(
+            result.response_body[:STORED_BODY_BYTES].decode("utf-8", "replace")
+        ),
+        duration_ms=result.duration_ms,
+        outcome=result.outcome,
+        error_class=result.error_class,
+        error_message=result.error_message[:1000],
+    )
+
+
+def _changes(finished: Finished, now: datetime) -> tuple[tuple[str, object], ...]:
+    """The columns one finished delivery sets; deliveries with equal changes share an UPDATE
+    (so `delivered_at` is the time the batch was recorded, as is its attempts' `created_at`)."""
+    changes: dict[str, object] = {
+        "status": finished.status,
+        "next_attempt_at": finished.next_at,
+        "last_error": finished.error[:500],
+    }
+    if finished.result is not None:
+        changes["last_status_code"] = finished.result.status_code
+        changes["dispatched_at"] = None
+        changes["delivered_at"] = now if finished.status == Delivery.Status.SUCCEEDED else None
+    return tuple(changes.items())
+
+
+def batch_record(*, token: uuid.UUID, finished: list[Finished]) -> dict[int, SendResult]:
+    """Write these deliveries' attempts and outcomes in one transaction; returns each id's
+    SendResult.
+
+    Only rows still under lease `token` change; a delivery whose lease ran out mid-attempt
+    (another worker holds it now) gets its attempt recorded and the result LEASE_LOST. The
+    next delivery of every finished (target, ticket) is queued in the same transaction.
+    Then, in statements of their own, the partners' counters; alerts are queued on commit.
+    """
+    if not finished:
+        return {}
+    now = timezone.now()
+    results: dict[int, SendResult] = {}
+    with transaction.atomic():
+        ours = set(
+            Delivery.objects.select_for_update()
+            .filter(pk__in=[f.delivery.pk for f in finished], lease_token=token)
+            .values_list("pk", flat=True)
+        )
+        attempts = [_attempt_row(f) for f in finished if f.result is not None]
+        if attempts:
+            DeliveryAttempt.objects.bulk_create(attempts)
+        groups: dict[tuple[tuple[str, object], ...], list[int]] = defaultdict(list)
+        for f in finished:
+            if f.delivery.pk in ours:
+                results[f.delivery.pk] = SendResult(f.status)
+                groups[_changes(f, now)].append(f.delivery.pk)
+            else:
+                results[f.delivery.pk] = SendResult.LEASE_LOST
+        for changes, pks in groups.items():
+            Delivery.objects.filter(pk__in=pks).update(
+                **dict(changes), lease_token=None, lease_expires_at=None, updated_at=now
+            )
+        queue.queue_next_in_order(
+            f.delivery
+            for f in finished
+            if f.delivery.pk in ours and f.status in Delivery.FINAL_STATUSES
+        )
+    _health_and_alerts([f for f in finished if f.delivery.pk in ours], now)
+    return results
+
+
+def _health_and_alerts(finished: list[Finished], now: datetime) -> None:
+    """Each partner's counters, in the order of its attempts; then the alerts, queued as
+    tasks of their own (a slow mail server never holds a batch's leases)."""
+    by_partner: dict[int, list[Finished]] = defaultdict(list)
+    for f in finished:
+        if f.delivery.partner_id is not None and (
+            f.result is not None or f.status == Delivery.Status.DEAD
+        ):
+            by_partner[f.delivery.partner_id].append(f)
+    for partner_id, rows in by_partner.items():
+        paused, successes = False, []
+        for f in rows:
+            if f.result is not None and f.result.outcome == Outcome.SUCCESS:
+                successes.append(f.result.duration_ms)
+                continue
+            partner_successes(partner_id, successes, now)
+            successes = []
+            # A delivery whose worker died during its last try counts as a failure too: a
+            # partner that hangs until workers die still gets paused in time.
+            paused |= partner_failure(partner_id, f.result or _LOST_WORKER, now)
+        partner_successes(partner_id, successes, now)
+        if paused:
+            transaction.on_commit(
+                partial(queue.publish, PARTNER_PAUSED_ALERT_TASK, partner_id), robust=True
+            )
+        if any(f.status == Delivery.Status.DEAD for f in rows):
+            transaction.on_commit(
+                partial(queue.publish, DELIVERIES_DEAD_ALERT_TASK, partner_id), robust=True
+            )

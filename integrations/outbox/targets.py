@@ -1,0 +1,139 @@
+"""Where and how a delivery goes (SPEC §5 and §6): URL, live signing secrets, bearer token,
+timeouts, retry schedule and SSRF policy.
+
+The one place that reads a partner's or a tenant's delivery settings: ingest asks it whether
+the engine relay is configured and when a first attempt is due, the sender asks it where to
+send, the "send test event" operation asks it too.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Q
+
+from integrations.models import Delivery, Partner, SigningSecret, Tenant
+from integrations.ssrf import OutboundPolicy
+from portal.env import parse_retry_schedule
+
+logger = logging.getLogger(__name__)
+
+# The engine relay's limits (SPEC §5 defaults; not adjustable per tenant).
+RELAY_CONNECT_TIMEOUT = 3.0
+RELAY_DEADLINE = 10.0
+NO_RELAY = "No engine relay is configured."
+
+
+@dataclass(frozen=True)
+class Target:
+    """Everything the transport needs to send one delivery."""
+
+    url: str  # "" when nothing is configured (an engine relay with no engine)
+    secrets: tuple[str, ...]
+    bearer_token: str
+    connect_timeout: float
+    deadline: float
+
+
+def join_url(base_url: str, path: str) -> str:
+    """`base_url` + `path` with exactly one slash between them."""
+    return base_url.rstrip("/") + "/" + path.lstrip("/")
+
+
+def relay_url(tenant: Tenant, endpoint: str) -> str:
+    """The engine's URL for this relay endpoint, or "" when no engine is configured.
+
+    Each setting falls back to the portal-wide one (PORTAL_ENGINE_*).
+    """
+    base_url = tenant.engine_base_url or settings.PORTAL_ENGINE_BASE_URL
+    if endpoint == Delivery.Endpoint.ENGINE_MESSAGE:
+        path = tenant.engine_send_message_path or settings.PORTAL_ENGINE_SEND_MESSAGE_PATH
+    else:
+        path = tenant.engine_command_path or settings.PORTAL_ENGINE_COMMAND_PATH
+    return join_url(base_url, path) if base_url and path else ""
+
+
+def relay_token(tenant: Tenant) -> str:
+    """The bearer token sent to the tenant's engine relay.
+
+    The portal-wide PORTAL_ENGINE_TOKEN is a credential valid for every tenant: it is only
+    ever sent to the portal-wide engine URL. A tenant that sets its own engine URL brings its
+    own token, or none (else a tenant admin could collect the operator's token by pointing
+    the relay at a server of their own)."""
+    if tenant.engine_base_url:
+        return tenant.engine_token
+    return tenant.engine_token or settings.PORTAL_ENGINE_TOKEN
+
+
+def relay_target(tenant: Tenant, endpoint: str) -> Target:
+    """The tenant's engine relay for this endpoint, signed with its engine secret."""
+    return Target(
+        url=relay_url(tenant, endpoint),
+        secrets=(tenant.engine_signing_secret,),
+        bearer_token=relay_token(tenant),
+        connect_timeout=RELAY_CONNECT_TIMEOUT,
+        deadline=RELAY_DEADLINE,
+    )
+
+
+def live_secrets(partner: Partner, now: datetime) -> tuple[str, ...]:
+    """The partner's signing secrets that have not expired (two during a rotation)."""
+    live = SigningSecret.objects.filter(partner=partner).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+    )
+    return tuple(live.values_list("secret", flat=True))  # newest first (model ordering)
+
+
+def partner_target(partner: Partner, endpoint: str, now: datetime) -> Target:
+    """The partner's incoming-message or send-message path, with its live secrets."""
+    path = (
+        partner.incoming_message_path
+        if endpoint == Delivery.Endpoint.INCOMING
+        else partner.send_message_path
+    )
+    return Target(
+        url=join_url(partner.base_url, path),
+        secrets=live_secrets(partner, now),
+        bearer_token="",
+        connect_timeout=partner.connect_timeout,
+        deadline=partner.timeout,
+    )
+
+
+def delivery_target(delivery: Delivery, now: datetime) -> Target:
+    """Where this delivery goes (its partner and tenant loaded with it)."""
+    if delivery.partner is None:
+        return relay_target(delivery.tenant, delivery.endpoint)
+    return partner_target(delivery.partner, delivery.endpoint, now)
+
+
+def retry_schedule(override: str = "") -> tuple[int, ...]:
+    """A partner's own schedule (`Partner.retry_schedule`) when set, else
+    PORTAL_RETRY_SCHEDULE. Entry n is the delay before attempt n + 1, counted from 0."""
+    if override.strip():
+        try:
+            return parse_retry_schedule(override, name="retry schedule")
+        except ImproperlyConfigured:  # a bad override must not stop deliveries
+            logger.warning("invalid retry schedule override %r: the default is used", override)
+    return tuple(settings.PORTAL_RETRY_SCHEDULE)
+
+
+def first_attempt_at(override: str, now: datetime) -> datetime:
+    """When a new delivery is due: entry 0 of its schedule is the delay before attempt 1."""
+    delay = retry_schedule(override)[0]
+    return now + timedelta(seconds=delay) if delay else now
+
+
+@functools.lru_cache(maxsize=8)
+def _policy(entries: tuple[str, ...]) -> OutboundPolicy:
+    return OutboundPolicy.from_setting(",".join(entries))
+
+
+def outbound_policy() -> OutboundPolicy:
+    """The SSRF policy of PORTAL_OUTBOUND_ALLOWLIST (cached per value)."""
+    return _policy(tuple(settings.PORTAL_OUTBOUND_ALLOWLIST))

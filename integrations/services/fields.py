@@ -1,0 +1,92 @@
+"""Rules for the settings tenant admins type (URLs, paths, channels, time zones), written
+once for every face: admin forms, management commands, the management API.
+
+Each cleaner returns the normalised value or raises ValueError with a sentence for the
+field; `collect_errors` runs several and raises one PortalError keyed by field name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
+
+from integrations.errors import PortalError
+from integrations.payloads import CHANNEL_PATTERN, MAX_CHANNEL
+
+_CHANNEL_RE = re.compile(CHANNEL_PATTERN)
+
+
+def base_url_clean(url: str, *, max_length: int = 2048) -> str:
+    """An absolute http(s) URL (the scheme is never guessed), without a trailing slash.
+    Raises ValueError with the problem."""
+    url = url.strip()
+    if len(url) > max_length:
+        raise ValueError(f"At most {max_length} characters.")
+    try:
+        URLValidator(schemes=["http", "https"])(url)
+    except ValidationError:
+        raise ValueError(
+            "Not an absolute http(s) URL: it must start with http:// or https://, such as "
+            "https://desk.example.com."
+        ) from None
+    return url.rstrip("/")
+
+
+def path_clean(path: str) -> str:
+    """A URL path: starts with '/', no white space. Raises ValueError."""
+    path = path.strip()
+    if not path.startswith("/") or any(ch.isspace() for ch in path) or len(path) > 500:
+        raise ValueError("Must start with '/', contain no spaces and have at most 500 characters.")
+    return path
+
+
+def channels_clean(channels: list[str] | str) -> list[str]:
+    """Channel names (a list, or text separated by commas), lower-cased, sorted, each one a
+    channel name as events carry it (SPEC §3.1); empty means every channel. Raises
+    ValueError naming the names refused."""
+    if isinstance(channels, str):
+        channels = channels.split(",")
+    names = sorted({c.strip().lower() for c in channels if c.strip()})
+    bad = [n for n in names if len(n) > MAX_CHANNEL or not _CHANNEL_RE.match(n)]
+    if bad:
+        raise ValueError(
+            f"Not a channel name: {', '.join(repr(n) for n in bad)}. Use lower-case names "
+            "such as whatsapp or telegram (letters, digits, '.', '_' or '-', no spaces)."
+        )
+    return names
+
+
+def time_zone_clean(name: str) -> str:
+    """An IANA time zone name such as Asia/Jakarta. Raises ValueError."""
+    name = name.strip()
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"Unknown time zone {name!r}; use a name such as Asia/Jakarta.") from None
+    return name
+
+
+def collect_errors(
+    cleaners: Mapping[str, Callable[[Any], Any]], values: Mapping[str, Any], message: str
+) -> dict[str, Any]:
+    """Clean each value with its field's cleaner; returns the cleaned values, or raises
+    PortalError (`validation_error`, `message`) with every problem keyed by field name.
+    A value no cleaner knows is a programming error (TypeError)."""
+    unknown = set(values) - set(cleaners)
+    if unknown:
+        raise TypeError(f"no such settings: {sorted(unknown)}")
+    cleaned, errors = {}, {}
+    for name, value in values.items():
+        try:
+            cleaned[name] = cleaners[name](value)
+        except ValueError as exc:
+            errors[name] = [str(exc)]
+    if errors:
+        details = "; ".join(f"{name}: {' '.join(problems)}" for name, problems in errors.items())
+        raise PortalError(f"{message} {details}", code="validation_error", errors=errors)
+    return cleaned

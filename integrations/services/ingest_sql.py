@@ -1,0 +1,297 @@
+"""The ingest write path's hand-written SQL (SPEC §3, §5): what one accepted event writes.
+
+Every accepted event runs these statements, and building them through the ORM's query
+compiler took about a quarter of the web process's CPU per request (py-spy on
+bench/ingest.py, docs/PERFORMANCE.md). So each statement below is one function with its
+reason; its text is built once per process from the models' metadata (table and column names
+are never spelled out by hand) and only the values are adapted per call, by each field's own
+get_db_prep_save (JSON, bytes, UUIDs and datetimes come out right on PostgreSQL and SQLite
+alike). INSERT … ON CONFLICT and RETURNING run on PostgreSQL and on SQLite >= 3.35. Only names
+from the models' metadata, fixed SQL and placeholders are formatted in (hence S608).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import connection, models
+
+from integrations.models import Contact, Delivery, Event, IdempotencyRecord, Partner, Ticket
+from integrations.payloads import MessagePayload
+
+
+def _qn(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def _columns(model: type[models.Model]) -> dict[str, str]:
+    """Field name -> quoted column name."""
+    return {f.name: _qn(f.column) for f in model._meta.concrete_fields}
+
+
+def _values(model: type[models.Model], row: dict[str, Any]) -> list[Any]:
+    """The row's values, adapted by each field as the ORM would."""
+    return [model._meta.get_field(name).get_db_prep_save(v, connection) for name, v in row.items()]
+
+
+@functools.cache
+def _insert_sql(model: type[models.Model], names: tuple[str, ...], rows: int, tail: str) -> str:
+    c = _columns(model)
+    row = "(" + ", ".join(["%s"] * len(names)) + ")"
+    return (
+        f"INSERT INTO {_qn(model._meta.db_table)} ({', '.join(c[n] for n in names)})"  # noqa: S608
+        f" VALUES {', '.join([row] * rows)}{tail}"
+    )
+
+
+@dataclass(frozen=True)
+class PartnerTarget:
+    """What a delivery row needs of a partner that gets a copy of an event."""
+
+    id: int
+    retry_schedule: str
+
+
+@functools.cache
+def _partner_targets_sql() -> str:
+    c = _columns(Partner)
+    return (
+        f"SELECT {c['id']}, {c['channels']}, {c['retry_schedule']}"  # noqa: S608
+        f" FROM {_qn(Partner._meta.db_table)}"
+        f" WHERE {c['tenant']} = %s AND {c['state']} <> %s ORDER BY {c['name']}"
+    )
+
+
+def partner_targets(*, tenant_id: int, channel: str) -> list[PartnerTarget]:
+    """The tenant's partners that get a copy of an event on `channel`: subscribed to it (no
+    channels means every channel) and not disabled by an admin; by name. A paused partner
+    still gets its rows: they wait until it is resumed (never dropped).
+
+    One SELECT of three columns: loading Partner instances cost more than the query."""
+    with connection.cursor() as cursor:
+        cursor.execute(_partner_targets_sql(), [tenant_id, Partner.State.DISABLED.value])
+        rows = cursor.fetchall()
+    targets = []
+    for pk, channels, schedule in rows:
+        subscribed = json.loads(channels) if isinstance(channels, (str, bytes)) else channels
+        if not subscribed or channel in subscribed:
+            targets.append(PartnerTarget(id=pk, retry_schedule=schedule))
+    return targets
+
+
+@functools.cache
+def _contact_upsert_sql() -> str:
+    c = _columns(Contact)
+    names = ("tenant", "contact_id", "customer_name", "channel", "account_id")
+    names += ("first_seen", "last_seen")
+    updated = ("customer_name", "channel", "account_id", "last_seen")
+    return _insert_sql(
+        Contact,
+        names,
+        1,
+        f" ON CONFLICT ({c['tenant']}, {c['contact_id']}) DO UPDATE SET "
+        + ", ".join(f"{c[n]} = EXCLUDED.{c[n]}" for n in updated)
+        + f" RETURNING {c['id']}",
+    )
+
+
+def contact_upsert(*, tenant_id: int, msg: MessagePayload, now: datetime) -> int:
+    """Insert or update the event's contact in one statement; `first_seen` is kept from the
+    first insert. Returns the contact's pk."""
+    row = {
+        "tenant": tenant_id,
+        "contact_id": msg.contact_id,
+        "customer_name": msg.customer_name,
+        "channel": msg.channel,
+        "account_id": msg.account_id,
+        "first_seen": now,
+        "last_seen": now,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_contact_upsert_sql(), _values(Contact, row))
+        return cursor.fetchone()[0]
+
+
+@functools.cache
+def _ticket_upsert_sql() -> str:
+    table = _qn(Ticket._meta.db_table)
+    c = _columns(Ticket)
+    names = ("tenant", "ticket_number", "contact", "channel", "account_id", "customer_name")
+    names += ("created_date", "group_id", "language", "status", "closed_by", "closed_at")
+    names += ("last_sequence", "created_at", "updated_at")
+    closed = f"{table}.{c['status']} = '{Ticket.Status.CLOSED}'"
+    return _insert_sql(
+        Ticket,
+        names,
+        1,
+        f" ON CONFLICT ({c['tenant']}, {c['ticket_number']}) DO UPDATE SET"
+        f" {c['contact']} = EXCLUDED.{c['contact']},"
+        f" {c['channel']} = EXCLUDED.{c['channel']},"
+        f" {c['account_id']} = EXCLUDED.{c['account_id']},"
+        f" {c['customer_name']} = EXCLUDED.{c['customer_name']},"
+        f" {c['created_date']} = EXCLUDED.{c['created_date']},"
+        # Rule: an empty groupId or language keeps the ticket's earlier one.
+        f" {c['group_id']} = CASE WHEN EXCLUDED.{c['group_id']} = ''"
+        f" THEN {table}.{c['group_id']} ELSE EXCLUDED.{c['group_id']} END,"
+        f" {c['language']} = CASE WHEN EXCLUDED.{c['language']} = ''"
+        f" THEN {table}.{c['language']} ELSE EXCLUDED.{c['language']} END,"
+        # Rule: an incoming event re-opens a closed ticket (who closed it, and when, go).
+        f" {c['closed_by']} = CASE WHEN {closed} THEN '' ELSE {table}.{c['closed_by']} END,"
+        f" {c['closed_at']} = CASE WHEN {closed} THEN NULL ELSE {table}.{c['closed_at']} END,"
+        f" {c['status']} = EXCLUDED.{c['status']},"
+        # The event's place in its ticket (SPEC §5 order).
+        f" {c['last_sequence']} = {table}.{c['last_sequence']} + 1,"
+        f" {c['updated_at']} = EXCLUDED.{c['updated_at']}"
+        f" RETURNING {c['id']}, {c['last_sequence']}",
+    )
+
+
+def ticket_upsert(
+    *, tenant_id: int, msg: MessagePayload, contact_pk: int, created_date: datetime, now: datetime
+) -> tuple[int, int]:
+    """Create or update the ticket of an incoming event and take its next event sequence
+    number, in one statement; returns (ticket pk, sequence). The rules it applies to an
+    existing ticket: channel, accountId, customerName, createdDate and contact are the
+    event's; an empty groupId or language keeps the earlier one; a closed ticket re-opens.
+
+    The statement locks the ticket row until the transaction ends: events of one ticket take
+    their sequence numbers one after the other, in the order they entered. A concurrent first
+    message of a new ticket waits on the unique index and then updates the row the other one
+    inserted (PostgreSQL); SQLite runs one writer at a time.
+    """
+    row = {
+        "tenant": tenant_id,
+        "ticket_number": msg.ticket_number,
+        "contact": contact_pk,
+        "channel": msg.channel,
+        "account_id": msg.account_id,
+        "customer_name": msg.customer_name,
+        "created_date": created_date,
+        "group_id": msg.group_id,
+        "language": msg.language,
+        "status": Ticket.Status.OPEN.value,
+        "closed_by": "",
+        "closed_at": None,
+        "last_sequence": 1,  # a new ticket's first event
+        "created_at": now,
+        "updated_at": now,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_ticket_upsert_sql(), _values(Ticket, row))
+        ticket_pk, sequence = cursor.fetchone()
+    return ticket_pk, sequence
+
+
+EVENT_FIELDS = ("id", "tenant", "kind", "source", "partner", "ticket", "ticket_number")
+EVENT_FIELDS += ("sequence", "raw_body", "payload", "idempotency_key", "received_at")
+
+
+def event_insert(
+    *,
+    tenant_id: int,
+    kind: str,
+    source: str,
+    partner_id: int | None,
+    ticket_id: int,
+    ticket_number: str,
+    sequence: int,
+    raw_body: bytes,
+    payload: dict[str, Any],
+    idempotency_key: str,
+    received_at: datetime,
+) -> uuid.UUID:
+    """Store an event with its ticket sequence number (taken under the ticket's row lock);
+    returns its new id."""
+    event_id = uuid.uuid4()
+    row = dict(
+        zip(
+            EVENT_FIELDS,
+            (event_id, tenant_id, kind, source, partner_id, ticket_id, ticket_number, sequence)
+            + (raw_body, payload, idempotency_key, received_at),
+            strict=True,
+        )
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_sql(Event, EVENT_FIELDS, 1, ""), _values(Event, row))
+    return event_id
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """One delivery row of a new event."""
+
+    partner_id: int | None
+    target: str
+    endpoint: str
+    status: str
+    next_attempt_at: datetime | None
+    dispatched_at: datetime | None
+    last_error: str = ""
+
+
+DELIVERY_FIELDS = ("event", "tenant", "ticket", "partner", "target", "endpoint", "status")
+DELIVERY_FIELDS += ("attempts", "retry_base", "next_attempt_at", "dispatched_at", "last_error")
+DELIVERY_FIELDS += ("created_at", "updated_at")
+
+
+def deliveries_insert(
+    *,
+    event_id: uuid.UUID,
+    tenant_id: int,
+    ticket_id: int,
+    rows: Sequence[NewDelivery],
+    now: datetime,
+) -> list[int]:
+    """Store an event's delivery rows in one statement; returns their ids in `rows` order
+    (RETURNING yields them in VALUES order, as the ORM's bulk_create relies on too)."""
+    if not rows:
+        return []
+    params: list[Any] = []
+    for r in rows:
+        values = (event_id, tenant_id, ticket_id, r.partner_id, r.target, r.endpoint, r.status)
+        values += (0, 0, r.next_attempt_at, r.dispatched_at, r.last_error, now, now)
+        params += _values(Delivery, dict(zip(DELIVERY_FIELDS, values, strict=True)))
+    sql = _insert_sql(Delivery, DELIVERY_FIELDS, len(rows), f" RETURNING {_qn('id')}")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [pk for (pk,) in cursor.fetchall()]
+
+
+@functools.cache
+def _idempotency_insert_sql() -> str:
+    c = _columns(IdempotencyRecord)
+    names = ("holder", "key", "request_hash", "state", "created_at")
+    return _insert_sql(
+        IdempotencyRecord,
+        names,
+        1,
+        f" ON CONFLICT ({c['holder']}, {c['key']}) DO NOTHING RETURNING {c['id']}",
+    )
+
+
+def idempotency_record_insert(
+    *, holder: str, key: str, fingerprint: str, now: datetime
+) -> int | None:
+    """Insert an in-progress Idempotency-Key record; its id, or None when the key is taken.
+
+    One statement that cannot fail on the unique key, so it needs no transaction or savepoint
+    of its own: outside a transaction it commits at once, as a concurrent duplicate must see.
+    Every request with a key runs it.
+    """
+    row = {
+        "holder": holder,
+        "key": key,
+        "request_hash": fingerprint,
+        "state": IdempotencyRecord.State.IN_PROGRESS.value,
+        "created_at": now,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_idempotency_insert_sql(), _values(IdempotencyRecord, row))
+        found = cursor.fetchone()
+    return found[0] if found else None
