@@ -3,10 +3,11 @@
     .venv/bin/python bench/delivery.py [--count 20000] [--tickets 2000] [--concurrency 4]
                                        [--runs 1:1,1:20,20:20]
 
-Starts its own PostgreSQL and Redis (scripts/testenv.py) and a sink (bench/sink.py, its own
-process, answering {"status":"success"}), migrates, creates a tenant and a partner whose base
-URL is the sink, then bulk-inserts COUNT incoming events with one pending delivery each, spread
-round-robin over TICKETS tickets (so per-ticket ordering does not serialize the run).
+Starts its own PostgreSQL and Redis (scripts/testenv.py) and a sink (tests/support/partner.py,
+its own process, answering {"status":"success"}), migrates, creates a tenant and a partner
+whose base URL is the sink, then bulk-inserts COUNT incoming events with one pending delivery
+each, spread round-robin over TICKETS tickets (so per-ticket ordering does not serialize the
+run).
 
   baseline  CONCURRENCY processes, each a bare `requests.Session` loop, POST the same payload
             bodies (with a webhook-id header) to the same sink. Run before and after the
@@ -221,15 +222,14 @@ def run_portal(
     batch: int,
 ) -> tuple[dict[str, Any], list[str]]:
     from integrations.models import Delivery
-    from integrations.services.deliveries import batches_by_target
-    from integrations.tasks import deliveries_enqueue
+    from integrations.outbox.queue import SEND_BATCH_TASK, batches_by_target, publish
 
     target = Delivery.objects.get(pk=ids[0]).target
     harness.http_json(sink + "/_reset", method="POST")
     started = time.monotonic()
     messages = batches_by_target([(pk, target) for pk in ids], message_size)
     for message in messages:
-        deliveries_enqueue(message)
+        publish(SEND_BATCH_TASK, message)
     enqueue_s = time.monotonic() - started
     log(
         f"  queued {len(ids)} deliveries in {len(messages)} messages in {enqueue_s:.1f}s; "
@@ -241,7 +241,7 @@ def run_portal(
     cpu_before, sessions_before = bench.cpu_snapshot(), harness.pg_sessions()
     spawned, spawned_wall = time.monotonic(), time.time()
     worker = f"worker-m{message_size}-b{batch}"
-    bench.spawn(worker, cmd, env={**env, "PORTAL_DELIVERY_BATCH": str(batch)})
+    bench.start(worker, cmd, env={**env, "PORTAL_DELIVERY_BATCH": str(batch)})
     seen, last_change = 0, time.monotonic()
     while True:
         bench.check_alive()
@@ -378,7 +378,7 @@ def main() -> None:
             },
             "commands": {
                 "worker": harness.short_cmd(worker_cmd),
-                "sink": ".venv/bin/python bench/sink.py --port PORT",
+                "sink": harness.short_cmd([*harness.SINK_CMD, "PORT"]),
             },
             "versions": bench.versions,
             "machine": harness.machine_info(),

@@ -5,14 +5,16 @@ A benchmark script does
     with Bench("ingest") as bench:
         env = bench.start_databases()      # PostgreSQL + Redis on free loopback ports
         bench.manage(env, "migrate", "--noinput")
-        proc = bench.spawn("web", [...], env=env)
+        proc = bench.start("web", [...], env=env)
         ...
 
 and whatever happens inside (an error, Ctrl-C, SIGTERM, SIGHUP) `__exit__` stops every
-process it spawned (its whole process group), then Redis and PostgreSQL, then removes the
+process it started (its whole process group), then Redis and PostgreSQL, then removes the
 temporary directory. PostgreSQL and Redis are started by scripts/testenv.py's own functions
 (imported, not copied): same binaries, same settings (fsync off), same `runuser -u postgres`
-as root. Set BENCH_KEEP=1 to keep the temporary directory (server and process logs).
+as root. Child processes, their logs and command lines are the tests' own
+(tests/support/processes.py), and so is the sink (tests/support/partner.py). Set
+BENCH_KEEP=1 to keep the temporary directory (server and process logs).
 
 Only stdout carries the benchmark's JSON result; everything else goes to stderr.
 """
@@ -25,24 +27,23 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-BENCH_DIR = REPO / "bench"
-sys.path.insert(0, str(REPO / "scripts"))
-import testenv  # noqa: E402  (scripts/ is not a package)
+# The repository (tests.support, the portal) and scripts/ (testenv.py, not a package).
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]
+import testenv  # noqa: E402
 
-PYTHON = sys.executable
+from tests.support import processes  # noqa: E402
+from tests.support.processes import PYTHON, Children, http_ok, wait_for  # noqa: E402
+
 OWNER = "bench0000000000000000000000000001"
-STOP_GRACE_S = 10.0
 
 
 def log(message: str) -> None:
@@ -54,26 +55,16 @@ def log(message: str) -> None:
 testenv.log = lambda message: print(f"testenv: {message}", file=sys.stderr, flush=True)
 
 
-def free_port(taken: Sequence[int] = ()) -> int:
-    """A loopback port nothing listens on and not in `taken`."""
-    for _ in range(50):
-        port = testenv.free_port()
-        if port not in taken:
-            return port
-    raise RuntimeError("no free port found")
-
-
-class Bench:
-    """Owns everything one benchmark run starts; see the module docstring."""
+class Bench(Children):
+    """Owns everything one benchmark run starts; see the module docstring. Its children's
+    logs are <tmp>/<name>.log, tmp being the servers' temporary directory."""
 
     def __init__(self, name: str) -> None:
+        super().__init__()
         self.name = name
         self.servers = testenv.Servers(run_as=testenv.PG_USER if testenv.is_root() else "")
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-        self.cleanups: list[Callable[[], None]] = []
         self.ports: list[int] = []
         self.versions: dict[str, str] = {}
-        self.tmp: Path | None = None
         self.started = time.monotonic()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -94,11 +85,6 @@ class Bench:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
         started = time.monotonic()
-        for cleanup in reversed(self.cleanups):
-            try:
-                cleanup()
-            except Exception as exc:  # keep tearing down the rest
-                log(f"cleanup failed: {exc!r}")
         self.stop_all()
         if os.environ.get("BENCH_KEEP"):
             os.environ["TESTENV_KEEP"] = "1"
@@ -123,20 +109,14 @@ class Bench:
             "redis": testenv.version_of(redis_server),
         }
         self.tmp = testenv.make_tmp_dir(self.servers)
-        pg_port = free_port(self.ports)
-        self.ports.append(pg_port)
+        pg_port, redis_port = self.port(), self.port()
         testenv.start_postgres(self.servers, pg_port)
-        redis_port = free_port(self.ports)
-        self.ports.append(redis_port)
         testenv.start_redis(self.servers, redis_server, redis_port)
         log(f"PostgreSQL on 127.0.0.1:{pg_port}, Redis on 127.0.0.1:{redis_port} ({self.tmp})")
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        env = dict(os.environ)
+        # testenv's environment for pytest: DATABASE_URL, REDIS_URL, CELERY_BROKER_URL and
+        # DEBUG=false pointing at these servers (its TEST_* variables go unused here).
+        env = testenv.pytest_env(self.servers, pg_port, redis_server)
         env.update(
-            DATABASE_URL=f"postgres://postgres@127.0.0.1:{pg_port}/postgres",
-            REDIS_URL=redis_url,
-            CELERY_BROKER_URL=redis_url,
-            DEBUG="false",
             SECRET_KEY="bench-only-not-a-secret-" + "x" * 32,
             # BENCH_SETTINGS: a what-if settings module (e.g. one that imports portal.settings
             # and changes one value) to measure a proposed fix without editing the portal.
@@ -150,74 +130,27 @@ class Bench:
 
     def port(self) -> int:
         """A free loopback port not handed out before in this run."""
-        port = free_port(self.ports)
+        while (port := processes.free_port()) in self.ports:
+            pass
         self.ports.append(port)
         return port
 
-    # --- processes ------------------------------------------------------------------------
-
-    def spawn(
-        self, name: str, cmd: list[str], *, env: dict[str, str], cwd: Path = REPO
+    def start(
+        self, name: str, cmd: Sequence[str], *, env: dict[str, str], cwd: Path = REPO
     ) -> subprocess.Popen:
-        """Start a long-running child in its own session, output to <tmp>/<name>.log."""
-        assert self.tmp is not None, "start_databases() first"
-        with open(self.tmp / f"{name}.log", "ab") as out:
-            proc = subprocess.Popen(
-                cmd,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.procs.append((name, proc))
+        """Start a long-running child in its own process group, output to <tmp>/<name>.log."""
+        proc = super().start(name, cmd, env=env, cwd=cwd)
         log(f"started {name} (pid {proc.pid})")
         return proc
-
-    def log_path(self, name: str) -> Path:
-        assert self.tmp is not None
-        return self.tmp / f"{name}.log"
-
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        return testenv.tail(self.log_path(name), lines)
-
-    def stop(self, proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
-        """SIGTERM the child's process group, SIGKILL what is left after `grace` seconds."""
-        if _signal_group(proc.pid, signal.SIGTERM) and not _wait_group(proc, grace):
-            log(f"pid {proc.pid} still running after {grace:.0f}s; killing its group")
-            _signal_group(proc.pid, signal.SIGKILL)
-            _wait_group(proc, 5)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            log(f"warning: pid {proc.pid} did not exit")
-
-    def stop_named(self, name: str) -> None:
-        for proc_name, proc in list(self.procs):
-            if proc_name == name:
-                self.stop(proc)
-                self.procs.remove((proc_name, proc))
-
-    def stop_all(self) -> None:
-        for _name, proc in reversed(self.procs):
-            self.stop(proc)
-        self.procs.clear()
-
-    def check_alive(self) -> None:
-        """Raise if a spawned process died (with the tail of its log)."""
-        for name, proc in self.procs:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
 
     # --- CPU accounting -------------------------------------------------------------------
 
     def cpu_snapshot(self) -> dict[str, float]:
-        """CPU seconds used so far by each component: every spawned process group by name,
+        """CPU seconds used so far by each component: every child's process group by name,
         PostgreSQL (postmaster and its backends, ended ones included), Redis, and this process
         with its reaped children (wrk, baseline senders) as "client". Subtract two snapshots
         to get what a phase cost."""
-        table = _proc_table()
+        table = processes.proc_table()
         result: dict[str, float] = {}
         for name, proc in self.procs:
             members = [pid for pid, row in table.items() if row[1] == proc.pid]
@@ -286,60 +219,9 @@ class Bench:
 def django_setup(env: dict[str, str]) -> None:
     """Use the portal's ORM in this process, on the bench database."""
     os.environ.update(env)
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     import django
 
     django.setup()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _signal_group(pgid: int, sig: int) -> bool:
-    """Send `sig` to one process group we started; False when it is gone already."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _wait_group(proc: subprocess.Popen, timeout: float) -> bool:
-    """Wait until no process of the child's group is left; True when none is."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        proc.poll()  # reap the leader so it does not keep its group "alive"
-        if not _group_alive(proc.pid):
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _proc_table() -> dict[int, tuple[int, int, float, float]]:
-    """pid -> (ppid, pgid, own CPU seconds, reaped children's CPU seconds), from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue  # ended meanwhile
-        fields = raw[raw.rindex(")") + 2 :].split()  # after "pid (comm) "
-        ppid, pgid = int(fields[1]), int(fields[2])
-        own = (int(fields[11]) + int(fields[12])) / ticks
-        children = (int(fields[13]) + int(fields[14])) / ticks
-        table[int(entry)] = (ppid, pgid, own, children)
-    return table
 
 
 def _postmaster_pid(pg_data: Path | None) -> int:
@@ -387,125 +269,64 @@ def wait_pg_quiet(timeout: float = 15.0) -> None:
             time.sleep(0.2)
 
 
-# --- waiting ----------------------------------------------------------------------------------
+# --- the sink and the portal's processes ------------------------------------------------------
+
+SINK_CMD = [PYTHON, "-m", "tests.support.partner", "--port"]
 
 
-def wait_until(
-    predicate: Callable[[], bool],
-    *,
-    timeout: float,
-    what: str,
-    interval: float = 0.1,
-    check: Callable[[], None] | None = None,
-) -> float:
-    """Poll `predicate` until true (returns seconds waited); raise TimeoutError after timeout."""
-    started = time.monotonic()
-    while True:
-        if predicate():
-            return time.monotonic() - started
-        if check is not None:
-            check()
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # loopback only
-            return 200 <= response.status < 300
-    except (urllib.error.URLError, OSError):
-        return False
+def start_sink(bench: Bench, env: dict[str, str]) -> str:
+    """Start the fake partner as a sink in its own process; return its base URL."""
+    port = bench.port()
+    bench.start("sink", [*SINK_CMD, str(port)], env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: http_ok(url + "/_stats"), 30, "the sink", check=bench.check_alive)
+    return url
 
 
 def http_json(url: str, *, method: str = "GET", timeout: float = 30) -> Any:
+    """A sink control endpoint's JSON (`/_stats`, `/_receipts`, POST `/_reset`)."""
     request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
 
-def tcp_listening(port: int) -> bool:
+def run_json(cmd: list[str], *, timeout: float = 3600) -> tuple[dict[str, Any] | None, float]:
+    """Run a benchmark script to its end; returns (the one JSON object it printed, or None when
+    it failed, and the seconds it took). A SIGTERM we get is passed on; after `timeout` it is
+    sent one."""
+    started = time.monotonic()
+    # Same process group: a terminal's Ctrl-C reaches the child too, which then tears its
+    # servers down; we only wait for that (never kill it mid-teardown).
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def log_contains(path: Path, marker: str) -> bool:
+        out, _ = proc.communicate(timeout=timeout)
+    except KeyboardInterrupt:
+        proc.wait(timeout=120)
+        raise
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        log(f"{short_cmd(cmd)} failed with exit code {proc.returncode}")
+        return None, seconds
     try:
-        return marker in path.read_text(errors="replace")
-    except OSError:
-        return False
+        return json.loads(out), seconds
+    except json.JSONDecodeError:
+        log(f"{short_cmd(cmd)} printed no JSON object:\n{out[-2000:]}")
+        return None, seconds
 
 
-# --- common commands --------------------------------------------------------------------------
-
-
-def gunicorn_cmd(
-    app: str, port: int, *, workers: int, threads: int, pythonpath: str | None = None
-) -> list[str]:
-    cmd = [
-        PYTHON,
-        "-m",
-        "gunicorn",
-        app,
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(workers),
-        "--threads",
-        str(threads),
-    ]
-    if pythonpath:  # relative to the repository root, where every child runs
-        cmd += ["--pythonpath", pythonpath]
-    return cmd
-
-
-def celery_worker_cmd(concurrency: int, name: str = "bench") -> list[str]:
-    return [
-        PYTHON,
-        "-m",
-        "celery",
-        "-A",
-        "portal",
-        "worker",
-        "--loglevel",
-        "INFO",
-        "--concurrency",
-        str(concurrency),
-        "--hostname",
-        f"{name}@%h",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ]
-
-
-def celery_beat_cmd(schedule: Path) -> list[str]:
-    return [
-        PYTHON,
-        "-m",
-        "celery",
-        "-A",
-        "portal",
-        "beat",
-        "--loglevel",
-        "INFO",
-        "--schedule",
-        str(schedule),
-    ]
-
-
-def start_sink(bench: Bench, env: dict[str, str]) -> str:
-    """Start bench/sink.py in its own process; return its base URL."""
-    port = bench.port()
-    bench.spawn("sink", [PYTHON, str(BENCH_DIR / "sink.py"), "--port", str(port)], env=env)
-    url = f"http://127.0.0.1:{port}"
-    wait_until(
-        lambda: http_ok(url + "/_stats"), timeout=30, what="the sink", check=bench.check_alive
-    )
-    return url
+def celery_worker_cmd(concurrency: int) -> list[str]:
+    return processes.celery_worker_cmd(concurrency, "bench", extra=["--without-heartbeat"])
 
 
 def short_cmd(cmd: Sequence[str]) -> str:

@@ -32,6 +32,8 @@ from typing import Any
 import harness
 from harness import OWNER, REPO, Bench, log, rnd
 
+from tests.support.processes import gunicorn_cmd, http_ok, wait_for
+
 LUA = "bench/wrk_post.lua"  # relative: wrk runs in the repository root
 BASELINE_TABLE = "bench_baseline_event"
 
@@ -157,29 +159,21 @@ def main() -> None:
             )
 
         portal_port, baseline_port = bench.port(), bench.port()
-        portal_cmd = harness.gunicorn_cmd(
-            "portal.wsgi:application", portal_port, workers=args.workers, threads=args.threads
-        )
-        baseline_cmd = harness.gunicorn_cmd(
+        gunicorn = {"workers": args.workers, "threads": args.threads}
+        portal_cmd = gunicorn_cmd("portal.wsgi:application", portal_port, **gunicorn)
+        # --pythonpath is relative to the repository root, where every child runs.
+        baseline_cmd = gunicorn_cmd(
             "baseline_app.wsgi:application",
             baseline_port,
-            workers=args.workers,
-            threads=args.threads,
-            pythonpath="bench",
+            **gunicorn,
+            extra=["--pythonpath", "bench"],
         )
-        bench.spawn("portal-web", portal_cmd, env=env)
-        bench.spawn(
-            "baseline-web",
-            baseline_cmd,
-            env={**env, "DJANGO_SETTINGS_MODULE": "baseline_app.settings"},
-        )
-        for port, path in ((portal_port, "/healthz"), (baseline_port, "/healthz")):
-            harness.wait_until(
-                lambda p=port, q=path: harness.http_ok(f"http://127.0.0.1:{p}{q}"),
-                timeout=60,
-                what=f"gunicorn on {port}",
-                check=bench.check_alive,
-            )
+        bench.start("portal-web", portal_cmd, env=env)
+        baseline_env = {**env, "DJANGO_SETTINGS_MODULE": "baseline_app.settings"}
+        bench.start("baseline-web", baseline_cmd, env=baseline_env)
+        for port in (portal_port, baseline_port):
+            url = f"http://127.0.0.1:{port}/healthz"
+            wait_for(lambda u=url: http_ok(u), 60, f"gunicorn on {port}", check=bench.check_alive)
 
         targets = {
             "baseline": (f"http://127.0.0.1:{baseline_port}/ingest", ""),

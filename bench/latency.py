@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/latency.py [--rates 50,half] [--duration 30]
 
-Starts its own PostgreSQL and Redis (scripts/testenv.py), a sink (bench/sink.py, its own
-process, recording the receipt time of every webhook-id), the portal web (gunicorn), one Celery
+Starts its own PostgreSQL and Redis (scripts/testenv.py), a sink (tests/support/partner.py, its
+own process, recording the receipt time of every webhook-id), the portal web (gunicorn), one Celery
 worker and beat, then:
 
 1. capacity probe (--probe-seconds, default 10): CLIENTS closed-loop senders post incoming
@@ -36,6 +36,8 @@ from typing import Any
 import harness
 import requests
 from harness import OWNER, Bench, log, percentile, rnd
+
+from tests.support.processes import celery_beat_cmd, gunicorn_cmd, http_ok, wait_for, wait_ready
 
 
 @dataclass
@@ -261,27 +263,19 @@ def main() -> None:
         sink = harness.start_sink(bench, env)
         seeds = bench.setup_portal(env, partner_url=sink)
         web_port = bench.port()
-        web_cmd = harness.gunicorn_cmd(
+        web_cmd = gunicorn_cmd(
             "portal.wsgi:application", web_port, workers=args.workers, threads=args.threads
         )
         worker_cmd = harness.celery_worker_cmd(args.concurrency)
-        beat_cmd = harness.celery_beat_cmd(bench.tmp / "beat-schedule")
-        bench.spawn("web", web_cmd, env=env)
-        bench.spawn("worker", worker_cmd, env=env)
-        bench.spawn("beat", beat_cmd, env=env)
+        beat_cmd = celery_beat_cmd(bench.tmp / "beat-schedule")
+        bench.start("web", web_cmd, env=env)
+        bench.start("worker", worker_cmd, env=env)
+        bench.start("beat", beat_cmd, env=env)
         portal = f"http://127.0.0.1:{web_port}"
-        harness.wait_until(
-            lambda: harness.http_ok(portal + "/healthz"),
-            timeout=60,
-            what="the portal web",
-            check=bench.check_alive,
+        wait_for(
+            lambda: http_ok(portal + "/healthz"), 60, "the portal web", check=bench.check_alive
         )
-        harness.wait_until(
-            lambda: harness.log_contains(bench.log_path("worker"), " ready."),
-            timeout=60,
-            what="the Celery worker",
-            check=bench.check_alive,
-        )
+        wait_ready(bench, "worker", check=bench.check_alive)
         clients = Clients(portal, sink, seeds["engine_key"], args.tickets)
 
         log("warm-up: 40 events at 20/s")
@@ -381,7 +375,7 @@ def main() -> None:
                 "web": harness.short_cmd(web_cmd),
                 "worker": harness.short_cmd(worker_cmd),
                 "beat": harness.short_cmd(beat_cmd).replace(str(bench.tmp), "TMP"),
-                "sink": ".venv/bin/python bench/sink.py --port PORT",
+                "sink": harness.short_cmd([*harness.SINK_CMD, "PORT"]),
             },
             "versions": bench.versions,
             "machine": harness.machine_info(),

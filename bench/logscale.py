@@ -46,11 +46,9 @@ never asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -146,7 +144,8 @@ def create_accounts() -> dict[str, Any]:
     from django.contrib.auth import get_user_model
 
     from integrations.models import Partner, Tenant
-    from integrations.services.accounts import partner_create, tenant_create, user_create
+    from integrations.services.accounts import tenant_create, user_create
+    from integrations.services.partners import partner_create
 
     tenants = [
         tenant_create(owner="82ab0fd5cfd1e80d1ff97c0cfc9aa9e2", name="Tenant One"),
@@ -803,11 +802,7 @@ def run_baseline(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str]:
         ]
     line = harness.short_cmd(cmd)
     log(f"baseline: {line}")
-    result = subprocess.run(cmd, cwd=harness.REPO, stdout=subprocess.PIPE, text=True, timeout=3600)
-    if result.returncode != 0:
-        log(f"baseline failed with exit code {result.returncode}")
-        return None, line
-    return json.loads(result.stdout), line
+    return harness.run_json(cmd)[0], line
 
 
 def server_settings() -> dict[str, str]:

@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -74,35 +72,8 @@ def run_one(name: str, extra: list[str]) -> tuple[dict[str, Any] | None, float, 
     cmd = [sys.executable, f"bench/{name}.py", *extra]
     line = harness.short_cmd(cmd)
     harness.log(f"running {line}")
-    started = time.monotonic()
-    # Same process group: a terminal's Ctrl-C reaches the child too, which then tears its
-    # servers down; we only wait for that (never kill it mid-teardown).
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
-
-    def forward(signum: int, _frame: object) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signum)
-
-    previous = signal.signal(signal.SIGTERM, forward)
-    try:
-        out, _ = proc.communicate(timeout=CHILD_TIMEOUT_S)
-    except KeyboardInterrupt:
-        proc.wait(timeout=120)
-        raise
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    seconds = time.monotonic() - started
-    if proc.returncode != 0:
-        harness.log(f"{name} failed with exit code {proc.returncode}")
-        return None, seconds, line
-    try:
-        return json.loads(out), seconds, line
-    except json.JSONDecodeError:
-        harness.log(f"{name} printed no JSON object:\n{out[-2000:]}")
-        return None, seconds, line
+    result, seconds = harness.run_json(cmd, timeout=CHILD_TIMEOUT_S)
+    return result, seconds, line
 
 
 # --- the report -------------------------------------------------------------------------------

@@ -8,10 +8,13 @@ from dataclasses import dataclass
 import pytest
 from rest_framework.test import APIClient
 
+from integrations import tasks
 from integrations.models import ApiKey
-from integrations.services.accounts import api_key_create, partner_create
+from integrations.outbox.queue import SEND_BATCH_TASK
+from integrations.services.accounts import api_key_create
+from integrations.services.partners import partner_create
 from tests.factories import TenantFactory
-from tests.partner_server import PartnerServer
+from tests.support.partner import PartnerServer
 
 OWNER = "82ab0fd5cfd1e80d1ff97c0cfc9aa9e2"
 
@@ -134,14 +137,24 @@ def other_partner_api(other_tenant):
 
 @pytest.fixture(autouse=True)
 def _no_broker(request, monkeypatch, settings):
-    """Unit and API tests never talk to a broker: queueing is recorded instead.
+    """Unit and API tests never talk to a broker: queueing delivery batches is recorded
+    instead, other tasks run at once.
 
     End-to-end tests (marked e2e) use the real broker and workers.
     """
     if request.node.get_closest_marker("e2e"):
         return
     queued: list[int] = []
-    monkeypatch.setattr("integrations.tasks.deliveries_enqueue", queued.extend)
+
+    def publish(task: str, *args) -> None:
+        # Delivery batches are recorded (tests drive the sender themselves); any other task
+        # (the alerts) runs here and now, as a worker would run it.
+        if task == SEND_BATCH_TASK:
+            queued.extend(args[0])
+        else:
+            getattr(tasks, task.rsplit(".", 1)[1])(*args)
+
+    monkeypatch.setattr("integrations.outbox.queue.publish", publish)
     request.node.queued_deliveries = queued
 
 

@@ -69,9 +69,9 @@ def test_create_partner_prints_key_and_secret_once(tenant):
     ("args", "message"),
     [
         (["--owner", "nobody"], "No tenant"),
-        (["--base-url", "not a url"], "not an absolute"),
-        (["--base-url", "ftp://x.example"], "not an absolute"),
-        (["--incoming-path", "in"], "must start with '/'"),
+        (["--base-url", "not a url"], "base_url: Not an absolute"),
+        (["--base-url", "ftp://x.example"], "base_url: Not an absolute"),
+        (["--incoming-path", "in"], "incoming_message_path: Must start with '/'"),
     ],
 )
 def test_create_partner_bad_arguments_fail(tenant, args, message):

@@ -150,3 +150,78 @@ def test_dashboard_shows_queue_and_partner_volume(admin_client_, engine_api, par
     page = admin_client_.get(reverse("admin:index")).content.decode()
     assert 'id="queue-pending">1<' in page
     assert partner.name in page and "<svg" in page
+
+
+def _partner_form(tenant, **overrides) -> dict:
+    data = {
+        "tenant": tenant.pk,
+        "name": "Desk Two",
+        "base_url": "https://desk.example",
+        "incoming_message_path": "/in",
+        "send_message_path": "/out",
+        "channels": "",
+        "connect_timeout": "3",
+        "timeout": "10",
+        "retry_schedule": "",
+        "rate_limit": "",
+        "api_keys-TOTAL_FORMS": "0",
+        "api_keys-INITIAL_FORMS": "0",
+    }
+    data.update(overrides)
+    return data
+
+
+def test_partner_form_refuses_what_it_used_to_change_silently(admin_client_, tenant):
+    # given a base URL without a scheme and a channel name with a space
+    response = admin_client_.post(
+        reverse("admin:integrations_partner_add"),
+        _partner_form(tenant, base_url="desk.example", channels="whatsapp, tele gram"),
+    )
+    # then both are refused beside their fields, with the service's words, and nothing is saved
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert "http://" in errors["base_url"][0]
+    assert "'tele gram'" in errors["channels"][0]
+    assert not Partner.objects.filter(name="Desk Two").exists()
+
+
+def test_partner_form_creates_through_the_service(admin_client_, tenant):
+    # when an admin adds a partner
+    response = admin_client_.post(
+        reverse("admin:integrations_partner_add"),
+        _partner_form(tenant, base_url="https://desk.example/", channels="WhatsApp, telegram"),
+        follow=True,
+    )
+    # then the service made it: cleaned settings, one key and one secret, both shown once
+    partner = Partner.objects.get(name="Desk Two")
+    assert partner.base_url == "https://desk.example"
+    assert partner.channels == ["telegram", "whatsapp"]
+    assert partner.api_keys.count() == 1 and partner.secrets.count() == 1
+    shown = " ".join(_messages(response))
+    assert "prt_" in shown and "whsec_" in shown
+    # and a change is checked by the same rules
+    change = reverse("admin:integrations_partner_change", args=[partner.pk])
+    response = admin_client_.post(change, _partner_form(tenant, send_message_path="no slash"))
+    assert "send_message_path" in response.context["adminform"].form.errors
+    partner.refresh_from_db()
+    assert partner.send_message_path == "/out"
+
+
+def test_tenant_form_refuses_an_engine_url_without_scheme(admin_client_, tenant):
+    response = admin_client_.post(
+        reverse("admin:integrations_tenant_change", args=[tenant.pk]),
+        {
+            "name": tenant.name,
+            "time_zone": "Asia/Jakarta",
+            "sticker_text": "Stiker",
+            "retention_days": "30",
+            "engine_base_url": "engine.example",
+            "engine_send_message_path": "/send",
+            "engine_command_path": "/command",
+            "engine_token": "",
+        },
+    )
+    assert response.status_code == 200
+    assert "engine_base_url" in response.context["adminform"].form.errors
+    tenant.refresh_from_db()
+    assert tenant.engine_base_url == ""

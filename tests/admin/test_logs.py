@@ -8,7 +8,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from integrations.admin.logs import EventAdmin
+from integrations.admin.events import EventAdmin
 from integrations.admin.scoping import EstimatedCountPaginator
 from integrations.models import Delivery, Event, TenantMembership, Ticket
 from tests.conftest import incoming_body

@@ -21,7 +21,7 @@ from integrations.models import (
     Ticket,
     WorkerHeartbeat,
 )
-from integrations.services.accounts import partner_create
+from integrations.services.partners import partner_create
 from tests.factories import ContactFactory, TenantFactory, TicketFactory
 
 V, A, C, D = "view", "add", "change", "delete"

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from integrations.models import Contact, Delivery, Event, Partner, Ticket
-from integrations.services.accounts import partner_create
+from integrations.services.partners import partner_create
 from tests.conftest import OWNER, incoming_body
 
 URL = "/api/v1/engine/incoming"

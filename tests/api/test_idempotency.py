@@ -37,6 +37,18 @@ def test_idempotency_refusals_are_not_remembered(engine_api, partner):
     assert good.status_code == 202
 
 
+def test_idempotency_invalid_request_writes_nothing(engine_api, partner):
+    # given a request whose fields are invalid, sent with an Idempotency-Key
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        bad = engine_api.post(IN, incoming_body(channel="Tele Gram"), HTTP_IDEMPOTENCY_KEY="k-9")
+    # then it is refused before anything is written: no idempotency record made and deleted
+    assert bad.status_code == 400 and "channel" in bad.json()["errors"]
+    table = IdempotencyRecord._meta.db_table
+    assert [q["sql"] for q in queries.captured_queries if table in q["sql"]] == []
+
+
 def test_idempotency_keys_are_per_holder(engine_api, tenant, partner):
     from integrations.models import ApiKey
     from integrations.services.accounts import api_key_create

@@ -3,7 +3,7 @@
 import pytest
 
 from integrations.models import Delivery, Event, Ticket
-from integrations.services.accounts import partner_create
+from integrations.services.partners import partner_create
 from tests.conftest import command_body, incoming_body, outgoing_body
 
 OUT = "/api/v1/outgoing"

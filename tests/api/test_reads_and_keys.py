@@ -7,7 +7,8 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from integrations.models import ApiKey, Delivery, Partner
-from integrations.services.accounts import api_key_create, api_key_revoke, partner_create
+from integrations.services.accounts import api_key_create, api_key_revoke
+from integrations.services.partners import partner_create
 from tests.conftest import Caller, command_body, incoming_body, outgoing_body
 
 IN = "/api/v1/engine/incoming"

@@ -7,9 +7,9 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from integrations.models import ApiKey, Delivery, Partner, TenantMembership
-from integrations.services import deliveries as delivery_services
 from tests.browser.conftest import screenshot
 from tests.conftest import incoming_body, outgoing_body
+from tests.support.outbox import send_one
 
 PASSWORD = "correct horse battery staple 7"
 OK = (200, b'{"status":"success","received":true}', {})
@@ -80,7 +80,7 @@ def test_support_finds_delivery_opens_timeline_and_redelivers(
     engine_api.post("/api/v1/engine/incoming", incoming_body(message="Halo, pesanan saya?"))
     partner_api.post("/api/v1/outgoing", outgoing_body(message="Sebentar kami cek"))
     dead = Delivery.objects.get(partner=partner)
-    assert delivery_services.delivery_attempt(delivery_id=dead.pk) == "dead"
+    assert send_one(delivery_id=dead.pk) == "dead"
     support = get_user_model().objects.create_user("sari", password=PASSWORD, is_staff=True)
     TenantMembership.objects.create(user=support, tenant=tenant, role="support")
     login(page, live_server.url, "sari", PASSWORD)
@@ -109,7 +109,7 @@ def test_support_finds_delivery_opens_timeline_and_redelivers(
     assert "1 done" in page.inner_text("ul.messagelist")
     dead.refresh_from_db()
     assert dead.status == "pending"
-    assert delivery_services.delivery_attempt(delivery_id=dead.pk) == "succeeded"
+    assert send_one(delivery_id=dead.pk) == "succeeded"
     page.goto(f"{live_server.url}/admin/integrations/partner/{partner.pk}/change/")
     assert "50 %" in page.inner_text("#partner-health")  # one dead try, one success
     screenshot(page, "partner")

@@ -8,18 +8,15 @@ are skipped with the reason.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from django.db import connection
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.processes import Children, celery_beat_cmd, celery_worker_cmd
+
 E2E_SCHEDULE = "0,1,1,1,1,1,1,1"
 
 
@@ -41,14 +38,15 @@ def _database_url() -> str:
     return f"postgres://{s['USER']}:{s['PASSWORD'] or ''}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
 
 
-@dataclass
-class Workers:
-    """Celery worker (and beat) processes sharing the test database and Redis."""
+class Workers(Children):
+    """Celery worker (and beat) processes sharing the test database and Redis; their logs,
+    `<name>.log`, in `tmp`. `kill(proc, sig)` signals a worker's whole process group."""
 
-    tmp: Path
-    extra_env: dict[str, str] = field(default_factory=dict)
-    loglevel: str = "INFO"
-    procs: list[subprocess.Popen] = field(default_factory=list)
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        self.tmp: Path = tmp
+        self.extra_env: dict[str, str] = {}
+        self.loglevel = "INFO"
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -66,91 +64,16 @@ class Workers:
         return env
 
     def start_worker(self, name: str = "w1", concurrency: int = 2) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "portal",
-                "worker",
-                "--loglevel",
-                self.loglevel,
-                "--concurrency",
-                str(concurrency),
-                "--hostname",
-                f"{name}@%h",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            cwd=REPO,
-            env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        return proc
+        cmd = celery_worker_cmd(concurrency, name, self.loglevel)
+        return self.start(name, cmd, env=self.env())
 
     def start_beat(self) -> subprocess.Popen:
-        log = open(self.tmp / "beat.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "portal",
-                "beat",
-                "--loglevel",
-                self.loglevel,
-                "--schedule",
-                str(self.tmp / "beat-schedule"),
-            ],
-            cwd=REPO,
-            env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def kill(self, proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-        """Kill a worker's whole process group (the main process and its pool children)."""
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        proc.wait(15)
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                self.kill(proc)
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-            for p in sorted(self.tmp.glob("*.log"))
-        )
+        cmd = celery_beat_cmd(self.tmp / "beat-schedule", self.loglevel)
+        return self.start("beat", cmd, env=self.env())
 
 
 @pytest.fixture
 def workers(e2e_ready, tmp_path) -> Iterator[Workers]:
-    w = Workers(tmp=tmp_path)
+    w = Workers(tmp_path)
     yield w
-    w.stop_all()
-
-
-def wait_for(
-    predicate: Callable[[], bool], timeout: float, what: str, logs: Callable[[], str] | None = None
-) -> None:
-    """Poll until `predicate()` is true; fail with `what` (and worker logs) on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}\n{logs() if logs else ''}")
+    w.stop_all(grace=0)

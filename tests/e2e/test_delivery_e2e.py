@@ -11,7 +11,7 @@ from standardwebhooks.webhooks import Webhook
 
 from integrations.models import Delivery, DeliveryAttempt, SigningSecret
 from tests.conftest import incoming_body
-from tests.e2e.conftest import wait_for
+from tests.support.processes import wait_for
 
 IN = "/api/v1/engine/incoming"
 OK = (200, b'{"status":"success"}', {})

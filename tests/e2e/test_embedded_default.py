@@ -15,8 +15,8 @@ import requests
 from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import incoming_body
-from tests.e2e.conftest import REPO, wait_for
-from tests.partner_server import PartnerServer
+from tests.support.partner import PartnerServer
+from tests.support.processes import REPO, wait_for
 
 OK = (200, b'{"status":"success"}', {})
 

@@ -5,7 +5,7 @@ from standardwebhooks.webhooks import Webhook
 
 from integrations.models import Delivery, Ticket
 from tests.conftest import command_body, incoming_body, outgoing_body
-from tests.e2e.conftest import wait_for
+from tests.support.processes import wait_for
 
 OK = (200, b'{"status":"success"}', {})
 

@@ -4,7 +4,7 @@ import uuid
 
 from integrations.models import WorkerHeartbeat
 from integrations.tasks import ping
-from tests.e2e.conftest import wait_for
+from tests.support.processes import wait_for
 
 
 def test_worker_takes_task_from_redis_and_writes_to_postgres(workers):

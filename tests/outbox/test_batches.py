@@ -9,10 +9,11 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from integrations.models import ApiKey, Delivery, DeliveryAttempt
-from integrations.services import deliveries as svc
+from integrations.outbox import queue, sender
+from integrations.outbox.health import latency_fold
 from integrations.services.accounts import api_key_create
-from integrations.services.partner_health import latency_fold
 from tests.conftest import Caller, incoming_body
+from tests.support.outbox import due_ids, send_one
 
 IN = "/api/v1/engine/incoming"
 OK = (200, b'{"status":"success"}', {})
@@ -38,7 +39,7 @@ def test_a_batch_sends_records_and_counts_every_delivery(
 ):
     sink = pointed(partner_server_factory())
     batch = [_ingest(engine_api, ticketNumber=f"t-{i}", message=f"m{i}") for i in range(5)]
-    outcomes = svc.deliveries_attempt(delivery_ids=[d.pk for d in batch])
+    outcomes = sender.deliveries_send(delivery_ids=[d.pk for d in batch])
     assert outcomes == {d.pk: "succeeded" for d in batch}
     # sent in id order, each once
     assert [r.json["message"] for r in sink.received] == [f"m{i}" for i in range(5)]
@@ -70,14 +71,14 @@ def test_statements_per_batch_do_not_grow_with_its_size(
     engine_api, pointed, partner_server_factory, monkeypatch
 ):
     # (however slow the machine: a batch past RECORD_EVERY records request by request)
-    monkeypatch.setattr(svc, "RECORD_EVERY", 600.0)
+    monkeypatch.setattr(sender, "RECORD_EVERY", 600.0)
     pointed(partner_server_factory())
     small = [_ingest(engine_api, ticketNumber=f"s-{i}") for i in range(2)]
     large = [_ingest(engine_api, ticketNumber=f"l-{i}") for i in range(12)]
     counts = []
     for batch in (small, large):
         with CaptureQueriesContext(connection) as queries:
-            outcomes = svc.deliveries_attempt(delivery_ids=[d.pk for d in batch])
+            outcomes = sender.deliveries_send(delivery_ids=[d.pk for d in batch])
         assert set(outcomes.values()) == {"succeeded"}
         counts.append(len(queries.captured_queries))
     assert counts[0] == counts[1], counts
@@ -88,7 +89,7 @@ def test_after_a_failure_the_rest_of_the_targets_batch_is_handed_back(
 ):
     sink = pointed(partner_server_factory(lambda r, n: (503, b"", {}) if n == 1 else OK))
     batch = [_ingest(engine_api, ticketNumber=f"t-{i}") for i in range(3)]
-    outcomes = svc.deliveries_attempt(delivery_ids=[d.pk for d in batch])
+    outcomes = sender.deliveries_send(delivery_ids=[d.pk for d in batch])
     # one attempt at a time for a failing partner: the first fails, the others are not tried
     assert outcomes == {
         batch[0].pk: "retrying",
@@ -106,7 +107,7 @@ def test_after_a_failure_the_rest_of_the_targets_batch_is_handed_back(
     assert partner.consecutive_failures == 1
     # the dispatcher queues the handed-back ones again (the failing partner has no attempt
     # in flight now)
-    due = svc.deliveries_due(now=timezone.now())
+    due = due_ids(now=timezone.now())
     assert {batch[1].pk, batch[2].pk} <= set(due)
 
 
@@ -116,10 +117,10 @@ def test_a_retrying_delivery_handed_back_stays_retrying(
     sink = pointed(partner_server_factory(lambda r, n: (503, b"", {}) if n <= 2 else OK))
     first = _ingest(engine_api, ticketNumber="a")
     second = _ingest(engine_api, ticketNumber="b")
-    assert svc.delivery_attempt(delivery_id=second.pk) == "retrying"
+    assert send_one(delivery_id=second.pk) == "retrying"
     Delivery.objects.filter(pk=second.pk).update(next_attempt_at=timezone.now())
     # a batch goes in id order: the first fails, so the second (retrying) is not tried
-    outcomes = svc.deliveries_attempt(delivery_ids=[first.pk, second.pk])
+    outcomes = sender.deliveries_send(delivery_ids=[first.pk, second.pk])
     assert outcomes == {first.pk: "retrying", second.pk: "handed_back"}
     second.refresh_from_db()
     assert second.status == "retrying" and second.attempts == 1
@@ -134,11 +135,11 @@ def test_a_batch_takes_only_the_oldest_open_delivery_of_a_ticket(
     second = _ingest(engine_api, message="two")
     request.node.queued_deliveries.clear()
     with django_capture_on_commit_callbacks(execute=True):
-        outcomes = svc.deliveries_attempt(delivery_ids=[first.pk, second.pk])
+        outcomes = sender.deliveries_send(delivery_ids=[first.pk, second.pk])
     assert outcomes == {first.pk: "succeeded", second.pk: "not_claimed"}
     # and the next of the ticket is queued as soon as the first is final
     assert request.node.queued_deliveries == [second.pk]
-    assert svc.delivery_attempt(delivery_id=second.pk) == "succeeded"
+    assert send_one(delivery_id=second.pk) == "succeeded"
 
 
 def test_what_would_outlast_half_the_lease_is_handed_back(
@@ -150,7 +151,7 @@ def test_what_would_outlast_half_the_lease_is_handed_back(
     sink = pointed(partner_server_factory())
     batch = [_ingest(engine_api, ticketNumber=f"t-{i}") for i in range(3)]
     assert partner.timeout == 10
-    outcomes = svc.deliveries_attempt(delivery_ids=[d.pk for d in batch])
+    outcomes = sender.deliveries_send(delivery_ids=[d.pk for d in batch])
     assert outcomes == {
         batch[0].pk: "succeeded",
         batch[1].pk: "handed_back",
@@ -161,8 +162,8 @@ def test_what_would_outlast_half_the_lease_is_handed_back(
 
 def test_batches_are_per_target_in_id_order_and_bounded():
     rows = [(5, "partner:1"), (1, "partner:1"), (2, "engine"), (3, "partner:1"), (9, "partner:2")]
-    assert svc.batches_by_target(rows, 2) == [[1, 3], [5], [2], [9]]
-    assert svc.batches_by_target([], 20) == []
+    assert queue.batches_by_target(rows, 2) == [[1, 3], [5], [2], [9]]
+    assert queue.batches_by_target([], 20) == []
 
 
 def test_dispatcher_queues_due_deliveries_in_batches_per_target(
@@ -175,8 +176,8 @@ def test_dispatcher_queues_due_deliveries_in_batches_per_target(
     # as if their queue messages had been lost: the dispatcher must queue them
     Delivery.objects.filter(pk__in=partner_ids).update(dispatched_at=None)
     messages: list[list[int]] = []
-    monkeypatch.setattr("integrations.tasks.deliveries_enqueue", messages.append)
-    assert svc.deliveries_dispatch(now=timezone.now()) == 5
+    monkeypatch.setattr("integrations.outbox.queue.publish", lambda task, ids: messages.append(ids))
+    assert queue.deliveries_dispatch(now=timezone.now()) == 5
     mine = [m for m in messages if set(m) & set(partner_ids)]
     assert mine == [partner_ids[0:2], partner_ids[2:4], partner_ids[4:5]]
     # each message is one target's
@@ -186,7 +187,7 @@ def test_dispatcher_queues_due_deliveries_in_batches_per_target(
     assert all(len(t) == 1 for t in targets)
     # and they are not queued again on the next run (dispatched_at)
     messages.clear()
-    assert svc.deliveries_dispatch(now=timezone.now()) == 0 and messages == []
+    assert queue.deliveries_dispatch(now=timezone.now()) == 0 and messages == []
 
 
 def test_a_task_tops_its_batch_up_with_the_partners_oldest_new_deliveries(
@@ -200,7 +201,7 @@ def test_a_task_tops_its_batch_up_with_the_partners_oldest_new_deliveries(
     c1 = _ingest(engine_api, ticketNumber="c", message="c1")
     d1 = _ingest(engine_api, ticketNumber="d", message="d1")
     # when the queue's task for c1 runs (its message came first, say)
-    outcomes = svc.deliveries_attempt(delivery_ids=[c1.pk], top_up=True)
+    outcomes = sender.deliveries_send(delivery_ids=[c1.pk], top_up=True)
     # then it also took the two oldest new deliveries of that partner that may go now; the
     # batch is full at 3, so d1 waits for its own message
     assert outcomes == {c1.pk: "succeeded", a1.pk: "succeeded", b1.pk: "succeeded"}
@@ -209,7 +210,7 @@ def test_a_task_tops_its_batch_up_with_the_partners_oldest_new_deliveries(
         delivery.refresh_from_db()
         assert delivery.status == status and delivery.attempts == 0
     # and the messages of those taken find nothing left to do
-    assert svc.deliveries_attempt(delivery_ids=[a1.pk, b1.pk], top_up=True) == {
+    assert sender.deliveries_send(delivery_ids=[a1.pk, b1.pk], top_up=True) == {
         a1.pk: "not_claimed",
         b1.pk: "not_claimed",
     }
@@ -219,7 +220,7 @@ def test_only_the_queues_tasks_top_up(engine_api, pointed, partner_server_factor
     sink = pointed(partner_server_factory())
     first = _ingest(engine_api, ticketNumber="a")
     _ingest(engine_api, ticketNumber="b")
-    assert svc.deliveries_attempt(delivery_ids=[first.pk]) == {first.pk: "succeeded"}
+    assert sender.deliveries_send(delivery_ids=[first.pk]) == {first.pk: "succeeded"}
     assert len(sink.received) == 1
 
 
@@ -266,11 +267,11 @@ def test_one_tenants_failing_engine_never_holds_up_another_tenants_relay(
     # when the dispatcher queues them: one message per tenant's engine
     Delivery.objects.filter(pk__in=[d.pk for d in a + b]).update(dispatched_at=None)
     messages: list[list[int]] = []
-    monkeypatch.setattr("integrations.tasks.deliveries_enqueue", messages.append)
-    svc.deliveries_dispatch(now=timezone.now())
+    monkeypatch.setattr("integrations.outbox.queue.publish", lambda task, ids: messages.append(ids))
+    queue.deliveries_dispatch(now=timezone.now())
     assert sorted(messages) == sorted([[d.pk for d in a], [d.pk for d in b]])
     # and even in one batch, A's failure hands back only A's deliveries
-    outcomes = svc.deliveries_attempt(delivery_ids=[d.pk for d in a + b])
+    outcomes = sender.deliveries_send(delivery_ids=[d.pk for d in a + b])
     assert [outcomes[d.pk] for d in a] == ["retrying", "handed_back"]
     assert [outcomes[d.pk] for d in b] == ["succeeded", "succeeded"]
     assert len(healthy.received) == 2
@@ -281,7 +282,7 @@ def test_an_error_mid_batch_records_what_was_sent_and_hands_back_the_rest(
 ):
     sink = pointed(partner_server_factory())
     batch = [_ingest(engine_api, ticketNumber=f"t-{i}") for i in range(3)]
-    real, calls = svc.send_webhook, []
+    real, calls = sender.send_webhook, []
 
     def second_breaks(**kwargs):
         calls.append(kwargs["msg_id"])
@@ -289,9 +290,9 @@ def test_an_error_mid_batch_records_what_was_sent_and_hands_back_the_rest(
             raise RuntimeError("boom")
         return real(**kwargs)
 
-    monkeypatch.setattr(svc, "send_webhook", second_breaks)
+    monkeypatch.setattr(sender, "send_webhook", second_breaks)
     with pytest.raises(RuntimeError):
-        svc.deliveries_attempt(delivery_ids=[d.pk for d in batch])
+        sender.deliveries_send(delivery_ids=[d.pk for d in batch])
     first, second, third = (Delivery.objects.get(pk=d.pk) for d in batch)
     # the first was sent and is recorded
     assert len(sink.received) == 1 and first.status == "succeeded"
@@ -306,18 +307,18 @@ def test_a_slow_batch_records_each_request_as_it_goes(
     engine_api, pointed, partner_server_factory, monkeypatch, request
 ):
     # given a batch that has already run longer than RECORD_EVERY
-    monkeypatch.setattr(svc, "RECORD_EVERY", 0.0)
+    monkeypatch.setattr(sender, "RECORD_EVERY", 0.0)
     pointed(partner_server_factory())
     batch = [_ingest(engine_api, ticketNumber=f"t-{i}") for i in range(3)]
     recorded_before_next_send: list[int] = []
-    real = svc.send_webhook
+    real = sender.send_webhook
 
     def send(**kwargs):
         recorded_before_next_send.append(DeliveryAttempt.objects.count())
         return real(**kwargs)
 
-    monkeypatch.setattr(svc, "send_webhook", send)
-    outcomes = svc.deliveries_attempt(delivery_ids=[d.pk for d in batch])
+    monkeypatch.setattr(sender, "send_webhook", send)
+    outcomes = sender.deliveries_send(delivery_ids=[d.pk for d in batch])
     assert set(outcomes.values()) == {"succeeded"}
     # then every request was recorded before the next one was sent
     assert recorded_before_next_send == [0, 1, 2]

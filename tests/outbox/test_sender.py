@@ -8,9 +8,10 @@ from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from integrations.models import Delivery, DeliveryAttempt, Partner, SigningSecret
-from integrations.services import deliveries as svc
-from integrations.services.accounts import signing_secret_rotate
+from integrations.outbox import sender
+from integrations.services.partners import signing_secret_rotate
 from tests.conftest import command_body, incoming_body
+from tests.support.outbox import claim, due_ids, send_one
 
 IN = "/api/v1/engine/incoming"
 OK = (200, b'{"status":"success"}', {})
@@ -41,7 +42,7 @@ def test_attempt_success_is_signed_recorded_and_final(engine_api, partner_at, si
     partner_at(sink)
     delivery = _ingest(engine_api)
     # when the delivery is attempted
-    assert svc.delivery_attempt(delivery_id=delivery.pk) == "succeeded"
+    assert send_one(delivery_id=delivery.pk) == "succeeded"
     # then the partner got the normalized payload, signed with its secret
     received = sink.received[0]
     assert received.path == "/incoming" and received.json == incoming_body()
@@ -68,7 +69,7 @@ def test_attempt_503_schedules_retry_from_schedule(
     partner_at(partner_server_factory(lambda r, n: (503, b"down", {})))
     delivery = _ingest(engine_api)
     before = timezone.now()
-    assert svc.delivery_attempt(delivery_id=delivery.pk) == "retrying"
+    assert send_one(delivery_id=delivery.pk) == "retrying"
     delivery.refresh_from_db()
     delay = (delivery.next_attempt_at - before).total_seconds()
     assert 80 - 1 <= delay <= 120 + 1  # 100 s ± 20 % jitter
@@ -81,7 +82,7 @@ def test_attempt_retry_after_longer_than_schedule_wins(
     settings.PORTAL_RETRY_SCHEDULE = (0, 5, 5)
     partner_at(partner_server_factory(lambda r, n: (429, b"", {"Retry-After": "600"})))
     delivery = _ingest(engine_api)
-    svc.delivery_attempt(delivery_id=delivery.pk)
+    send_one(delivery_id=delivery.pk)
     delivery.refresh_from_db()
     delay = (delivery.next_attempt_at - timezone.now()).total_seconds()
     assert 590 <= delay <= 601
@@ -93,7 +94,7 @@ def test_attempt_retry_after_is_capped_at_ten_hours(
     settings.PORTAL_RETRY_SCHEDULE = (0, 5)
     partner_at(partner_server_factory(lambda r, n: (503, b"", {"Retry-After": "999999"})))
     delivery = _ingest(engine_api)
-    svc.delivery_attempt(delivery_id=delivery.pk)
+    send_one(delivery_id=delivery.pk)
     delivery.refresh_from_db()
     assert (delivery.next_attempt_at - timezone.now()) <= timedelta(hours=10)
 
@@ -101,13 +102,13 @@ def test_attempt_retry_after_is_capped_at_ten_hours(
 def test_attempt_2xx_with_error_status_is_retried(engine_api, partner_at, partner_server_factory):
     partner_at(partner_server_factory(lambda r, n: (200, b'{"status":"error"}', {})))
     delivery = _ingest(engine_api)
-    assert svc.delivery_attempt(delivery_id=delivery.pk) == "retrying"
+    assert send_one(delivery_id=delivery.pk) == "retrying"
 
 
 def test_attempt_4xx_is_dead_at_once(engine_api, partner_at, partner_server_factory):
     partner_at(partner_server_factory(lambda r, n: (422, b'{"error":"bad"}', {})))
     delivery = _ingest(engine_api)
-    assert svc.delivery_attempt(delivery_id=delivery.pk) == "dead"
+    assert send_one(delivery_id=delivery.pk) == "dead"
     assert DeliveryAttempt.objects.get().response_body == '{"error":"bad"}'
 
 
@@ -117,12 +118,12 @@ def test_attempt_410_is_dead_and_pauses_partner(
     partner_at(partner_server_factory(lambda r, n: (410, b"", {})))
     first = _ingest(engine_api)
     second = _ingest(engine_api, ticketNumber="other-ticket")
-    assert svc.delivery_attempt(delivery_id=first.pk) == "dead"
+    assert send_one(delivery_id=first.pk) == "dead"
     partner.refresh_from_db()
     assert partner.state == "paused" and "410" in partner.state_reason
     # a paused partner's deliveries wait: not claimable, not due
-    assert svc.delivery_attempt(delivery_id=second.pk) == "not_claimed"
-    assert second.pk not in svc.deliveries_due(now=timezone.now() + timedelta(hours=1))
+    assert send_one(delivery_id=second.pk) == "not_claimed"
+    assert second.pk not in due_ids(now=timezone.now() + timedelta(hours=1))
     second.refresh_from_db()
     assert second.status == "pending"
 
@@ -131,7 +132,7 @@ def test_attempt_schedule_used_up_is_dead(engine_api, partner_at, partner_server
     settings.PORTAL_RETRY_SCHEDULE = (0, 0, 0)
     partner_at(partner_server_factory(lambda r, n: (500, b"", {})))
     delivery = _ingest(engine_api)
-    outcomes = [svc.delivery_attempt(delivery_id=delivery.pk) for _ in range(4)]
+    outcomes = [send_one(delivery_id=delivery.pk) for _ in range(4)]
     assert outcomes == ["retrying", "retrying", "dead", "not_claimed"]
     assert DeliveryAttempt.objects.filter(delivery=delivery).count() == 3
 
@@ -145,7 +146,7 @@ def test_attempt_pauses_partner_failing_longer_than_pause_after(
         failing_since=timezone.now() - timedelta(seconds=61)
     )
     delivery = _ingest(engine_api)
-    svc.delivery_attempt(delivery_id=delivery.pk)
+    send_one(delivery_id=delivery.pk)
     partner.refresh_from_db()
     assert partner.state == "paused" and "PORTAL_PARTNER_PAUSE_AFTER" in partner.state_reason
 
@@ -156,8 +157,8 @@ def test_claim_twice_only_one_wins(engine_api, partner_at, sink):
     now = timezone.now()
     import uuid
 
-    assert svc.delivery_claim(delivery_id=delivery.pk, token=uuid.uuid4(), now=now)
-    assert not svc.delivery_claim(delivery_id=delivery.pk, token=uuid.uuid4(), now=now)
+    assert claim(delivery_id=delivery.pk, token=uuid.uuid4(), now=now)
+    assert not claim(delivery_id=delivery.pk, token=uuid.uuid4(), now=now)
 
 
 def test_expired_lease_is_taken_again(engine_api, partner_at, sink):
@@ -165,11 +166,11 @@ def test_expired_lease_is_taken_again(engine_api, partner_at, sink):
 
     partner_at(sink)
     delivery = _ingest(engine_api)
-    svc.delivery_claim(delivery_id=delivery.pk, token=uuid.uuid4(), now=timezone.now())
+    claim(delivery_id=delivery.pk, token=uuid.uuid4(), now=timezone.now())
     Delivery.objects.filter(pk=delivery.pk).update(
         lease_expires_at=timezone.now() - timedelta(seconds=1)
     )
-    assert svc.delivery_attempt(delivery_id=delivery.pk) == "succeeded"
+    assert send_one(delivery_id=delivery.pk) == "succeeded"
     delivery.refresh_from_db()
     assert delivery.attempts == 2 and len(sink.received) == 1
 
@@ -180,11 +181,11 @@ def test_lost_worker_on_last_try_ends_dead_without_sending(engine_api, partner_a
     settings.PORTAL_RETRY_SCHEDULE = (0,)
     partner_at(sink)
     delivery = _ingest(engine_api)
-    svc.delivery_claim(delivery_id=delivery.pk, token=uuid.uuid4(), now=timezone.now())
+    claim(delivery_id=delivery.pk, token=uuid.uuid4(), now=timezone.now())
     Delivery.objects.filter(pk=delivery.pk).update(
         lease_expires_at=timezone.now() - timedelta(seconds=1)
     )
-    assert svc.delivery_attempt(delivery_id=delivery.pk) == "dead"
+    assert send_one(delivery_id=delivery.pk) == "dead"
     assert sink.received == []
 
 
@@ -196,11 +197,11 @@ def test_order_later_delivery_waits_for_older_of_same_ticket(
     second = _ingest(engine_api, message="two")
     other_ticket = _ingest(engine_api, ticketNumber="another", message="three")
     # the first fails and will retry: the second of its ticket is held back
-    assert svc.delivery_attempt(delivery_id=first.pk) == "retrying"
-    assert svc.delivery_attempt(delivery_id=second.pk) == "not_claimed"
+    assert send_one(delivery_id=first.pk) == "retrying"
+    assert send_one(delivery_id=second.pk) == "not_claimed"
     # another ticket is not held back
-    assert svc.delivery_attempt(delivery_id=other_ticket.pk) == "succeeded"
-    due = svc.deliveries_due(now=timezone.now() + timedelta(hours=20))
+    assert send_one(delivery_id=other_ticket.pk) == "succeeded"
+    due = due_ids(now=timezone.now() + timedelta(hours=20))
     assert first.pk in due and second.pk not in due
 
 
@@ -212,7 +213,7 @@ def test_order_final_delivery_queues_next_of_ticket(
     second = _ingest(engine_api, message="two")
     request.node.queued_deliveries.clear()
     with django_capture_on_commit_callbacks(execute=True):
-        svc.delivery_attempt(delivery_id=first.pk)
+        send_one(delivery_id=first.pk)
     assert request.node.queued_deliveries == [second.pk]
 
 
@@ -221,15 +222,15 @@ def test_dispatcher_skips_recently_queued_and_takes_stale(engine_api, partner_at
     partner_at(sink)
     delivery = _ingest(engine_api)
     now = timezone.now()
-    assert delivery.pk not in svc.deliveries_due(now=now)  # queued on commit a moment ago
-    assert delivery.pk in svc.deliveries_due(now=now + timedelta(seconds=61))
+    assert delivery.pk not in due_ids(now=now)  # queued on commit a moment ago
+    assert delivery.pk in due_ids(now=now + timedelta(seconds=61))
 
 
 def test_rotation_sends_both_signatures(engine_api, partner_at, sink, partner):
     partner_at(sink)
     old = SigningSecret.objects.get(partner=partner).secret
     new = signing_secret_rotate(partner=partner).secret
-    svc.delivery_attempt(delivery_id=_ingest(engine_api).pk)
+    send_one(delivery_id=_ingest(engine_api).pk)
     received = sink.received[0]
     assert len(received.headers["webhook-signature"].split(" ")) == 2
     for secret in (old, new):
@@ -247,7 +248,7 @@ def test_engine_relay_gets_bearer_and_tenant_signature(
     engine_api.post(IN, incoming_body())
     event_id = partner_api.post("/api/v1/command", command_body()).json()["eventId"]
     relay = Delivery.objects.get(event_id=event_id)
-    assert svc.delivery_attempt(delivery_id=relay.pk) == "succeeded"
+    assert send_one(delivery_id=relay.pk) == "succeeded"
     received = engine.received[0]
     assert received.path == "/commands" and received.json == command_body()
     assert received.headers["Authorization"] == "Bearer engine-secret-token"
@@ -261,7 +262,7 @@ def test_blocked_destination_is_dead_and_never_sent(engine_api, partner, setting
     partner.base_url = "http://169.254.169.254"
     partner.save()
     delivery = _ingest(engine_api)
-    assert svc.delivery_attempt(delivery_id=delivery.pk) == "dead"
+    assert send_one(delivery_id=delivery.pk) == "dead"
     assert DeliveryAttempt.objects.get().error_class == "blocked_destination"
 
 
@@ -270,7 +271,7 @@ def test_first_schedule_entry_delays_the_first_attempt(engine_api, partner_at, s
     partner_at(sink)
     delivery = _ingest(engine_api)
     assert (delivery.next_attempt_at - timezone.now()).total_seconds() > 55
-    assert svc.delivery_attempt(delivery_id=delivery.pk) == "not_claimed"
+    assert send_one(delivery_id=delivery.pk) == "not_claimed"
 
 
 def test_configuration_error_is_recorded_and_dead(engine_api, partner_at, sink, partner):
@@ -280,7 +281,7 @@ def test_configuration_error_is_recorded_and_dead(engine_api, partner_at, sink, 
         expires_at=timezone.now() - timedelta(seconds=1)
     )
     delivery = _ingest(engine_api)
-    assert svc.delivery_attempt(delivery_id=delivery.pk) == "dead"
+    assert send_one(delivery_id=delivery.pk) == "dead"
     attempt = DeliveryAttempt.objects.get(delivery=delivery)
     assert attempt.error_class == "configuration_error" and sink.received == []
 
@@ -302,7 +303,7 @@ def test_answer_with_nul_bytes_is_recorded_with_replacement_characters(
     partner_at(partner_server_factory(lambda r, n: (200, body, {"X-Junk": "a\x00b"})))
     delivery = _ingest(engine_api)
     # when it is attempted
-    assert svc.delivery_attempt(delivery_id=delivery.pk) == "succeeded"
+    assert send_one(delivery_id=delivery.pk) == "succeeded"
     # then the attempt is stored, U+FFFD in place of each NUL
     attempt = DeliveryAttempt.objects.get(delivery=delivery)
     assert attempt.response_body == '{"status":"success"}\ufffd\ufffd'
@@ -315,7 +316,7 @@ def test_url_credentials_are_not_stored_with_the_attempt(engine_api, partner, si
     partner.save()
     delivery = _ingest(engine_api)
     # when it is attempted
-    assert svc.delivery_attempt(delivery_id=delivery.pk) == "succeeded"
+    assert send_one(delivery_id=delivery.pk) == "succeeded"
     # then the partner got the credentials, and the stored URL and headers do not keep them
     assert sink.received[0].headers["Authorization"].startswith("Basic ")
     attempt = DeliveryAttempt.objects.get(delivery=delivery)
@@ -333,16 +334,16 @@ def test_failing_partner_gets_one_attempt_in_flight_at_a_time(
     busy = _ingest(engine_api, ticketNumber="one")
     waiting = _ingest(engine_api, ticketNumber="two")
     Partner.objects.filter(pk=partner.pk).update(consecutive_failures=3)
-    assert svc.delivery_claim(delivery_id=busy.pk, token=uuid.uuid4(), now=timezone.now())
+    assert claim(delivery_id=busy.pk, token=uuid.uuid4(), now=timezone.now())
     # when another of its deliveries, of another ticket, is due
     later = timezone.now() + timedelta(seconds=settings.PORTAL_REDISPATCH_AFTER + 1)
     # then it is neither claimed nor queued by the dispatcher
-    assert svc.delivery_attempt(delivery_id=waiting.pk) == "not_claimed"
-    assert waiting.pk not in svc.deliveries_due(now=later)
+    assert send_one(delivery_id=waiting.pk) == "not_claimed"
+    assert waiting.pk not in due_ids(now=later)
     # and it goes once the attempt in flight is over
     Delivery.objects.filter(pk=busy.pk).update(status="retrying", lease_expires_at=None)
-    assert waiting.pk in svc.deliveries_due(now=later)
-    assert svc.delivery_attempt(delivery_id=waiting.pk) == "succeeded"
+    assert waiting.pk in due_ids(now=later)
+    assert send_one(delivery_id=waiting.pk) == "succeeded"
 
 
 def test_healthy_partner_is_not_limited_to_one_attempt_in_flight(engine_api, partner_at, sink):
@@ -351,8 +352,8 @@ def test_healthy_partner_is_not_limited_to_one_attempt_in_flight(engine_api, par
     partner_at(sink)
     busy = _ingest(engine_api, ticketNumber="one")
     other = _ingest(engine_api, ticketNumber="two")
-    assert svc.delivery_claim(delivery_id=busy.pk, token=uuid.uuid4(), now=timezone.now())
-    assert svc.delivery_attempt(delivery_id=other.pk) == "succeeded"
+    assert claim(delivery_id=busy.pk, token=uuid.uuid4(), now=timezone.now())
+    assert send_one(delivery_id=other.pk) == "succeeded"
 
 
 def test_attempt_that_lost_its_lease_does_not_apply_its_outcome(
@@ -364,20 +365,20 @@ def test_attempt_that_lost_its_lease_does_not_apply_its_outcome(
     partner_at(sink)
     first = _ingest(engine_api, message="one")
     second = _ingest(engine_api, message="two")
-    original = svc.send_webhook
+    original = sender.send_webhook
 
     def slow_send(**kwargs):
         result = original(**kwargs)
         Delivery.objects.filter(pk=first.pk).update(lease_token=uuid.uuid4())  # taken over
         return result
 
-    svc.send_webhook = slow_send
+    sender.send_webhook = slow_send
     request.node.queued_deliveries.clear()
     try:
         with django_capture_on_commit_callbacks(execute=True):
-            outcome = svc.delivery_attempt(delivery_id=first.pk)
+            outcome = send_one(delivery_id=first.pk)
     finally:
-        svc.send_webhook = original
+        sender.send_webhook = original
     # then the attempt is recorded, but the delivery stays the other worker's
     assert outcome == "lease_lost"
     assert DeliveryAttempt.objects.filter(delivery=first).count() == 1
@@ -386,7 +387,7 @@ def test_attempt_that_lost_its_lease_does_not_apply_its_outcome(
 
 
 def test_worker_lost_on_last_try_counts_as_failure_and_alerts(
-    engine_api, partner_at, sink, settings, partner
+    engine_api, partner_at, sink, settings, partner, django_capture_on_commit_callbacks
 ):
     import uuid
 
@@ -400,11 +401,12 @@ def test_worker_lost_on_last_try_counts_as_failure_and_alerts(
     settings.PORTAL_RETRY_SCHEDULE = (0,)
     partner_at(sink)
     delivery = _ingest(engine_api)
-    svc.delivery_claim(delivery_id=delivery.pk, token=uuid.uuid4(), now=timezone.now())
+    claim(delivery_id=delivery.pk, token=uuid.uuid4(), now=timezone.now())
     Delivery.objects.filter(pk=delivery.pk).update(
         lease_expires_at=timezone.now() - timedelta(seconds=1)
     )
-    assert svc.delivery_attempt(delivery_id=delivery.pk) == "dead"
+    with django_capture_on_commit_callbacks(execute=True):
+        assert send_one(delivery_id=delivery.pk) == "dead"
     partner.refresh_from_db()
     assert partner.consecutive_failures == 1
     assert [m.to for m in mail.outbox if "failed" in m.subject] == [["boss@x.example"]]

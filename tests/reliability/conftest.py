@@ -7,8 +7,10 @@ Figures: tests call `figures.record(...)`; at the end of the session they are pr
 written to var/reliability/figures-<size>.json (docs/RELIABILITY.md quotes the full run).
 
 Servers: real Celery workers and beat (`Workers` from the e2e harness), a real gunicorn on
-the test database (`web_server`), the loopback fault server, and helpers that kill and
-restart Redis and PostgreSQL (the TEST_* variables exported by scripts/testenv.py).
+the test database (`web_server`), the fake partner with no routes yet (`fault_server`: tests
+give paths their misbehaviour, tests/support/partner.py), and helpers that kill and restart
+Redis and PostgreSQL (the TEST_* variables exported by scripts/testenv.py). Process groups,
+pool children and their memory: tests/support/processes.py.
 Only loopback receives traffic: an autouse guard refuses any other connect from this process.
 """
 
@@ -20,7 +22,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,11 +31,11 @@ from typing import Any
 
 import pytest
 import redis
-import requests
 from django.db import connection, connections
 
-from tests.e2e.conftest import REPO, Workers, _database_url, wait_for
-from tests.reliability.fault_server import FaultServer
+from tests.e2e.conftest import Workers, _database_url
+from tests.support.partner import PartnerServer
+from tests.support.processes import REPO, Children, free_port, gunicorn_cmd, http_ok, wait_for
 
 FULL_SCALE = float(os.environ.get("RELIABILITY_SCALE") or "1")
 FIGURES_DIR = REPO / "var" / "reliability"
@@ -196,46 +197,9 @@ def servers_ready(transactional_db, settings):
 
 @pytest.fixture
 def workers(servers_ready, tmp_path) -> Iterator[Workers]:
-    w = Workers(tmp=tmp_path)
+    w = Workers(tmp_path)
     yield w
-    w.stop_all()
-
-
-def wait_ready(workers: Workers, name: str, timeout: float = 60) -> None:
-    """Wait until the worker started as `name` logs that it is ready to take tasks."""
-    log = workers.tmp / f"{name}.log"
-    wait_for(
-        lambda: log.exists() and " ready." in log.read_text(errors="replace"),
-        timeout,
-        f"worker {name} to be ready",
-        workers.logs,
-    )
-
-
-def pool_children(proc: subprocess.Popen) -> list[int]:
-    """Pids of a Celery worker's pool processes (children of its main process)."""
-    path = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-    try:
-        return [int(pid) for pid in path.read_text().split()]
-    except OSError:
-        return []
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size (VmRSS) of a process in KiB; 0 when it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    w.stop_all(grace=0)
 
 
 @dataclass
@@ -260,58 +224,33 @@ def web_server(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator
     with django_db_blocker.unblock():
         _need_servers()
         database_url = _database_url()
-    tmp = tmp_path_factory.mktemp("web")
+    children = Children(tmp_path_factory.mktemp("web"))
     port = free_port()
-    log = tmp / "gunicorn.log"
     env = dict(os.environ)
     env.update(
         {
             "DATABASE_URL": database_url,
-            "PORTAL_VAR_DIR": str(tmp),
+            "PORTAL_VAR_DIR": str(children.tmp),
             "LOG_LEVEL": "DEBUG",
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             "PORTAL_PARTNER_RATE": "100000/second",
         }
     )
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "portal.wsgi:application",
-                f"--bind=127.0.0.1:{port}",
-                "--workers=2",
-                "--threads=4",
-                "--timeout=60",
-                "--graceful-timeout=5",
-                "--access-logfile=-",
-                "--log-level=debug",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = WebServer(f"http://127.0.0.1:{port}", log, proc)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{server.url}/healthz", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"gunicorn did not start:\n{server.log_text()[-3000:]}")
-        time.sleep(0.2)
-    yield server
+    extra = ("--timeout=60", "--graceful-timeout=5", "--access-logfile=-", "--log-level=debug")
+    cmd = gunicorn_cmd("portal.wsgi:application", port, workers=2, threads=4, extra=extra)
+    proc = children.start("gunicorn", cmd, env=env)
+    server = WebServer(f"http://127.0.0.1:{port}", children.log_path("gunicorn"), proc)
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(15)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+        wait_for(
+            lambda: http_ok(f"{server.url}/healthz"),
+            30,
+            "gunicorn to start",
+            children.logs,
+            check=children.check_alive,
+        )
+        yield server
+    finally:
+        children.stop_all(grace=15)
 
 
 @pytest.fixture
@@ -321,8 +260,9 @@ def web(servers_ready, web_server) -> WebServer:
 
 
 @pytest.fixture
-def fault_server() -> Iterator[FaultServer]:
-    server = FaultServer()
+def fault_server() -> Iterator[PartnerServer]:
+    """The fake partner with no routes: a test sets `routes[path]`; other paths get 404."""
+    server = PartnerServer(lambda received, n: (404, b"no route", {}))
     yield server
     server.close()
 

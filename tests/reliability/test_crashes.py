@@ -22,17 +22,9 @@ from standardwebhooks.webhooks import Webhook
 
 from integrations.models import Delivery, DeliveryAttempt, Event, SigningSecret
 from tests.conftest import incoming_body
-from tests.e2e.conftest import wait_for
-from tests.reliability.conftest import (
-    pg_restart,
-    pool_children,
-    redis_client,
-    redis_kill,
-    redis_start,
-    sizes,
-    wait_ready,
-)
-from tests.reliability.fault_server import ok
+from tests.reliability.conftest import pg_restart, redis_client, redis_kill, redis_start, sizes
+from tests.support.partner import ok
+from tests.support.processes import pool_children, wait_for, wait_ready
 
 IN = "/api/v1/engine/incoming"
 CONCURRENCY = 2

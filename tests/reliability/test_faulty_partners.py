@@ -17,12 +17,12 @@ from datetime import timedelta
 import pytest
 
 from integrations.models import ApiKey, Delivery, DeliveryAttempt, Partner
-from integrations.services.accounts import api_key_create, partner_create
+from integrations.services.accounts import api_key_create
+from integrations.services.partners import partner_create
 from tests.conftest import Caller, incoming_body
-from tests.e2e.conftest import wait_for
 from tests.factories import TenantFactory
-from tests.reliability.conftest import pool_children, rss_kib, sizes, wait_ready
-from tests.reliability.fault_server import (
+from tests.reliability.conftest import sizes
+from tests.support.partner import (
     always,
     drip,
     fail_during,
@@ -33,6 +33,7 @@ from tests.reliability.fault_server import (
     raw,
     reset,
 )
+from tests.support.processes import pool_children, rss_kib, wait_for, wait_ready
 
 IN = "/api/v1/engine/incoming"
 DEADLINE = 2.0  # the faulty partners' response deadline (seconds)

@@ -31,7 +31,8 @@ from integrations.models import (
     TenantMembership,
     Ticket,
 )
-from integrations.services.accounts import api_key_create, partner_create
+from integrations.services.accounts import api_key_create
+from integrations.services.partners import partner_create
 from tests.conftest import Caller, command_body, incoming_body, outgoing_body
 from tests.factories import TenantFactory
 from tests.reliability.conftest import sizes

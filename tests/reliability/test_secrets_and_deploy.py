@@ -20,17 +20,13 @@ import pytest
 import requests
 
 from integrations.models import ApiKey, Delivery, DeliveryAttempt, Partner, SigningSecret
-from integrations.services.accounts import (
-    api_key_create,
-    api_key_revoke,
-    partner_create,
-    signing_secret_rotate,
-)
+from integrations.services.accounts import api_key_create, api_key_revoke
 from integrations.services.operations import partner_send_test_event
+from integrations.services.partners import partner_create, signing_secret_rotate
 from tests.conftest import command_body, incoming_body, outgoing_body
-from tests.e2e.conftest import REPO, wait_for
-from tests.reliability.conftest import sizes, wait_ready
-from tests.reliability.fault_server import fail_during, first_try_per_id, ok
+from tests.reliability.conftest import sizes
+from tests.support.partner import fail_during, first_try_per_id, ok
+from tests.support.processes import REPO, wait_for, wait_ready
 
 IN, OUT, CMD = "/api/v1/engine/incoming", "/api/v1/outgoing", "/api/v1/command"
 

@@ -13,11 +13,11 @@ import requests
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from integrations.models import Delivery, Event, SigningSecret
-from integrations.services import deliveries as svc
-from integrations.services.accounts import signing_secret_rotate
+from integrations.services.partners import signing_secret_rotate
 from tests.conftest import command_body, incoming_body, outgoing_body
 from tests.reliability.conftest import sizes
-from tests.reliability.fault_server import ok
+from tests.support.outbox import send_one
+from tests.support.partner import ok
 
 IN, ENGINE_OUT, OUT, CMD = (
     "/api/v1/engine/incoming",
@@ -53,7 +53,7 @@ def test_signatures_every_delivery_verifies_with_standardwebhooks(
         partner_api.post(OUT, outgoing_body(ticketNumber=ticket, message=f"reply {t}"))
         partner_api.post(CMD, command_body(ticketNumber=ticket))
     for delivery_id in Delivery.objects.order_by("id").values_list("id", flat=True):
-        svc.delivery_attempt(delivery_id=delivery_id)
+        send_one(delivery_id=delivery_id)
     # then every request verifies, with each live partner secret or the engine's secret
     partner_secrets = list(
         SigningSecret.objects.filter(partner=partner).values_list("secret", flat=True)

@@ -18,11 +18,11 @@ import pytest
 
 from integrations import delivery as transport
 from integrations.models import Delivery, DeliveryAttempt
-from integrations.services import deliveries as svc
 from integrations.services.operations import partner_send_test_event
 from tests.conftest import incoming_body, outgoing_body
 from tests.reliability.conftest import sizes
-from tests.test_delivery_transport import BLOCKED_ADDRESSES
+from tests.support.outbox import send_one
+from tests.unit.test_ssrf import BLOCKED_ADDRESSES
 
 IN = "/api/v1/engine/incoming"
 OUT = "/api/v1/outgoing"
@@ -143,7 +143,7 @@ def _deliver_to(engine_api, partner, url: str, n: int) -> Delivery:
     response = engine_api.post(IN, incoming_body(ticketNumber=f"ssrf-{n}"))
     assert response.status_code == 202
     delivery = Delivery.objects.get(event_id=response.json()["eventId"], partner=partner)
-    svc.delivery_attempt(delivery_id=delivery.pk)
+    send_one(delivery_id=delivery.pk)
     delivery.refresh_from_db()
     return delivery
 
@@ -203,7 +203,7 @@ def test_ssrf_dns_rebinding_connects_only_to_the_address_it_checked(
     # when the delivery is attempted (the public address is "dialled" into the guard, which
     # refuses it), then retried
     first = _deliver_to(engine_api, partner, "http://rebind.partner.test:8080/hook", 0)
-    svc.delivery_attempt(delivery_id=first.pk)  # the retry is due at once (schedule 0,0,0)
+    send_one(delivery_id=first.pk)  # the retry is due at once (schedule 0,0,0)
     first.refresh_from_db()
     # then each attempt resolved once and connected only to what it had checked: the public
     # address on the first try, nothing on the second (the private answer was refused)
@@ -230,7 +230,7 @@ def test_ssrf_engine_relay_and_test_event_are_guarded_too(
     # when the partner's reply is relayed, and an admin sends the partner a test event
     reply = partner_api.post(OUT, outgoing_body()).json()["eventId"]
     relay = Delivery.objects.get(event_id=reply, target="engine")
-    svc.delivery_attempt(delivery_id=relay.pk)
+    send_one(delivery_id=relay.pk)
     probe = partner_send_test_event(partner=partner)
     # then both are refused without a connect
     relay.refresh_from_db()

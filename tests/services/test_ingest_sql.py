@@ -1,5 +1,5 @@
-"""The ingest hot path (issue #7): how many SQL statements one accepted event costs, and the
-ticket/contact upsert rules the hand-written statements in services/events.py must keep."""
+"""The ingest write path (services/ingest_sql.py): each hand-written statement, the rules it
+keeps, and how many statements one accepted event costs (issue #7)."""
 
 import json
 import threading
@@ -142,3 +142,102 @@ def test_ingest_upsert_concurrent_first_messages_take_distinct_sequences(engine_
     sequences = sorted(Event.objects.filter(ticket=ticket).values_list("sequence", flat=True))
     assert sequences == list(range(1, 9)) and ticket.last_sequence == 8
     assert Contact.objects.count() == 1
+
+
+# --- each statement on its own -------------------------------------------------------------
+
+
+def _message(**overrides):
+    from integrations.payloads import parse_incoming
+
+    return parse_incoming(incoming_body(**overrides))
+
+
+def test_partner_targets_are_the_subscribed_and_not_disabled_partners_by_name(tenant):
+    from integrations.services import ingest_sql
+    from integrations.services.partners import partner_create
+
+    def make(name, channels, state="active"):
+        partner, _, _ = partner_create(
+            tenant=tenant,
+            name=name,
+            base_url="http://127.0.0.1:9",
+            incoming_message_path="/in",
+            send_message_path="/out",
+            channels=channels,
+        )
+        partner.state = state
+        partner.retry_schedule = "0,1" if name == "b-all" else ""
+        partner.save()
+        return partner
+
+    # given partners subscribed to every channel, to whatsapp, to telegram, paused, disabled
+    everything, whatsapp = make("b-all", []), make("a-wa", ["whatsapp"])
+    make("c-tg", ["telegram"])
+    paused = make("d-paused", ["whatsapp"], state="paused")
+    make("e-off", [], state="disabled")
+    # when the targets of a whatsapp event are asked for
+    targets = ingest_sql.partner_targets(tenant_id=tenant.pk, channel="whatsapp")
+    # then they are the subscribed, not disabled ones (paused included), by name
+    assert [t.id for t in targets] == [whatsapp.pk, everything.pk, paused.pk]
+    assert targets[1].retry_schedule == "0,1"
+
+
+def test_event_and_deliveries_insert_store_rows_in_order(tenant):
+    from integrations.models import Delivery
+    from integrations.services import ingest_sql
+
+    now = timezone.now()
+    msg = _message()
+    contact = ingest_sql.contact_upsert(tenant_id=tenant.pk, msg=msg, now=now)
+    ticket, sequence = ingest_sql.ticket_upsert(
+        tenant_id=tenant.pk, msg=msg, contact_pk=contact, created_date=now, now=now
+    )
+    # when an event and two delivery rows are inserted
+    event_id = ingest_sql.event_insert(
+        tenant_id=tenant.pk,
+        kind="incoming",
+        source="engine",
+        partner_id=None,
+        ticket_id=ticket,
+        ticket_number=msg.ticket_number,
+        sequence=sequence,
+        raw_body=b'{"exact": "bytes"}',
+        payload={"message": "Halo"},
+        idempotency_key="k",
+        received_at=now,
+    )
+    rows = [
+        ingest_sql.NewDelivery(None, "engine", "engine_message", "pending", now, now),
+        ingest_sql.NewDelivery(None, "e2", "engine_message", "not_configured", None, None, "x"),
+    ]
+    ids = ingest_sql.deliveries_insert(
+        event_id=event_id, tenant_id=tenant.pk, ticket_id=ticket, rows=rows, now=now
+    )
+    # then the event holds the exact bytes and its payload, and the ids follow the rows
+    event = Event.objects.get(pk=event_id)
+    assert bytes(event.raw_body) == b'{"exact": "bytes"}' and event.payload == {"message": "Halo"}
+    assert (event.sequence, event.ticket_id) == (1, ticket)
+    stored = [Delivery.objects.get(pk=pk) for pk in ids]
+    assert [d.target for d in stored] == ["engine", "e2"]
+    assert [d.status for d in stored] == ["pending", "not_configured"]
+    assert stored[1].last_error == "x" and stored[1].attempts == 0
+    assert (
+        ingest_sql.deliveries_insert(
+            event_id=event_id, tenant_id=tenant.pk, ticket_id=ticket, rows=[], now=now
+        )
+        == []
+    )
+
+
+def test_idempotency_record_insert_returns_none_when_the_key_is_taken(db):
+    from integrations.models import IdempotencyRecord
+    from integrations.services import ingest_sql
+
+    now = timezone.now()
+    first = ingest_sql.idempotency_record_insert(holder="h", key="k", fingerprint="f", now=now)
+    again = ingest_sql.idempotency_record_insert(holder="h", key="k", fingerprint="g", now=now)
+    other = ingest_sql.idempotency_record_insert(holder="h2", key="k", fingerprint="f", now=now)
+    assert first is not None and again is None and other not in (None, first)
+    record = IdempotencyRecord.objects.get(pk=first)
+    assert (record.state, record.request_hash) == ("in_progress", "f")

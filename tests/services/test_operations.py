@@ -9,9 +9,9 @@ from django.utils import timezone
 
 from integrations.errors import Conflict
 from integrations.models import Delivery, DeliveryAttempt, Event, Partner, TenantMembership
-from integrations.services import deliveries as svc
 from integrations.services import operations as ops
 from tests.conftest import incoming_body
+from tests.support.outbox import due_ids, send_one
 
 IN = "/api/v1/engine/incoming"
 OK = (200, b'{"status":"success"}', {})
@@ -38,23 +38,24 @@ def _drain(limit: int = 50) -> list[str]:
     """Attempt every due delivery, oldest first, as a worker would, until none is due."""
     outcomes = []
     for _ in range(limit):
-        due = svc.deliveries_due(now=timezone.now() + timedelta(hours=30))
+        due = due_ids(now=timezone.now() + timedelta(hours=30))
         due = [d for d in due if Delivery.objects.get(pk=d).status in ("pending", "retrying")]
         if not due:
             break
-        outcomes.append(svc.delivery_attempt(delivery_id=due[0]))
+        outcomes.append(send_one(delivery_id=due[0]))
     return outcomes
 
 
 def test_410_pauses_partner_mails_admins_and_holds_later_deliveries(
-    engine_api, partner, partner_server_factory, admin_mailbox, settings
+    engine_api, partner, partner_server_factory, admin_mailbox, django_capture_on_commit_callbacks
 ):
     # given a partner that answers 410 once, then works
     server = partner_server_factory(lambda r, n: (410, b"", {}) if n == 1 else OK)
     _point(partner, server)
     first = _ingest(engine_api, message="one")
-    # when the first delivery gets 410
-    assert svc.delivery_attempt(delivery_id=first.pk) == "dead"
+    # when the first delivery gets 410 (the alert task is queued on commit)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert send_one(delivery_id=first.pk) == "dead"
     # then the partner is paused and the tenant's admins get one mail
     partner.refresh_from_db()
     assert partner.state == "paused"
@@ -72,17 +73,19 @@ def test_410_pauses_partner_mails_admins_and_holds_later_deliveries(
 
 
 def test_dead_alert_is_sent_at_most_once_an_hour(
-    engine_api, partner, partner_server_factory, admin_mailbox
+    engine_api, partner, partner_server_factory, admin_mailbox, django_capture_on_commit_callbacks
 ):
     _point(partner, partner_server_factory(lambda r, n: (400, b"", {})))
     for i in range(3):
-        svc.delivery_attempt(delivery_id=_ingest(engine_api, ticketNumber=f"T{i}").pk)
+        with django_capture_on_commit_callbacks(execute=True):
+            send_one(delivery_id=_ingest(engine_api, ticketNumber=f"T{i}").pk)
     dead_mails = [m for m in mail.outbox if "failed" in m.subject]
     assert len(dead_mails) == 1 and "3 dead" not in dead_mails[0].body
     Partner.objects.filter(pk=partner.pk).update(
         dead_alert_sent_at=timezone.now() - timedelta(hours=2)
     )
-    svc.delivery_attempt(delivery_id=_ingest(engine_api, ticketNumber="T9").pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        send_one(delivery_id=_ingest(engine_api, ticketNumber="T9").pk)
     assert len([m for m in mail.outbox if "failed" in m.subject]) == 2
 
 
@@ -95,7 +98,7 @@ def test_disabled_partner_gets_nothing_and_its_waiting_deliveries_hold(
     ops.partner_disable(partner=partner)
     engine_api.post(IN, incoming_body(message="after disable"))
     assert Delivery.objects.count() == 1  # no row for events after the disable
-    assert svc.delivery_attempt(delivery_id=waiting.pk) == "not_claimed"
+    assert send_one(delivery_id=waiting.pk) == "not_claimed"
     assert server.received == []
 
 
@@ -130,9 +133,9 @@ def test_redeliver_sends_a_succeeded_delivery_again(engine_api, partner, partner
     server = partner_server_factory()
     _point(partner, server)
     delivery = _ingest(engine_api)
-    svc.delivery_attempt(delivery_id=delivery.pk)
+    send_one(delivery_id=delivery.pk)
     ops.delivery_redeliver(delivery=delivery)
-    assert svc.delivery_attempt(delivery_id=delivery.pk) == "succeeded"
+    assert send_one(delivery_id=delivery.pk) == "succeeded"
     assert len(server.received) == 2
     assert server.received[0].headers["webhook-id"] == server.received[1].headers["webhook-id"]
 
@@ -147,11 +150,11 @@ def test_cancel_stops_one_and_lets_the_next_go(engine_api, partner, partner_serv
     _point(partner, server)
     first = _ingest(engine_api, message="stuck")
     second = _ingest(engine_api, message="next")
-    svc.delivery_attempt(delivery_id=first.pk)
-    assert svc.delivery_attempt(delivery_id=second.pk) == "not_claimed"
+    send_one(delivery_id=first.pk)
+    assert send_one(delivery_id=second.pk) == "not_claimed"
     ops.delivery_cancel(delivery=first)
     assert Delivery.objects.get(pk=first.pk).status == "cancelled"
-    assert svc.delivery_attempt(delivery_id=second.pk) == "succeeded"
+    assert send_one(delivery_id=second.pk) == "succeeded"
     with pytest.raises(Conflict):
         ops.delivery_cancel(delivery=first)
 
@@ -187,12 +190,12 @@ def test_pause_after_a_short_failing_period(engine_api, partner, partner_server_
     # given PORTAL_PARTNER_PAUSE_AFTER of one second and a partner that always fails
     settings.PORTAL_PARTNER_PAUSE_AFTER = 1
     _point(partner, partner_server_factory(lambda r, n: (500, b"", {})))
-    svc.delivery_attempt(delivery_id=_ingest(engine_api, ticketNumber="P1").pk)
+    send_one(delivery_id=_ingest(engine_api, ticketNumber="P1").pk)
     partner.refresh_from_db()
     assert partner.state == "active" and partner.consecutive_failures == 1
     # when it is still failing after that period
     time.sleep(1.2)
-    svc.delivery_attempt(delivery_id=_ingest(engine_api, ticketNumber="P2").pk)
+    send_one(delivery_id=_ingest(engine_api, ticketNumber="P2").pk)
     # then it is paused
     partner.refresh_from_db()
     assert partner.state == "paused" and partner.consecutive_failures == 2

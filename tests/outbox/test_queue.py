@@ -1,0 +1,113 @@
+"""The outbox queue's statements, each on its own (integrations/outbox/queue.py): claim,
+top-up, hand-back, per-ticket order, the dispatcher's query."""
+
+import uuid
+from datetime import timedelta
+
+from django.utils import timezone
+
+from integrations.models import Delivery
+from integrations.outbox import queue
+from tests.conftest import incoming_body
+
+IN = "/api/v1/engine/incoming"
+
+
+def _ingest(engine_api, **overrides) -> Delivery:
+    event_id = engine_api.post(IN, incoming_body(**overrides)).json()["eventId"]
+    return Delivery.objects.get(event_id=event_id, partner__isnull=False)
+
+
+def test_claim_takes_a_due_delivery_once_and_counts_the_try(engine_api, partner):
+    # given a new delivery
+    delivery = _ingest(engine_api)
+    now, token = timezone.now(), uuid.uuid4()
+    # when two callers claim it
+    first = queue.deliveries_claim(delivery_ids=[delivery.pk], token=token, now=now)
+    second = queue.deliveries_claim(delivery_ids=[delivery.pk], token=uuid.uuid4(), now=now)
+    # then only the first gets it, leased, with the try counted
+    assert first == [(delivery.pk, partner.pk)] and second == []
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.lease_token) == ("delivering", 1, token)
+    assert delivery.lease_expires_at > now
+
+
+def test_claim_takes_an_expired_lease_again(engine_api, partner):
+    delivery = _ingest(engine_api)
+    now = timezone.now()
+    queue.deliveries_claim(delivery_ids=[delivery.pk], token=uuid.uuid4(), now=now)
+    Delivery.objects.filter(pk=delivery.pk).update(lease_expires_at=now - timedelta(seconds=1))
+    taken = queue.deliveries_claim(delivery_ids=[delivery.pk], token=uuid.uuid4(), now=now)
+    assert taken == [(delivery.pk, partner.pk)]
+    assert Delivery.objects.get(pk=delivery.pk).attempts == 2
+
+
+def test_claim_holds_back_a_ticket_behind_its_open_older_delivery(engine_api, partner):
+    older, newer = _ingest(engine_api, message="one"), _ingest(engine_api, message="two")
+    other_ticket = _ingest(engine_api, ticketNumber="other")
+    ids = [newer.pk, other_ticket.pk]
+    taken = queue.deliveries_claim(delivery_ids=ids, token=uuid.uuid4(), now=timezone.now())
+    assert [pk for pk, _ in taken] == [other_ticket.pk]
+    assert Delivery.objects.get(pk=older.pk).status == "pending"
+
+
+def test_claim_skips_a_paused_partner(engine_api, partner):
+    delivery = _ingest(engine_api)
+    partner.state = "paused"
+    partner.save()
+    token = uuid.uuid4()
+    assert queue.deliveries_claim(delivery_ids=[delivery.pk], token=token, now=timezone.now()) == []
+
+
+def test_claim_more_tops_up_with_the_partners_oldest_new_deliveries(engine_api, partner):
+    deliveries = [_ingest(engine_api, ticketNumber=f"t{i}") for i in range(4)]
+    now, token = timezone.now(), uuid.uuid4()
+    queue.deliveries_claim(delivery_ids=[deliveries[0].pk], token=token, now=now)
+    more = queue.deliveries_claim_more(partner_id=partner.pk, limit=2, token=token, now=now)
+    assert more == [deliveries[1].pk, deliveries[2].pk]
+    assert Delivery.objects.get(pk=deliveries[3].pk).status == "pending"
+
+
+def test_hand_back_restores_status_and_try_under_our_lease_only(engine_api, partner):
+    new, retried = _ingest(engine_api, ticketNumber="a"), _ingest(engine_api, ticketNumber="b")
+    Delivery.objects.filter(pk=retried.pk).update(status="retrying", attempts=1)
+    now, token = timezone.now(), uuid.uuid4()
+    queue.deliveries_claim(delivery_ids=[new.pk, retried.pk], token=token, now=now)
+    # a stranger's token changes nothing
+    assert queue.deliveries_hand_back(delivery_ids=[new.pk], token=uuid.uuid4()) == 0
+    assert queue.deliveries_hand_back(delivery_ids=[new.pk, retried.pk], token=token) == 2
+    new.refresh_from_db()
+    retried.refresh_from_db()
+    assert (new.status, new.attempts, new.lease_token) == ("pending", 0, None)
+    assert (retried.status, retried.attempts) == ("retrying", 1)
+
+
+def test_queue_next_in_order_queues_the_tickets_next_delivery_on_commit(
+    engine_api, partner, request, django_capture_on_commit_callbacks
+):
+    first, second = _ingest(engine_api, message="one"), _ingest(engine_api, message="two")
+    _ingest(engine_api, message="three")
+    Delivery.objects.filter(pk=first.pk).update(status="succeeded")
+    request.node.queued_deliveries.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        queue.queue_next_in_order([first])
+    assert request.node.queued_deliveries == [second.pk]
+    assert Delivery.objects.get(pk=second.pk).dispatched_at is not None
+
+
+def test_deliveries_due_skips_recently_queued_and_dispatch_marks_them(engine_api, partner):
+    delivery = _ingest(engine_api)
+    now = timezone.now()
+    # just queued by ingest: not due for the dispatcher yet
+    assert queue.deliveries_due(now=now) == []
+    Delivery.objects.filter(pk=delivery.pk).update(dispatched_at=None)
+    assert queue.deliveries_due(now=now) == [(delivery.pk, f"partner:{partner.pk}")]
+    assert queue.deliveries_dispatch(now=now) == 1
+    assert queue.deliveries_due(now=now) == []
+
+
+def test_batches_by_target_keeps_targets_apart_and_caps_size():
+    rows = [(5, "partner:1"), (1, "partner:1"), (2, "engine:7"), (3, "partner:1"), (4, "engine:8")]
+    assert queue.batches_by_target(rows, 2) == [[1, 3], [5], [2], [4]]
+    assert queue.batch_key("engine", 7) == "engine:7"
+    assert queue.batch_key("partner:3", 7) == "partner:3"
