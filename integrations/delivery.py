@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -246,6 +246,20 @@ def _error_class(exc: BaseException, watchdog: Watchdog) -> tuple[str, str]:
         if any(isinstance(cause, types) for cause in chain):
             return name, f"{type(exc).__name__}: {exc}"[:1000]
     return "unexpected_error", f"{type(exc).__name__}: {exc}"[:1000]
+
+
+REDACTED = "***"
+
+
+def redact_url(url: str) -> str:
+    """The URL with the password of credentials written into it (user:password@host) shown
+    as ***: for storing and showing. They travel as an Authorization header, which is never
+    stored either."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{REDACTED}@{netloc}"))
 
 
 def _is_http_url(url: str) -> bool:

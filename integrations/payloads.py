@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +30,9 @@ MAX_MESSAGE = 4096
 MAX_MEDIA_LINK = 2048
 MAX_OPTIONAL = 255
 MAX_IDEMPOTENCY_KEY = 255
+# createdDate years that survive the conversion between any time zone and UTC.
+MIN_CREATED_YEAR = 2
+MAX_CREATED_YEAR = 9998
 MAX_JSON_DEPTH = 32
 
 CREATED_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
@@ -244,10 +247,19 @@ def _check_created_date(c: _Checker, *, required: bool) -> datetime | None:
         )
         return None
     try:
-        return datetime.strptime(value, CREATED_DATE_FORMAT)
-    except ValueError:
+        parsed = datetime.strptime(value, CREATED_DATE_FORMAT)
+    except ValueError:  # 2021-02-30, 24:00, a leap second (23:59:60)
         c.fail("createdDate", "Is not a real date and time.")
         return None
+    if not MIN_CREATED_YEAR <= parsed.year <= MAX_CREATED_YEAR:
+        # Read in the tenant's zone (up to ±26 h from UTC), years 1 and 9999 would overflow
+        # Python's datetime on the way to UTC and back.
+        c.fail(
+            "createdDate",
+            f"Must be from {MIN_CREATED_YEAR:04d}-01-01 to {MAX_CREATED_YEAR}-12-31.",
+        )
+        return None
+    return parsed
 
 
 # --- Parsed messages --------------------------------------------------------------------------
@@ -369,8 +381,11 @@ def format_created_date(value: datetime, time_zone: str) -> str:
 
 
 def localize_created_date(value: datetime, time_zone: str) -> datetime:
-    """Read a naive `createdDate` as local time of the tenant's zone; return it aware."""
-    return value.replace(tzinfo=ZoneInfo(time_zone))
+    """Read a naive `createdDate` as local time of the tenant's zone; return the instant, in
+    UTC. A local time in a daylight-saving gap is read with the offset before the change
+    (fold=0), so it renders back one gap later (02:30 -> 03:30), as every later event of the
+    ticket renders it from the stored instant."""
+    return value.replace(tzinfo=ZoneInfo(time_zone)).astimezone(UTC)
 
 
 def render_incoming(msg: MessagePayload, *, created_date: str) -> dict[str, str]:

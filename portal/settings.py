@@ -52,6 +52,8 @@ INSTALLED_APPS = [
     "integrations",
 ]
 
+# Under /api/ a CSRF refusal answers the JSON envelope (integrations/api/errors.py).
+CSRF_FAILURE_VIEW = "integrations.api.errors.csrf_failure"
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

@@ -15,7 +15,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     # Anything else under /api/ answers the JSON envelope, in DEBUG too.
-    re_path(r"^api/", api_errors.handler404),
+    re_path(r"^api/", api_errors.api_not_found),
 ]
 if settings.DEBUG or settings.PORTAL_DEMO_ENDPOINTS:
     urlpatterns.append(

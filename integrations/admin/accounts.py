@@ -31,6 +31,16 @@ class TenantForm(ServiceCleanedForm):
         max_length=200,
         help_text=_("An absolute http:// or https:// URL; empty uses the portal's engine."),
     )
+    engine_token = forms.CharField(
+        label=capfirst(_("engine bearer token")),
+        required=False,
+        max_length=500,
+        widget=forms.PasswordInput(render_value=False),
+        help_text=_("Stored, never shown. Leave empty to keep the current token."),
+    )
+    clear_engine_token = forms.BooleanField(
+        label=_("Remove the engine bearer token"), required=False
+    )
     service_fields = TENANT_SETTINGS
 
     class Meta:
@@ -38,6 +48,11 @@ class TenantForm(ServiceCleanedForm):
         fields = list(TENANT_SETTINGS)
 
     def service_clean(self, **values):
+        # The token is never sent to the browser, so an empty field means "keep it".
+        if values.get("engine_token", "") == "" and self.instance.pk:
+            values["engine_token"] = self.instance.engine_token
+        if self.cleaned_data.get("clear_engine_token"):
+            values["engine_token"] = ""
         return tenant_settings_clean(**values)
 
 
@@ -60,13 +75,37 @@ class TenantAdmin(TenantScopedAdmin):
                     "engine_send_message_path",
                     "engine_command_path",
                     "engine_token",
+                    "clear_engine_token",
                 ]
             },
         ),
     ]
 
     def get_readonly_fields(self, request, obj=None):
-        return [] if request.user.is_superuser else ["owner", "is_active"]
+        shown = ["engine_token_state"]
+        return shown if request.user.is_superuser else [*shown, "owner", "is_active"]
+
+    def get_fieldsets(self, request, obj=None):
+        """The token is never shown, to anyone: who may change it gets an empty password
+        field, who may only look sees whether one is set."""
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or self.has_change_permission(request, obj):
+            return fieldsets
+        hidden = {"engine_token": "engine_token_state", "clear_engine_token": None}
+        return [
+            (
+                name,
+                {
+                    **opts,
+                    "fields": [hidden.get(f, f) for f in opts["fields"] if hidden.get(f, f)],
+                },
+            )
+            for name, opts in fieldsets
+        ]
+
+    @admin.display(description=_("engine bearer token"))
+    def engine_token_state(self, obj):
+        return _("set (never shown)") if obj.engine_token else _("not set")
 
     def save_model(self, request, obj, form, change):
         values = service_values(form, TENANT_SETTINGS)

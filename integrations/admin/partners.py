@@ -23,6 +23,7 @@ from integrations.admin.scoping import (
     ReadOnlyScopedInline,
     TenantScopedAdmin,
 )
+from integrations.delivery import redact_url
 from integrations.models import ApiKey, Partner, SigningSecret
 from integrations.services import operations
 from integrations.services.accounts import (
@@ -31,6 +32,7 @@ from integrations.services.accounts import (
 )
 from integrations.services.partners import SETTINGS as PARTNER_SETTINGS
 from integrations.services.partners import (
+    keep_stored_password,
     partner_create,
     partner_settings_clean,
     partner_update,
@@ -70,13 +72,25 @@ class PartnerForm(ServiceCleanedForm):
         model = Partner
         fields = ["tenant", *PARTNER_SETTINGS]
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            # A password in the URL is never shown again; sent back as ***, it is kept.
+            self.initial["base_url"] = redact_url(self.instance.base_url)
+
     def service_clean(self, **values):
+        if self.instance.pk and "base_url" in values:
+            values["base_url"] = keep_stored_password(values["base_url"], self.instance.base_url)
         return partner_settings_clean(**values)
 
 
 class RecoverForm(forms.Form):
     since = forms.DateTimeField(label=_("from"), help_text=_("YYYY-MM-DD HH:MM"))
     until = forms.DateTimeField(label=_("until"), help_text=_("YYYY-MM-DD HH:MM"))
+
+
+def _shown(field: str) -> str:
+    return "display_url" if field == "base_url" else field
 
 
 @admin.register(Partner)
@@ -88,7 +102,7 @@ class PartnerAdmin(TenantScopedAdmin):
         "name",
         "tenant",
         "state",
-        "base_url",
+        "display_url",
         "consecutive_failures",
         "last_success_at",
     ]
@@ -117,10 +131,24 @@ class PartnerAdmin(TenantScopedAdmin):
     readonly_fields = ["state", "state_reason", "state_changed_at"]
 
     def get_readonly_fields(self, request, obj=None):
-        fields = list(self.readonly_fields)
+        fields = [*self.readonly_fields, "display_url"]
         if obj is not None:
             fields.append("tenant")
         return fields
+
+    def get_fieldsets(self, request, obj=None):
+        """Who may only look sees the base URL with any password in it redacted."""
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or self.has_change_permission(request, obj):
+            return fieldsets
+        return [
+            (name, {**opts, "fields": [_shown(f) for f in opts["fields"]]})
+            for name, opts in fieldsets
+        ]
+
+    @admin.display(description=_("base URL"), ordering="base_url")
+    def display_url(self, obj):
+        return redact_url(obj.base_url)
 
     def save_model(self, request, obj, form, change):
         values = service_values(form, PARTNER_SETTINGS)

@@ -7,7 +7,8 @@ import math
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
-from django.views import defaults
+from django.views import csrf, defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 from rest_framework.response import Response
 
@@ -89,6 +90,24 @@ def handler404(request, exception=None):
     if request.path.startswith("/api/"):
         return JsonResponse(envelope("not_found", f"No endpoint at {request.path}."), status=404)
     return defaults.page_not_found(request, exception)
+
+
+@csrf_exempt
+def api_not_found(request, *args, **kwargs):
+    """Every other path under /api/, whatever the method: the JSON 404 envelope (exempt from
+    CSRF, which would otherwise answer a POST with an HTML 403 first)."""
+    return handler404(request)
+
+
+def csrf_failure(request, reason: str = ""):
+    """CSRF_FAILURE_VIEW: the envelope under /api/ (the API's own views are exempt; this is
+    a safety net), Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(
+            envelope("csrf_failed", "This endpoint takes bearer keys, not browser sessions."),
+            status=403,
+        )
+    return csrf.csrf_failure(request, reason)
 
 
 def handler500(request):

@@ -7,11 +7,13 @@ urlpatterns = [
     path("engine/outgoing", views.EngineOutgoingView.as_view(), name="engine-outgoing"),
     path("outgoing", views.PartnerOutgoingView.as_view(), name="partner-outgoing"),
     path("command", views.PartnerCommandView.as_view(), name="partner-command"),
+    # <path:…>: ticket numbers and contact ids may contain "/"; sent percent-encoded
+    # (%2F), the server hands it over decoded, and the lookup still finds them.
     path(
-        "tickets/<str:ticket_number>/messages",
+        "tickets/<path:ticket_number>/messages",
         views.TicketMessagesView.as_view(),
         name="ticket-messages",
     ),
-    path("contacts/<str:contact_id>", views.ContactView.as_view(), name="contact-detail"),
+    path("contacts/<path:contact_id>", views.ContactView.as_view(), name="contact-detail"),
     path("events/<str:event_id>", views.EventDetailView.as_view(), name="event-detail"),
 ]

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from functools import partial
-from urllib.parse import urlsplit, urlunsplit
 
 from django.db import transaction
 from django.utils import timezone
 
-from integrations.delivery import DeliveryResult
+from integrations.delivery import DeliveryResult, redact_url
 from integrations.models import Delivery, DeliveryAttempt
 from integrations.outbox import queue
 from integrations.outbox.health import partner_failure, partner_successes
@@ -96,23 +95,13 @@ def storable(result: DeliveryResult) -> DeliveryResult:
     )
 
 
-def url_for_storage(url: str) -> str:
-    """The URL without the password of credentials written into it (user:password@host):
-    they travel as an Authorization header, which is never stored either."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc}"))
-
-
 def _attempt_row(finished: Finished) -> DeliveryAttempt:
     result = finished.result
     assert result is not None
     return DeliveryAttempt(
         delivery=finished.delivery,
         number=finished.delivery.attempts,
-        url=url_for_storage(finished.url),
+        url=redact_url(finished.url),
         request_headers=result.request_headers,
         response_status=result.status_code,
         response_headers=result.response_headers,

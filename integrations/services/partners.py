@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from integrations.delivery import REDACTED
 from integrations.errors import Conflict
 from integrations.models import ApiKey, Partner, SigningSecret, Tenant
 from integrations.services.accounts import api_key_create
@@ -133,6 +135,8 @@ def partner_update(*, partner: Partner, **changes: Any) -> Partner:
 
     Raises PortalError (invalid settings, by field) and Conflict (name taken in the tenant).
     """
+    if "base_url" in changes:
+        changes["base_url"] = keep_stored_password(changes["base_url"], partner.base_url)
     cleaned = partner_settings_clean(**changes)
     for name, value in cleaned.items():
         setattr(partner, name, value)
@@ -142,6 +146,24 @@ def partner_update(*, partner: Partner, **changes: Any) -> Partner:
     except IntegrityError:
         raise _name_taken(partner.tenant, partner.name) from None
     return partner
+
+
+def keep_stored_password(submitted: str, stored: str) -> str:
+    """A URL shown with its password redacted (redact_url) and sent back unchanged keeps the
+    stored password; any other URL is taken as it is. Credentials are never shown again once
+    saved, so an edit of other settings must not erase them."""
+    new, old = urlsplit(submitted.strip()), urlsplit(stored)
+    if new.password != REDACTED or old.password is None:
+        return submitted
+    if (new.scheme, new.username, new.hostname, new.port) != (
+        old.scheme,
+        old.username,
+        old.hostname,
+        old.port,
+    ):
+        return submitted  # another place: the redacted text is no password for it
+    netloc = f"{new.username or ''}:{old.password}@{new.netloc.rsplit('@', 1)[1]}"
+    return urlunsplit(new._replace(netloc=netloc))
 
 
 def _name_taken(tenant: Tenant, name: str) -> Conflict:

@@ -303,3 +303,37 @@ def test_engine_incoming_same_owner_string_any_length(engine_api, tenant, partne
     tenant.save()
     response = engine_api.post(URL, incoming_body(owner="t"))
     assert response.status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("created", "zone", "status"),
+    [
+        ("0001-01-01T00:00:00.000", "Asia/Jakarta", 400),  # was a 500 (OverflowError)
+        ("9999-12-31T23:59:59.999", "America/Los_Angeles", 400),
+        ("0002-01-01T00:00:00.000", "Pacific/Kiritimati", 202),
+        ("9998-12-31T23:59:59.999", "Pacific/Pago_Pago", 202),
+    ],
+)
+def test_created_date_edges_are_a_400_or_stored_never_a_500(
+    engine_api, tenant, created, zone, status
+):
+    tenant.time_zone = zone
+    tenant.save()
+    response = engine_api.post(URL, incoming_body(createdDate=created))
+    assert response.status_code == status, response.content
+    if status == 400:
+        assert list(response.json()["errors"]) == ["createdDate"]
+    else:
+        assert Ticket.objects.get().created_date is not None
+
+
+def test_created_date_in_a_daylight_saving_gap_is_read_before_the_change(engine_api, tenant):
+    # given a tenant in a zone that springs forward at 02:00 (2021-03-14, New York)
+    tenant.time_zone = "America/New_York"
+    tenant.save()
+    # when the engine sends a local time inside the gap
+    response = engine_api.post(URL, incoming_body(createdDate="2021-03-14T02:30:00.000"))
+    # then it is accepted and sent on as the instant it names, in the zone's real time
+    assert response.status_code == 202
+    event = Event.objects.get(pk=response.json()["eventId"])
+    assert event.payload["createdDate"] == "2021-03-14T03:30:00.000"

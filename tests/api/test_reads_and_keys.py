@@ -82,6 +82,24 @@ def test_contact_lookup(partner_api, conversation):
     assert body["firstSeen"] <= body["lastSeen"]
 
 
+@pytest.mark.parametrize("encoded", [True, False])
+def test_ids_with_a_slash_can_be_read_back(partner_api, engine_api, partner, encoded):
+    # given a ticket number and a contact id that contain "/" (the engine's own format)
+    from tests.conftest import incoming_body
+
+    body = incoming_body(ticketNumber="2026/12/0042", contactId="wa/628128778222")
+    assert engine_api.post("/api/v1/engine/incoming", body).status_code == 202
+    # when a partner reads them back, percent-encoded or as they are
+    ticket = "2026%2F12%2F0042" if encoded else "2026/12/0042"
+    contact = "wa%2F628128778222" if encoded else "wa/628128778222"
+    history = partner_api.get(f"/api/v1/tickets/{ticket}/messages")
+    found = partner_api.get(f"/api/v1/contacts/{contact}")
+    # then both are found
+    assert history.status_code == 200 and len(history.json()["results"]) == 1
+    assert found.status_code == 200 and found.json()["contactId"] == "wa/628128778222"
+    assert [t["ticketNumber"] for t in found.json()["tickets"]] == ["2026/12/0042"]
+
+
 def test_contact_of_other_tenant_is_404(other_partner_api, conversation):
     response = other_partner_api.get("/api/v1/contacts/d61d77735f3fe08bcf6d6b96fa06ba9d")
     assert response.status_code == 404
@@ -108,6 +126,24 @@ def test_event_of_other_tenant_is_404(other_partner_api, conversation):
 def test_unknown_api_path_gets_envelope(partner_api):
     response = partner_api.get("/api/v1/nothing/here")
     assert response.status_code == 404 and response.json()["status"] == "error"
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/nothing-here", "/api/v2/engine/incoming", "/api/v1/engine/incoming/"]
+)
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete", "get"])
+def test_unknown_api_path_gets_envelope_whatever_the_method(db, path, method):
+    # a browser-like client that enforces CSRF, as a real server does
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    if method == "get":
+        response = client.get(path)
+    else:
+        response = getattr(client, method)(path, data="{}", content_type="application/json")
+    assert response.status_code == 404, response.content[:200]
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "not_found"
 
 
 # --- keys -------------------------------------------------------------------------------------

@@ -380,6 +380,9 @@ def test_parse_incoming_sticker_keeps_its_link_and_blank_message() -> None:
         ("2021-13-28T15:39:37.945", "Is not a real date and time."),
         ("2021-02-29T10:00:00.000", "Is not a real date and time."),
         ("2021-04-28T24:00:00.000", "Is not a real date and time."),
+        ("2016-12-31T23:59:60.000", "Is not a real date and time."),
+        ("0001-01-01T00:00:00.000", "Must be from 0002-01-01 to 9998-12-31."),
+        ("9999-12-31T23:59:59.999", "Must be from 0002-01-01 to 9998-12-31."),
         ("", BLANK),
     ],
 )
@@ -404,9 +407,19 @@ def test_localize_created_date_reads_naive_time_in_the_tenant_zone() -> None:
     naive = datetime(2021, 4, 28, 15, 39, 37, 945000)
     # when
     aware = localize_created_date(naive, "Asia/Jakarta")
-    # then it is the instant seven hours earlier in UTC
-    assert aware.utcoffset() == timedelta(hours=7)
-    assert aware.astimezone(UTC) == datetime(2021, 4, 28, 8, 39, 37, 945000, tzinfo=UTC)
+    # then it is the instant seven hours earlier, in UTC
+    assert aware == datetime(2021, 4, 28, 8, 39, 37, 945000, tzinfo=UTC)
+    assert aware.utcoffset() == timedelta(0)
+
+
+def test_localize_created_date_reads_a_daylight_saving_gap_with_the_earlier_offset() -> None:
+    # given 02:30 on the night New York springs forward from 02:00 to 03:00
+    naive = datetime(2021, 3, 14, 2, 30)
+    # when
+    aware = localize_created_date(naive, "America/New_York")
+    # then it is read at UTC-5 and renders as the real local time one hour on
+    assert aware == datetime(2021, 3, 14, 7, 30, tzinfo=UTC)
+    assert format_created_date(aware, "America/New_York") == "2021-03-14T03:30:00.000"
 
 
 def test_format_created_date_renders_the_tenant_local_time() -> None:
