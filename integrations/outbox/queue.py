@@ -48,17 +48,22 @@ def db_value(model: type[models.Model], field: str, value: Any) -> Any:
 # --- claiming --------------------------------------------------------------------------------
 
 
+CLAIMABLE_PARAMS = 4
+
+
 @functools.cache
 def _claimable_sql() -> str:
-    """WHERE conditions (on `d`, a delivery) of a delivery that may be attempted now; three
-    parameters, all `now`:
+    """WHERE conditions (on `d`, a delivery) of a delivery that may be attempted now;
+    CLAIMABLE_PARAMS parameters, all `now`:
 
     - due (waiting and its time has come) or its lease expired (a worker died holding it);
     - its target is the engine relay or an active partner (not disabled, not paused);
     - no older delivery of the same target and ticket is still open (SPEC §5 order);
     - its partner is not failing with an attempt already in flight: a failing partner gets
       one attempt at a time, or its timeouts would hold every worker slot and stall the
-      deliveries of other partners and tenants.
+      deliveries of other partners and tenants;
+    - likewise a tenant's engine relay: while one of its relay deliveries is retrying (the
+      engine failed lately), one attempt at a time.
     """
     deliveries, partners = Delivery._meta.db_table, Partner._meta.db_table
     final = ", ".join(f"'{status}'" for status in Delivery.FINAL_STATUSES)
@@ -77,6 +82,14 @@ def _claimable_sql() -> str:
             SELECT 1 FROM {deliveries} b JOIN {partners} fp ON fp.id = b.partner_id
             WHERE b.partner_id = d.partner_id AND fp.consecutive_failures > 0
               AND b.status = '{Delivery.Status.DELIVERING}' AND b.lease_expires_at >= %s)
+        AND (d.partner_id IS NOT NULL OR NOT EXISTS (
+            SELECT 1 FROM {deliveries} r
+            WHERE r.partner_id IS NULL AND r.tenant_id = d.tenant_id
+              AND r.status = '{Delivery.Status.DELIVERING}' AND r.lease_expires_at >= %s
+              AND EXISTS (
+                SELECT 1 FROM {deliveries} f
+                WHERE f.partner_id IS NULL AND f.tenant_id = d.tenant_id
+                  AND f.status = '{Delivery.Status.RETRYING}')))
     """  # noqa: S608
 
 
@@ -103,9 +116,7 @@ def _claim(candidates: str, params: list[Any], token: uuid.UUID, now: datetime) 
         db_value(Delivery, "lease_expires_at", now + lease),
         at,
         *params,
-        at,
-        at,
-        at,
+        *[at] * CLAIMABLE_PARAMS,
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
@@ -235,7 +246,8 @@ def deliveries_due(*, now: datetime, limit: int = 500) -> list[tuple[int, str]]:
         LIMIT %s
     """  # noqa: S608
     with connection.cursor() as cursor:
-        cursor.execute(sql, [at, at, at, db_value(Delivery, "dispatched_at", stale), limit])
+        stale_at = db_value(Delivery, "dispatched_at", stale)
+        cursor.execute(sql, [*[at] * CLAIMABLE_PARAMS, stale_at, limit])
         return [(pk, batch_key(target, tenant)) for pk, target, tenant in cursor.fetchall()]
 
 

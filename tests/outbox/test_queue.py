@@ -111,3 +111,51 @@ def test_batches_by_target_keeps_targets_apart_and_caps_size():
     assert queue.batches_by_target(rows, 2) == [[1, 3], [5], [2], [4]]
     assert queue.batch_key("engine", 7) == "engine:7"
     assert queue.batch_key("partner:3", 7) == "partner:3"
+
+
+def test_a_failing_engine_relay_gets_one_attempt_at_a_time(
+    tenant, other_tenant, engine_api, partner_api
+):
+    import json
+
+    for t in (tenant, other_tenant):
+        t.engine_base_url, t.engine_send_message_path = "http://127.0.0.1:9", "/msg"
+        t.save()
+
+    def reply(ticket: str) -> Delivery:
+        engine_api.post(IN, incoming_body(ticketNumber=ticket))
+        body = {
+            "ticketNumber": ticket,
+            "channel": "whatsapp",
+            "messageType": "text",
+            "message": "hi",
+            "mediaLink": "",
+            "customerName": "Farhan Akbar",
+            "owner": tenant.owner,
+        }
+        response = partner_api.post("/api/v1/outgoing", json.dumps(body))
+        return Delivery.objects.get(event_id=response.json()["eventId"])
+
+    # given tenant A's engine relay with one delivery retrying and one in flight
+    retrying, in_flight, waiting = reply("r1"), reply("r2"), reply("r3")
+    now = timezone.now()
+    Delivery.objects.filter(pk=retrying.pk).update(
+        status="retrying", attempts=1, next_attempt_at=now + timedelta(hours=1)
+    )
+    assert queue.deliveries_claim(delivery_ids=[in_flight.pk], token=uuid.uuid4(), now=now)
+    # when another of its relay deliveries is claimed: it waits for the one in flight
+    assert queue.deliveries_claim(delivery_ids=[waiting.pk], token=uuid.uuid4(), now=now) == []
+    # and another tenant's relay is not held back by it (a row of tenant B's, made by hand)
+    other = Delivery.objects.create(
+        event=Delivery.objects.get(pk=waiting.pk).event,
+        tenant=other_tenant,
+        ticket=Delivery.objects.get(pk=waiting.pk).ticket,
+        partner=None,
+        target="engine-b",
+        endpoint="engine_message",
+        next_attempt_at=now,
+    )
+    assert queue.deliveries_claim(delivery_ids=[other.pk], token=uuid.uuid4(), now=now) != []
+    # and once the engine has no retrying delivery left, the relay is not limited
+    Delivery.objects.filter(pk=retrying.pk).update(status="succeeded")
+    assert queue.deliveries_claim(delivery_ids=[waiting.pk], token=uuid.uuid4(), now=now) != []
