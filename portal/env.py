@@ -107,3 +107,31 @@ def parse_allowlist(value: str, *, name: str = "PORTAL_OUTBOUND_ALLOWLIST") -> l
     except ValueError as exc:
         raise ImproperlyConfigured(f"{name}: {exc}") from None
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def parse_encryption_keys(
+    value: str, *, secret_key: str, name: str = "PORTAL_ENCRYPTION_KEYS"
+) -> tuple[str, ...]:
+    """Comma-separated Fernet keys (url-safe base64 of 32 bytes), newest first: the first
+    encrypts, every one decrypts (rotation). Empty: one key derived from SECRET_KEY, so a
+    database dump alone still decrypts nothing."""
+    import base64
+    import binascii
+    import hashlib
+
+    keys = tuple(item.strip() for item in value.split(",") if item.strip())
+    for key in keys:
+        try:
+            raw = base64.urlsafe_b64decode(key.encode("ascii"))
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raw = b""
+        if len(raw) != 32:
+            raise ImproperlyConfigured(
+                f"{name}: {key[:6]}… is not a Fernet key (url-safe base64 of 32 bytes); make "
+                "one with: python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())'"
+            )
+    if keys:
+        return keys
+    derived = hashlib.sha256(b"integration-portal-encryption:" + secret_key.encode()).digest()
+    return (base64.urlsafe_b64encode(derived).decode("ascii"),)

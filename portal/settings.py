@@ -20,6 +20,7 @@ from portal.env import (
     env_url,
     parse_allowlist,
     parse_duration,
+    parse_encryption_keys,
     parse_rate,
     parse_retry_schedule,
 )
@@ -145,6 +146,11 @@ else:
 
 # --- Portal behaviour (SPEC §3–§6) ----------------------------------------------------------
 PORTAL_OUTBOUND_ALLOWLIST = parse_allowlist(env_str("PORTAL_OUTBOUND_ALLOWLIST"))
+# Signing secrets and engine tokens are stored encrypted with these (first encrypts, all
+# decrypt); unset, a key derived from SECRET_KEY is used. Keep them out of the database.
+PORTAL_ENCRYPTION_KEYS = parse_encryption_keys(
+    env_str("PORTAL_ENCRYPTION_KEYS"), secret_key=SECRET_KEY
+)
 PORTAL_RETRY_SCHEDULE = parse_retry_schedule(
     env_str("PORTAL_RETRY_SCHEDULE") or "0,5,300,1800,7200,18000,36000,36000"
 )

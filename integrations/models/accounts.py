@@ -8,6 +8,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
+from integrations.encryption import EncryptedTextField
+
 
 class Tenant(models.Model):
     """A customer of the engine, known on the wire by `owner` (the Tenant ID)."""
@@ -22,8 +24,9 @@ class Tenant(models.Model):
         _("engine send-message path"), max_length=500, blank=True
     )
     engine_command_path = models.CharField(_("engine command path"), max_length=500, blank=True)
-    engine_token = models.CharField(_("engine bearer token"), max_length=500, blank=True)
-    engine_signing_secret = models.CharField(_("engine signing secret"), max_length=200, blank=True)
+    # Encrypted at rest (integrations/encryption.py); at most 500 characters (services/accounts).
+    engine_token = EncryptedTextField(_("engine bearer token"), blank=True)
+    engine_signing_secret = EncryptedTextField(_("engine signing secret"), blank=True)
     is_active = models.BooleanField(_("active"), default=True)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
@@ -147,7 +150,7 @@ class SigningSecret(models.Model):
     partner = models.ForeignKey(
         Partner, verbose_name=_("partner"), on_delete=models.CASCADE, related_name="secrets"
     )
-    secret = models.CharField(_("secret"), max_length=200)
+    secret = EncryptedTextField(_("secret"))  # encrypted at rest (integrations/encryption.py)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
 

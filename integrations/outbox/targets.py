@@ -65,9 +65,10 @@ def relay_token(tenant: Tenant) -> str:
     ever sent to the portal-wide engine URL. A tenant that sets its own engine URL brings its
     own token, or none (else a tenant admin could collect the operator's token by pointing
     the relay at a server of their own)."""
+    token = str(tenant.engine_token)
     if tenant.engine_base_url:
-        return tenant.engine_token
-    return tenant.engine_token or settings.PORTAL_ENGINE_TOKEN
+        return token
+    return token or str(settings.PORTAL_ENGINE_TOKEN)
 
 
 def relay_target(tenant: Tenant, endpoint: str) -> Target:

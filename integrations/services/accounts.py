@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from integrations.errors import Conflict, Forbidden, NotFound, PortalError, Unauthorized
-from integrations.models import ApiKey, Partner, Tenant, TenantMembership
+from integrations.models import ApiKey, Partner, SigningSecret, Tenant, TenantMembership
 from integrations.services.fields import (
     base_url_clean,
     collect_errors,
@@ -279,3 +279,19 @@ def user_create(*, tenant: Tenant, username: str, role: str, email: str = "") ->
             f"A user named {username!r} exists already.", code="duplicate_username"
         ) from None
     return user, password
+
+
+def secrets_reencrypt() -> dict[str, int]:
+    """Re-encrypt every stored secret (signing secrets, engine tokens and engine signing
+    secrets) with the current key, the first of PORTAL_ENCRYPTION_KEYS; returns how many
+    rows were rewritten. Run after putting a new key first, before dropping the old one.
+    Raises ImproperlyConfigured if a value opens with none of the keys."""
+    counts = {"signingSecrets": 0, "tenants": 0}
+    with transaction.atomic():
+        for secret in SigningSecret.objects.select_for_update().order_by("pk"):
+            secret.save(update_fields=["secret"])
+            counts["signingSecrets"] += 1
+        for tenant in Tenant.objects.select_for_update().order_by("pk"):
+            tenant.save(update_fields=["engine_token", "engine_signing_secret"])
+            counts["tenants"] += 1
+    return counts
