@@ -146,13 +146,14 @@ def _no_broker(request, monkeypatch, settings):
         return
     queued: list[int] = []
 
-    def publish(task: str, *args) -> None:
+    def publish(task: str, *args) -> bool:
         # Delivery batches are recorded (tests drive the sender themselves); any other task
         # (the alerts) runs here and now, as a worker would run it.
         if task == SEND_BATCH_TASK:
             queued.extend(args[0])
         else:
             getattr(tasks, task.rsplit(".", 1)[1])(*args)
+        return True
 
     monkeypatch.setattr("integrations.outbox.queue.publish", publish)
     request.node.queued_deliveries = queued

@@ -34,6 +34,7 @@ from integrations.services.partners import SETTINGS as PARTNER_SETTINGS
 from integrations.services.partners import (
     keep_stored_password,
     partner_create,
+    partner_name_check,
     partner_settings_clean,
     partner_update,
     signing_secret_rotate,
@@ -53,6 +54,13 @@ class ChannelsField(forms.CharField):
 
     def prepare_value(self, value):
         return ", ".join(value) if isinstance(value, list) else value
+
+    def has_changed(self, initial, data):
+        def names(value):
+            items = value if isinstance(value, list) else (value or "").split(",")
+            return sorted({item.strip().lower() for item in items if item.strip()})
+
+        return names(initial) != names(data)
 
 
 class PartnerForm(ServiceCleanedForm):
@@ -81,7 +89,15 @@ class PartnerForm(ServiceCleanedForm):
     def service_clean(self, **values):
         if self.instance.pk and "base_url" in values:
             values["base_url"] = keep_stored_password(values["base_url"], self.instance.base_url)
-        return partner_settings_clean(**values)
+        cleaned = partner_settings_clean(**values)
+        tenant = self.instance.tenant if self.instance.pk else self.cleaned_data.get("tenant")
+        if tenant is not None and "name" in cleaned:
+            partner_name_check(
+                tenant=tenant,
+                name=cleaned["name"],
+                partner=self.instance if self.instance.pk else None,
+            )
+        return cleaned
 
 
 class RecoverForm(forms.Form):
@@ -309,6 +325,7 @@ class ApiKeyAdmin(TenantScopedAdmin):
             kind=kind,
             partner=form.cleaned_data.get("partner"),
             tenants=list(form.cleaned_data.get("tenants") or []),
+            all_tenants=bool(form.cleaned_data.get("all_tenants")),
             name=form.cleaned_data.get("name") or "",
             expires_at=form.cleaned_data.get("expires_at"),
         )

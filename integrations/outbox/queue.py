@@ -286,11 +286,27 @@ def enqueue(rows: Iterable[tuple[int, str]]) -> None:
         publish(SEND_BATCH_TASK, batch)
 
 
-def publish(task: str, *args: Any) -> None:
-    """Send one queue message for the task named `task`. A broker error is logged, not
-    raised: what the task would do is in the database (deliveries are found again by the
-    dispatcher), so a broker that is down must not fail the caller."""
+def publish(task: str, *args: Any) -> bool:
+    """Send one queue message for the task named `task`; True when it was sent. A broker
+    error is logged, not raised: a broker that is down must not fail the caller (a delivery
+    is in the database and the dispatcher queues it again; see `run_or_publish` for work
+    nothing would find again)."""
     try:
         current_app.signature(task, args=args).delay()
     except Exception:
-        logger.exception("could not queue %s%r; the dispatcher will retry", task, args)
+        logger.exception("could not queue %s%r", task, args)
+        return False
+    return True
+
+
+def run_or_publish(task: str, *args: Any) -> None:
+    """Queue the task named `task`, or, when the broker refuses it, run it here and now:
+    for work the database would not bring back (an alert of a pause that happens once)."""
+    if not publish(task, *args):
+        logger.warning("running %s%r in this process instead", task, args)
+        try:
+            # the task's body only: no task signals (they would recycle this process's
+            # database connection in the middle of the caller's work)
+            current_app.tasks[task].run(*args)
+        except Exception:
+            logger.exception("%s%r failed", task, args)

@@ -195,9 +195,9 @@ def _health_and_alerts(finished: list[Finished], now: datetime) -> None:
         partner_successes(partner_id, successes, now)
         if paused:
             transaction.on_commit(
-                partial(queue.publish, PARTNER_PAUSED_ALERT_TASK, partner_id), robust=True
+                partial(queue.run_or_publish, PARTNER_PAUSED_ALERT_TASK, partner_id), robust=True
             )
         if any(f.status == Delivery.Status.DEAD for f in rows):
             transaction.on_commit(
-                partial(queue.publish, DELIVERIES_DEAD_ALERT_TASK, partner_id), robust=True
+                partial(queue.run_or_publish, DELIVERIES_DEAD_ALERT_TASK, partner_id), robust=True
             )

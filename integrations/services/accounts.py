@@ -19,7 +19,6 @@ from integrations.models import ApiKey, Partner, SigningSecret, Tenant, TenantMe
 from integrations.services.fields import (
     base_url_clean,
     collect_errors,
-    path_clean,
     time_zone_clean,
 )
 from integrations.webhooks import generate_secret
@@ -60,8 +59,17 @@ def _optional(clean: Callable[[str], str]) -> Callable[[str], str]:
 
 
 def _retention(value: int) -> int:
-    if not isinstance(value, int) or not 1 <= value <= 3650:
-        raise ValueError("Must be a whole number of days from 1 to 3650.")
+    if not isinstance(value, int) or value < 0:
+        raise ValueError("Must be a whole number of days (0 or more).")
+    return value
+
+
+def _engine_path(value: str) -> str:
+    """An engine path as earlier versions took it: no white space; the leading '/' is
+    optional (it is joined to the base URL with one slash either way)."""
+    value = value.strip()
+    if any(ch.isspace() for ch in value) or len(value) > 500:
+        raise ValueError("Must contain no spaces and have at most 500 characters.")
     return value
 
 
@@ -82,8 +90,8 @@ _TENANT_CLEANERS: dict[str, Callable[[Any], Any]] = {
     "sticker_text": _required(100),
     "retention_days": _retention,
     "engine_base_url": _optional(lambda url: base_url_clean(url, max_length=200)),
-    "engine_send_message_path": _optional(path_clean),
-    "engine_command_path": _optional(path_clean),
+    "engine_send_message_path": _engine_path,
+    "engine_command_path": _engine_path,
     "engine_token": _text(500),
 }
 
@@ -151,18 +159,20 @@ def api_key_create(
     tenants: list[Tenant] | None = None,
     name: str = "",
     expires_at: datetime | None = None,
+    all_tenants: bool = False,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its raw value, which is never stored or shown again.
 
-    An engine key created without tenants acts for every tenant (later ones included); that
-    is recorded explicitly, so a key whose tenants are deleted acts for none, not for all.
+    An engine key acts for every tenant (later ones included) when `all_tenants` is set or
+    when it names no tenants; that is recorded explicitly, so a key whose tenants are deleted
+    acts for none, not for all. A partner key is its partner's only.
     """
     key = ApiKey(
         kind=kind,
         partner=partner,
         name=name,
         expires_at=expires_at,
-        all_tenants=kind == ApiKey.Kind.ENGINE and not tenants,
+        all_tenants=kind == ApiKey.Kind.ENGINE and (all_tenants or not tenants),
     )
     raw = _key_generate(key)
     key.save()

@@ -166,6 +166,16 @@ def keep_stored_password(submitted: str, stored: str) -> str:
     return urlunsplit(new._replace(netloc=netloc))
 
 
+def partner_name_check(*, tenant: Tenant, name: str, partner: Partner | None = None) -> None:
+    """Raises Conflict (with `errors` on `name`) when another partner of the tenant has
+    this name (a form whose tenant is read-only cannot check it itself)."""
+    others = Partner.objects.filter(tenant=tenant, name=name.strip())
+    if partner is not None:
+        others = others.exclude(pk=partner.pk)
+    if others.exists():
+        raise _name_taken(tenant, name.strip())
+
+
 def _name_taken(tenant: Tenant, name: str) -> Conflict:
     return Conflict(
         f"Tenant {tenant.owner!r} already has a partner named {name!r}.",

@@ -72,6 +72,27 @@ def test_410_pauses_partner_mails_admins_and_holds_later_deliveries(
     assert [r.json["message"] for r in server.received[1:]] == ["later-0", "later-1", "later-2"]
 
 
+def test_pause_alert_reaches_the_admins_when_the_broker_is_down(
+    engine_api,
+    partner,
+    partner_server_factory,
+    admin_mailbox,
+    monkeypatch,
+    django_capture_on_commit_callbacks,
+):
+    # given a broker that refuses every message
+    monkeypatch.setattr("integrations.outbox.queue.publish", lambda task, *args: False)
+    _point(partner, partner_server_factory(lambda r, n: (410, b"", {})))
+    delivery = _ingest(engine_api)
+    # when the partner answers 410 and is paused
+    with django_capture_on_commit_callbacks(execute=True):
+        assert send_one(delivery_id=delivery.pk) == "dead"
+    # then the admins are mailed all the same (the alert ran in the worker itself)
+    partner.refresh_from_db()
+    assert partner.state == "paused"
+    assert [m.to for m in mail.outbox if "paused" in m.subject] == [["boss@tenant.example"]]
+
+
 def test_dead_alert_is_sent_at_most_once_an_hour(
     engine_api, partner, partner_server_factory, admin_mailbox, django_capture_on_commit_callbacks
 ):
