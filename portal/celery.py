@@ -3,8 +3,11 @@
 import os
 
 from celery import Celery, signals
+from kombu.transport import TRANSPORT_ALIASES
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+# The embedded default's broker (portal/broker.py): file-system messages written atomically.
+TRANSPORT_ALIASES.setdefault("portalfs", "portal.broker:Transport")
 
 app = Celery("portal")
 app.config_from_object("django.conf:settings", namespace="CELERY")

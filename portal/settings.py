@@ -111,14 +111,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, Celery and cache ----------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "filesystem://"
+# Without Redis: file-system messages written whole before they can be read (portal/broker.py).
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "portalfs://"
 BROKER_DIR = VAR_DIR / "broker"
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {
     # Longer than any task runs (a delivery is bounded by its 10 s deadline), so Redis never
     # hands a still-running task to a second worker.
     "visibility_timeout": 3600,
 }
-if CELERY_BROKER_URL.startswith("filesystem://"):
+if CELERY_BROKER_URL.startswith(("filesystem://", "portalfs://")):
     for sub in ("in", "processed", "control"):
         (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS.update(

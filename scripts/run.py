@@ -1,8 +1,8 @@
 """Start the Integration Portal in its embedded default mode (`make run`).
 
-One command, no servers to install: SQLite and the file-system Celery broker unless the
-environment says otherwise (DATABASE_URL, REDIS_URL / CELERY_BROKER_URL and every other setting
-are passed through untouched).
+One command, no servers to install: SQLite and the file-system Celery broker (portalfs://,
+portal/broker.py) unless the environment says otherwise (DATABASE_URL, REDIS_URL /
+CELERY_BROKER_URL and every other setting are passed through untouched).
 
 Steps:
 1. defaults for the variables not already set: DEBUG=true, PORT=8000,
@@ -13,8 +13,10 @@ Steps:
    Celery beat, each in its own process group, their output prefixed with their name;
 4. waits for /healthz and for the worker and beat to report ready, then prints the admin URL,
    the demo login and keys and the API docs URL;
-5. runs until Ctrl-C / SIGTERM, or until one of the three exits: then stops the others
-   (SIGTERM, SIGKILL to the whole process group after 10 s) and exits, non-zero if one died.
+5. runs until Ctrl-C / SIGTERM, or until web exits: then stops the others (SIGTERM,
+   SIGKILL to the whole process group after 10 s) and exits, non-zero if web died. A worker
+   or beat that exits is started again (after 1 s, doubling to 30 s while it keeps dying)
+   while web keeps serving: their work is in the database, nothing is lost.
 
 HOST (default 127.0.0.1) is the address gunicorn binds to. Pure standard library.
 """
@@ -41,6 +43,10 @@ DEFAULTS = {
 }
 STARTUP_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
+# A worker or beat that exits is started again (web keeps serving); see supervise().
+RESTARTABLE = ("worker", "beat")
+RESTART_DELAY_S = 1.0
+RESTART_DELAY_MAX_S = 30.0
 # A line each service logs once it is up; web is checked through /healthz instead.
 READY_MARKERS = {"worker": " ready.", "beat": "beat: Starting"}
 
@@ -146,32 +152,33 @@ def relay_output(service: Service, width: int) -> None:
         sys.stdout.flush()
 
 
+def start_service(name: str, cmd: list[str], env: dict[str, str], width: int) -> Service:
+    # Own process group: a terminal's Ctrl-C reaches only us, so we decide the order of
+    # shutdown, and a final killpg also reaches gunicorn's and Celery's child processes.
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO_ROOT,
+        env=env,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    )
+    service = Service(name, proc)
+    if name not in READY_MARKERS:
+        service.ready.set()
+    service.relay = threading.Thread(target=relay_output, args=(service, width), daemon=True)
+    service.relay.start()
+    log(f"started {name} (pid {proc.pid})")
+    return service
+
+
 def start_services(env: dict[str, str], host: str, port: str) -> list[Service]:
     commands = service_commands(env, host, port)
     width = max(len(name) for name in commands)
-    services = []
-    for name, cmd in commands.items():
-        # Own process group: a terminal's Ctrl-C reaches only us, so we decide the order of
-        # shutdown, and a final killpg also reaches gunicorn's and Celery's child processes.
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            env=env,
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-        )
-        service = Service(name, proc)
-        if name not in READY_MARKERS:
-            service.ready.set()
-        service.relay = threading.Thread(target=relay_output, args=(service, width), daemon=True)
-        service.relay.start()
-        services.append(service)
-        log(f"started {name} (pid {proc.pid})")
-    return services
+    return [start_service(name, cmd, env, width) for name, cmd in commands.items()]
 
 
 def exit_reason(service: Service) -> str:
@@ -303,12 +310,35 @@ def print_banner(base_url: str, demo: dict) -> None:
 # --- main -------------------------------------------------------------------------------------
 
 
-def supervise(services: list[Service]) -> Service:
-    """Block until a service exits (a Shutdown signal interrupts this); return it."""
+def restart(service: Service, env: dict[str, str], host: str, port: str) -> Service:
+    """Start a worker or beat again after it exited: what it was doing is in the database
+    (leases expire, the dispatcher queues due deliveries again), so nothing is lost."""
+    if group_alive(service.pgid):  # what is left of it (pool children) goes too
+        os.killpg(service.pgid, signal.SIGKILL)
+    commands = service_commands(env, host, port)
+    width = max(len(name) for name in commands)
+    return start_service(service.name, commands[service.name], env, width)
+
+
+def supervise(services: list[Service], env: dict[str, str], host: str, port: str) -> Service:
+    """Block until web exits (a Shutdown signal interrupts this) and return it. A worker or
+    beat that exits is started again while web keeps answering, after RESTART_DELAY_S,
+    doubled (up to RESTART_DELAY_MAX_S) while it keeps dying within a minute."""
+    delays = {name: RESTART_DELAY_S for name in RESTARTABLE}
+    started = {s.name: time.monotonic() for s in services}
     while True:
-        dead = first_exited(services)
-        if dead is not None:
-            return dead
+        for index, service in enumerate(services):
+            if service.proc.poll() is None:
+                continue
+            if service.name not in RESTARTABLE:
+                return service
+            lived = time.monotonic() - started[service.name]
+            delay = RESTART_DELAY_S if lived > 60 else delays[service.name]
+            log(f"{exit_reason(service)}; starting it again in {delay:.0f} s (web keeps serving)")
+            time.sleep(delay)
+            delays[service.name] = min(delay * 2, RESTART_DELAY_MAX_S)
+            services[index] = restart(service, env, host, port)
+            started[service.name] = time.monotonic()
         time.sleep(0.5)
 
 
@@ -335,7 +365,7 @@ def main() -> int:
         failure = wait_until_ready(services, f"{base_url}/healthz")
         if failure is None:
             print_banner(base_url, demo)
-            failure = exit_reason(supervise(services))
+            failure = exit_reason(supervise(services, env, host, port))
         log(f"{failure}; stopping everything")
         return 1
     except Shutdown as stop:

@@ -92,7 +92,7 @@ def test_settings_embedded_defaults(tmp_path):
         "36000)",
         "50/second",
         "django.db.backends.sqlite3",
-        "filesystem://",
+        "portalfs://",
     ]
 
 

@@ -66,6 +66,33 @@ def _check_health_and_admin_login(port: int, banner: str) -> None:
     assert "Log out" in response.text or "logout" in response.text
 
 
+def _read_until(proc: subprocess.Popen, pattern: str, timeout: float) -> re.Match:
+    """Read make run's output (non-blocking, as _wait_for_banner set it) until `pattern`."""
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line:
+            seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+        else:
+            time.sleep(0.1)
+    raise AssertionError(f"no {pattern!r} in make run's output:\n" + "".join(seen)[-4000:])
+
+
+def _post_incoming(port: int, engine_key: str, body: dict) -> None:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/engine/incoming",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {engine_key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 202
+
+
 def test_embedded_default_delivers_signed_in_order_after_two_failures(tmp_path):
     # given the embedded default started the way `make run` starts it
     port = _free_port()
@@ -123,20 +150,8 @@ def test_embedded_default_delivers_signed_in_order_after_two_failures(tmp_path):
         secret = json.loads(created.stdout)["signingSecret"]
         # when three messages of one ticket arrive
         for i in range(3):
-            body = json.dumps(
-                incoming_body(owner=owner, ticketNumber="EMB-1", message=f"m{i}")
-            ).encode()
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/api/v1/engine/incoming",
-                data=body,
-                method="POST",
-                headers={
-                    "Authorization": f"Bearer {engine_key}",
-                    "Content-Type": "application/json",
-                },
-            )
-            with urllib.request.urlopen(request, timeout=30) as response:
-                assert response.status == 202
+            body = incoming_body(owner=owner, ticketNumber="EMB-1", message=f"m{i}")
+            _post_incoming(port, engine_key, body)
         # then the partner gets all three, in order, signed, after two failed tries
         wait_for(
             lambda: sum(r.status == 200 for r in server.received) == 3,
@@ -148,6 +163,24 @@ def test_embedded_default_delivers_signed_in_order_after_two_failures(tmp_path):
         assert accepted == ["m0", "m1", "m2"]
         for item in server.received:
             Webhook(secret).verify(item.body, item.headers)
+
+        # when the worker dies (SIGKILL, as the kernel's OOM killer would)
+        worker_pid = int(re.search(r"started worker \(pid (\d+)\)", banner).group(1))
+        os.killpg(worker_pid, signal.SIGKILL)
+        # then make run starts it again, and web keeps answering meanwhile
+        restarted = _read_until(proc, r"started worker \(pid (\d+)\)", 60)
+        assert int(restarted.group(1)) != worker_pid and proc.poll() is None
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        # and a message sent now is delivered by the new worker
+        _post_incoming(
+            port, engine_key, incoming_body(owner=owner, ticketNumber="EMB-1", message="m3")
+        )
+        wait_for(
+            lambda: sum(r.status == 200 for r in server.received) == 4,
+            90,
+            "the fourth delivery, after the worker restart",
+        )
+        assert [r.json["message"] for r in server.received if r.status == 200][-1] == "m3"
     finally:
         server.close()
         os.killpg(proc.pid, signal.SIGINT)
