@@ -345,11 +345,57 @@ def pg_options() -> str:
     )
 
 
-def pg_restart() -> float:
-    """Restart PostgreSQL (fast shutdown: sessions are cut, committed work is kept);
-    returns how long it took. This process's own connections are closed afterwards."""
+def pg_durable_options() -> str:
+    """Production's durability: fsync, synchronous_commit and full_page_writes on."""
+    return (
+        pg_options()
+        .replace("fsync=off", "fsync=on")
+        .replace("synchronous_commit=off", "synchronous_commit=on")
+        .replace("full_page_writes=off", "full_page_writes=on")
+    )
+
+
+def _children_of(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid …": comm may hold spaces, so split after the last ")"
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def pg_hard_crash(options: str) -> float:
+    """SIGKILL the postmaster and every backend at once (no shutdown, no checkpoint: what a
+    power cut leaves of the processes), then start it again with `options`: PostgreSQL
+    recovers from its WAL. Returns how long the restart (recovery included) took."""
+    data = Path(os.environ["TEST_PG_DATA"])
+    postmaster = int((data / "postmaster.pid").read_text().split()[0])
+    victims = [postmaster, *_children_of(postmaster)]
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in victims), 30, "gone")
     started = time.monotonic()
     log = Path(os.environ["TEST_PG_SOCKET_DIR"]) / "postgres.log"
-    pg_ctl("-o", pg_options(), "-l", str(log), "-m", "fast", "-w", "-t", "60", "restart")
+    pg_ctl("-o", options, "-l", str(log), "-w", "-t", "120", "start")
+    connections.close_all()
+    return time.monotonic() - started
+
+
+def pg_restart(options: str | None = None) -> float:
+    """Restart PostgreSQL (fast shutdown: sessions are cut, committed work is kept), with
+    testenv's options unless `options` are given; returns how long it took. This process's
+    own connections are closed afterwards."""
+    started = time.monotonic()
+    log = Path(os.environ["TEST_PG_SOCKET_DIR"]) / "postgres.log"
+    pg_ctl("-o", options or pg_options(), "-l", str(log), "-m", "fast", "-w", "-t", "60", "restart")
     connections.close_all()
     return time.monotonic() - started

@@ -22,7 +22,15 @@ from standardwebhooks.webhooks import Webhook
 
 from integrations.models import Delivery, DeliveryAttempt, Event, SigningSecret
 from tests.conftest import incoming_body
-from tests.reliability.conftest import pg_restart, redis_client, redis_kill, redis_start, sizes
+from tests.reliability.conftest import (
+    pg_durable_options,
+    pg_hard_crash,
+    pg_restart,
+    redis_client,
+    redis_kill,
+    redis_start,
+    sizes,
+)
 from tests.support.partner import ok
 from tests.support.processes import pool_children, wait_for, wait_ready
 
@@ -274,4 +282,59 @@ def test_crash_postgres_restart_every_2xx_is_stored(size, web, engine_api, tenan
     assert not_envelope == []
     assert all(s is None or s in (500, 503) for _, s, _ in failed)
     # and the server recovered: the last requests of the stream were accepted
+    assert all(s is not None and s < 300 for _, s, _ in results[-5:])
+
+
+@pytest.mark.parametrize(
+    "size",
+    sizes(
+        ci={"crashes": 1, "before": 1.5, "after": 2.0},
+        full={"crashes": 5, "before": 3.0, "after": 5.0},
+    ),
+)
+def test_crash_postgres_killed_hard_with_fsync_every_2xx_is_stored(
+    size, web, engine_api, tenant, figures
+):
+    # given PostgreSQL as production runs it (fsync and synchronous_commit on) and a real
+    # gunicorn receiving a stream of incoming events
+    pg_restart(pg_durable_options())
+    stop = threading.Event()
+    results: list[tuple[str, int | None, bytes]] = []
+    client = threading.Thread(
+        target=_post_stream, args=(web.url, engine_api.key, stop, results, 100_000), daemon=True
+    )
+    recovery_seconds = []
+    try:
+        client.start()
+        # when the postmaster and every backend are killed at once (SIGKILL, no shutdown)
+        for _ in range(size.crashes):
+            time.sleep(size.before)
+            recovery_seconds.append(pg_hard_crash(pg_durable_options()))
+        time.sleep(size.after)
+    finally:
+        stop.set()
+        client.join(30)
+        pg_restart()  # back to testenv's fast settings for the tests after this one
+    # then every request answered 2xx is stored, and every failure is the envelope or a
+    # connection error
+    stored = set(Event.objects.filter(tenant=tenant).values_list("payload__message", flat=True))
+    accepted = [t for t, status, _ in results if status is not None and 200 <= status < 300]
+    failed = [(t, s, c) for t, s, c in results if s is None or s >= 300]
+    not_envelope = [(t, s, c[:200]) for t, s, c in failed if s is not None and not _is_envelope(c)]
+    figures.record(
+        size,
+        "crash_postgres_sigkill_fsync_on",
+        requests=len(results),
+        answered_2xx=len(accepted),
+        lost_2xx=len(set(accepted) - stored),
+        refused_5xx=sum(1 for _, s, _ in failed if s is not None and s >= 500),
+        connection_errors=sum(1 for _, s, _ in failed if s is None),
+        stored_without_2xx=len(stored) - len(set(accepted) & stored),
+        crashes=size.crashes,
+        recovery_seconds=[round(s, 1) for s in recovery_seconds],
+    )
+    assert accepted, "no request succeeded at all"
+    assert set(accepted) <= stored
+    assert not_envelope == []
+    assert all(s is None or s in (500, 503) for _, s, _ in failed)
     assert all(s is not None and s < 300 for _, s, _ in results[-5:])
