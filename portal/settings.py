@@ -107,6 +107,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     VAR_DIR.mkdir(parents=True, exist_ok=True)
 else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Behind PgBouncer in transaction mode a server connection changes between transactions:
+    # no server-side cursors (Django already sends no prepared statements).
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env_bool("PORTAL_PGBOUNCER", False)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, Celery and cache ----------------------------------------------------------------

@@ -7,8 +7,8 @@ What it does, in order:
 1. install-check: finds the PostgreSQL server binaries (PG_BIN, else the newest
    /usr/lib/postgresql/*/bin, else `pg_config --bindir`) and `redis-server`; when one is
    missing and we are root, installs it with apt-get, otherwise exits saying what to install.
-   Debian's Chromium (browser tests) is installed the same way as root; without it, as a
-   normal user, the browser tests skip and say so.
+   Debian's Chromium (browser tests) and PgBouncer (the test behind it) are installed the
+   same way as root; without them, as a normal user, those tests skip and say so.
 2. postgres: `initdb` + `pg_ctl start` in a new temporary directory, on a free loopback port.
    PostgreSQL refuses to run as root, so as root the directory belongs to the `postgres` user
    and the server commands run through `runuser -u postgres --`.
@@ -186,6 +186,22 @@ def ensure_chromium() -> None:
         )
         return
     apt_install("chromium")
+
+
+PGBOUNCER = "/usr/sbin/pgbouncer"
+
+
+def ensure_pgbouncer() -> None:
+    """Debian's PgBouncer for the test that runs the portal behind it (transaction mode).
+
+    Installed with apt when missing and we are root; otherwise that test skips and says so.
+    """
+    if Path(PGBOUNCER).exists() or shutil.which("pgbouncer"):
+        return
+    if not is_root():
+        log("pgbouncer not found: the PgBouncer test will skip (sudo apt-get install pgbouncer)")
+        return
+    apt_install("pgbouncer")
 
 
 def ensure_pg_user() -> None:
@@ -440,6 +456,7 @@ def main(argv: list[str]) -> int:
         started = time.monotonic()
         pg_bin, redis_server = ensure_binaries()
         ensure_chromium()
+        ensure_pgbouncer()
         if servers.run_as:
             ensure_pg_user()
         servers.pg_bin = pg_bin
