@@ -219,6 +219,39 @@ def _post_stream(url: str, key: str, stop: threading.Event, results: list, limit
         time.sleep(0.01)
 
 
+def _check_stream(results: list[tuple[str, int | None, bytes]], tenant) -> tuple[dict, list[str]]:
+    """The figures of a stream of posts through a database outage, and which of its promises
+    it broke: every 2xx stored, every failure the envelope (500/503) or a connection error,
+    the last requests accepted again."""
+    stored = set(Event.objects.filter(tenant=tenant).values_list("payload__message", flat=True))
+    accepted = [t for t, status, _ in results if status is not None and 200 <= status < 300]
+    failed = [(t, s, c) for t, s, c in results if s is None or s >= 300]
+    not_envelope = [(t, s, c[:200]) for t, s, c in failed if s is not None and not _is_envelope(c)]
+    broken = [
+        problem
+        for problem, ok in (
+            ("no request succeeded at all", bool(accepted)),
+            (f"2xx not stored: {sorted(set(accepted) - stored)[:10]}", set(accepted) <= stored),
+            (f"not the envelope: {not_envelope[:3]}", not not_envelope),
+            (
+                "a failure other than 500/503",
+                all(s is None or s in (500, 503) for _, s, _ in failed),
+            ),
+            ("not recovered", all(s is not None and s < 300 for _, s, _ in results[-5:])),
+        )
+        if not ok
+    ]
+    figures = {
+        "requests": len(results),
+        "answered_2xx": len(accepted),
+        "lost_2xx": len(set(accepted) - stored),
+        "refused_5xx": sum(1 for _, s, _ in failed if s is not None and s >= 500),
+        "connection_errors": sum(1 for _, s, _ in failed if s is None),
+        "stored_without_2xx": len(stored) - len(set(accepted) & stored),
+    }
+    return figures, broken
+
+
 def _is_envelope(content: bytes) -> bool:
     import json
 
@@ -259,30 +292,16 @@ def test_crash_postgres_restart_every_2xx_is_stored(size, web, engine_api, tenan
         stop.set()
         client.join(30)
     # then every request answered 2xx is stored, and every failure is the envelope or a
-    # connection error
-    stored = set(Event.objects.filter(tenant=tenant).values_list("payload__message", flat=True))
-    accepted = [t for t, status, _ in results if status is not None and 200 <= status < 300]
-    failed = [(t, s, c) for t, s, c in results if s is None or s >= 300]
-    not_envelope = [(t, s, c[:200]) for t, s, c in failed if s is not None and not _is_envelope(c)]
-    stored_without_2xx = len(stored) - len(set(accepted) & stored)
+    # connection error; the server recovered
+    outcome, broken = _check_stream(results, tenant)
     figures.record(
         size,
         "crash_postgres_restart",
-        requests=len(results),
-        answered_2xx=len(accepted),
-        lost_2xx=len(set(accepted) - stored),
-        refused_5xx=sum(1 for _, s, _ in failed if s is not None and s >= 500),
-        connection_errors=sum(1 for _, s, _ in failed if s is None),
-        stored_without_2xx=stored_without_2xx,
+        **outcome,
         restarts=size.restarts,
         restart_seconds=[round(s, 1) for s in restart_seconds],
     )
-    assert accepted, "no request succeeded at all"
-    assert set(accepted) <= stored
-    assert not_envelope == []
-    assert all(s is None or s in (500, 503) for _, s, _ in failed)
-    # and the server recovered: the last requests of the stream were accepted
-    assert all(s is not None and s < 300 for _, s, _ in results[-5:])
+    assert broken == []
 
 
 @pytest.mark.parametrize(
@@ -316,25 +335,13 @@ def test_crash_postgres_killed_hard_with_fsync_every_2xx_is_stored(
         client.join(30)
         pg_restart()  # back to testenv's fast settings for the tests after this one
     # then every request answered 2xx is stored, and every failure is the envelope or a
-    # connection error
-    stored = set(Event.objects.filter(tenant=tenant).values_list("payload__message", flat=True))
-    accepted = [t for t, status, _ in results if status is not None and 200 <= status < 300]
-    failed = [(t, s, c) for t, s, c in results if s is None or s >= 300]
-    not_envelope = [(t, s, c[:200]) for t, s, c in failed if s is not None and not _is_envelope(c)]
+    # connection error; the server recovered
+    outcome, broken = _check_stream(results, tenant)
     figures.record(
         size,
         "crash_postgres_sigkill_fsync_on",
-        requests=len(results),
-        answered_2xx=len(accepted),
-        lost_2xx=len(set(accepted) - stored),
-        refused_5xx=sum(1 for _, s, _ in failed if s is not None and s >= 500),
-        connection_errors=sum(1 for _, s, _ in failed if s is None),
-        stored_without_2xx=len(stored) - len(set(accepted) & stored),
+        **outcome,
         crashes=size.crashes,
         recovery_seconds=[round(s, 1) for s in recovery_seconds],
     )
-    assert accepted, "no request succeeded at all"
-    assert set(accepted) <= stored
-    assert not_envelope == []
-    assert all(s is None or s in (500, 503) for _, s, _ in failed)
-    assert all(s is not None and s < 300 for _, s, _ in results[-5:])
+    assert broken == []
