@@ -132,6 +132,10 @@ if CELERY_BROKER_URL.startswith(("filesystem://", "portalfs://")):
             "processed_folder": str(BROKER_DIR / "processed"),
             "control_folder": str(BROKER_DIR / "control"),
             "store_processed": False,
+            # How often an idle worker looks for a new message file (kombu's default is
+            # 1 s): each ticket's next message is queued when the previous one is answered,
+            # so this was the spacing between one ticket's deliveries.
+            "polling_interval": 0.1,
         }
     )
 
