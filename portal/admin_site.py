@@ -12,7 +12,7 @@ class PortalAdminSite(admin.AdminSite):
     site_title = _("Integration Portal")
     index_title = _("Dashboard")
     index_template = "admin/portal_index.html"
-    site_url = "/api/docs/"  # "View site": the API documentation partners read
+    site_url = None  # no "View site" link: the portal has no public site (/ is the admin)
 
     def index(self, request, extra_context=None):
         from integrations.admin.scoping import tenant_ids_for

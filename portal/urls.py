@@ -1,12 +1,15 @@
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from integrations import demo, health
 from integrations.api import errors as api_errors
 
 urlpatterns = [
+    # The portal has no public site: its root leads to the admin.
+    path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),
     path("i18n/", include("django.conf.urls.i18n")),
     path("api/v1/", include("integrations.api.urls")),

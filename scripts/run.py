@@ -291,6 +291,8 @@ def wait_until_ready(services: list[Service], health_url: str) -> str | None:
 
 def print_banner(base_url: str, demo: dict) -> None:
     admin_url = demo.get("adminUrl") or f"{base_url}/admin/"
+    # what the demo partner verifies webhooks with (kept in var/demo-credentials.json)
+    secret = demo.get("signingSecret") or "(not kept: rotate it in the admin)"
     lines = [
         "",
         "Integration Portal is running.",
@@ -299,6 +301,7 @@ def print_banner(base_url: str, demo: dict) -> None:
         f"  Demo owner:   {demo.get('owner')}",
         f"  Partner:      {demo.get('partnerId')}",
         f"  Partner key:  {demo.get('apiKey')}",
+        f"  Signing secret: {secret}",
         f"  Engine key:   {demo.get('engineApiKey')}",
         f"  API docs:     {base_url}/api/docs/",
         "Press Ctrl-C to stop.",

@@ -149,6 +149,24 @@ def test_seed_demo_is_idempotent_and_its_credentials_work(settings, tmp_path):
     assert principal_authenticate(first["engineApiKey"]).is_engine
 
 
+@pytest.mark.django_db
+def test_seed_demo_run_by_hand_keeps_the_running_port(settings, tmp_path, monkeypatch):
+    # given `make run` on port 8123 seeded the demo (it passes PORT)
+    settings.VAR_DIR = tmp_path
+    monkeypatch.setenv("PORT", "8123")
+    settings.PORT = 8123
+    assert run("seed_demo")["adminUrl"] == "http://127.0.0.1:8123/admin/"
+    # when seed_demo is run again by hand, with no PORT (settings fall back to 8000)
+    monkeypatch.delenv("PORT")
+    settings.PORT = 8000
+    again = run("seed_demo")
+    # then the demo partner and engine relay still point at the running portal
+    assert again["adminUrl"] == "http://127.0.0.1:8123/admin/"
+    assert Partner.objects.get().base_url == "http://127.0.0.1:8123/demo/partner"
+    assert Tenant.objects.get().engine_base_url == "http://127.0.0.1:8123/demo/engine"
+    assert again["signingSecret"].startswith("whsec_")
+
+
 def test_command_exit_status_is_non_zero_on_error(tmp_path):
     import os
     import subprocess

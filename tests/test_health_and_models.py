@@ -99,3 +99,8 @@ def test_dispatcher_index_exists():
         indexes = connection.introspection.get_constraints(cursor, Delivery._meta.db_table)
     assert indexes["delivery_due_idx"]["columns"] == ["status", "next_attempt_at"]
     assert Ticket._meta.db_table
+
+
+def test_the_root_leads_to_the_admin(client):
+    response = client.get("/")
+    assert response.status_code == 302 and response["Location"] == "/admin/"

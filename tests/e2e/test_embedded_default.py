@@ -122,6 +122,7 @@ def test_embedded_default_delivers_signed_in_order_after_two_failures(tmp_path):
     server = PartnerServer(lambda r, n: (500, b"", {}) if n <= 2 else OK)
     try:
         banner = _wait_for_banner(proc, 120)
+        assert re.search(r"Signing secret:\s+whsec_", banner), banner
         _check_health_and_admin_login(port, banner)
         engine_key = re.search(r"Engine key:\s+(\S+)", banner).group(1)
         owner = re.search(r"Demo owner:\s+(\S+)", banner).group(1)

@@ -5,6 +5,7 @@ re-used while they still work; anything missing or revoked is created again.
 """
 
 import json
+import os
 import secrets
 
 from django.conf import settings
@@ -35,7 +36,13 @@ class Command(JsonCommand):
     def run(self, **options):
         path = settings.VAR_DIR / "demo-credentials.json"
         saved = json.loads(path.read_text()) if path.exists() else {}
-        base = f"http://127.0.0.1:{settings.PORT}"
+        # The demo receivers live on the running portal: `make run` passes its PORT; run by
+        # hand without one, the port of the last `make run` is kept.
+        if "PORT" not in os.environ and saved.get("baseUrl"):
+            base = saved["baseUrl"]
+        else:
+            base = f"http://127.0.0.1:{settings.PORT}"
+        saved["baseUrl"] = base
         with transaction.atomic():
             tenant = Tenant.objects.filter(owner=DEMO_OWNER).first() or tenant_create(
                 owner=DEMO_OWNER, name="Demo Tenant"
