@@ -7,7 +7,13 @@ from django.contrib import admin, messages
 from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 
-from integrations.admin.forms import ServiceCleanedForm, copy_saved, service_values, show_once
+from integrations.admin.forms import (
+    ServiceCleanedForm,
+    copy_saved,
+    fieldsets_swapped,
+    service_values,
+    show_once,
+)
 from integrations.admin.scoping import (
     ADMIN,
     SUPPORT,
@@ -92,16 +98,7 @@ class TenantAdmin(TenantScopedAdmin):
         if obj is None or self.has_change_permission(request, obj):
             return fieldsets
         hidden = {"engine_token": "engine_token_state", "clear_engine_token": None}
-        return [
-            (
-                name,
-                {
-                    **opts,
-                    "fields": [hidden.get(f, f) for f in opts["fields"] if hidden.get(f, f)],
-                },
-            )
-            for name, opts in fieldsets
-        ]
+        return fieldsets_swapped(fieldsets, hidden)
 
     @admin.display(description=_("engine bearer token"))
     def engine_token_state(self, obj):

@@ -57,3 +57,12 @@ class ServiceCleanedForm(forms.ModelForm):
 
 def service_values(form, names) -> dict:
     return {name: form.cleaned_data[name] for name in names if name in form.cleaned_data}
+
+
+def fieldsets_swapped(fieldsets, swaps: dict[str, str | None]) -> list:
+    """`fieldsets` with each field named in `swaps` replaced by its value (an admin method
+    that shows it safely), or left out when that is None: for users who may only look."""
+    return [
+        (name, {**opts, "fields": [swaps.get(f, f) for f in opts["fields"] if swaps.get(f, f)]})
+        for name, opts in fieldsets
+    ]

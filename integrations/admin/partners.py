@@ -16,7 +16,13 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 
 from integrations import selectors
-from integrations.admin.forms import ServiceCleanedForm, copy_saved, service_values, show_once
+from integrations.admin.forms import (
+    ServiceCleanedForm,
+    copy_saved,
+    fieldsets_swapped,
+    service_values,
+    show_once,
+)
 from integrations.admin.scoping import (
     ADMIN,
     SUPPORT,
@@ -105,10 +111,6 @@ class RecoverForm(forms.Form):
     until = forms.DateTimeField(label=_("until"), help_text=_("YYYY-MM-DD HH:MM"))
 
 
-def _shown(field: str) -> str:
-    return "display_url" if field == "base_url" else field
-
-
 @admin.register(Partner)
 class PartnerAdmin(TenantScopedAdmin):
     role_permissions = {ADMIN: {"view", "add", "change"}, SUPPORT: {"view"}}
@@ -157,10 +159,7 @@ class PartnerAdmin(TenantScopedAdmin):
         fieldsets = super().get_fieldsets(request, obj)
         if obj is None or self.has_change_permission(request, obj):
             return fieldsets
-        return [
-            (name, {**opts, "fields": [_shown(f) for f in opts["fields"]]})
-            for name, opts in fieldsets
-        ]
+        return fieldsets_swapped(fieldsets, {"base_url": "display_url"})
 
     @admin.display(description=_("base URL"), ordering="base_url")
     def display_url(self, obj):

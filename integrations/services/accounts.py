@@ -19,6 +19,10 @@ from integrations.models import ApiKey, Partner, SigningSecret, Tenant, TenantMe
 from integrations.services.fields import (
     base_url_clean,
     collect_errors,
+    optional,
+    path_clean,
+    required_text,
+    text,
     time_zone_clean,
 )
 from integrations.webhooks import generate_secret
@@ -44,55 +48,24 @@ TENANT_SETTINGS = (
 )
 
 
-def _required(limit: int) -> Callable[[str], str]:
-    def clean(value: str) -> str:
-        value = value.strip()
-        if not value or len(value) > limit:
-            raise ValueError(f"Required, at most {limit} characters.")
-        return value
-
-    return clean
-
-
-def _optional(clean: Callable[[str], str]) -> Callable[[str], str]:
-    return lambda value: clean(value) if value.strip() else ""
-
-
 def _retention(value: int) -> int:
     if not isinstance(value, int) or value < 0:
         raise ValueError("Must be a whole number of days (0 or more).")
     return value
 
 
-def _engine_path(value: str) -> str:
-    """An engine path as earlier versions took it: no white space; the leading '/' is
-    optional (it is joined to the base URL with one slash either way)."""
-    value = value.strip()
-    if any(ch.isspace() for ch in value) or len(value) > 500:
-        raise ValueError("Must contain no spaces and have at most 500 characters.")
-    return value
-
-
-def _text(limit: int) -> Callable[[str], str]:
-    def clean(value: str) -> str:
-        if len(value) > limit:
-            raise ValueError(f"At most {limit} characters.")
-        return value
-
-    return clean
-
-
 _TENANT_CLEANERS: dict[str, Callable[[Any], Any]] = {
-    "owner": _required(255),
-    "name": _required(200),
+    "owner": required_text(255),
+    "name": required_text(200),
     "is_active": bool,
     "time_zone": time_zone_clean,
-    "sticker_text": _required(100),
+    "sticker_text": required_text(100),
     "retention_days": _retention,
-    "engine_base_url": _optional(lambda url: base_url_clean(url, max_length=200)),
-    "engine_send_message_path": _engine_path,
-    "engine_command_path": _engine_path,
-    "engine_token": _text(500),
+    "engine_base_url": optional(lambda url: base_url_clean(url, max_length=200)),
+    # as earlier versions took them: the relay joins them with one slash either way
+    "engine_send_message_path": lambda path: path_clean(path, leading_slash=False),
+    "engine_command_path": lambda path: path_clean(path, leading_slash=False),
+    "engine_token": text(500),
 }
 
 

@@ -37,12 +37,46 @@ def base_url_clean(url: str, *, max_length: int = 2048) -> str:
     return url.rstrip("/")
 
 
-def path_clean(path: str) -> str:
-    """A URL path: starts with '/', no white space. Raises ValueError."""
+def path_clean(path: str, *, leading_slash: bool = True) -> str:
+    """A URL path: no white space, at most 500 characters, starting with '/' unless
+    `leading_slash` is False. Raises ValueError."""
     path = path.strip()
-    if not path.startswith("/") or any(ch.isspace() for ch in path) or len(path) > 500:
-        raise ValueError("Must start with '/', contain no spaces and have at most 500 characters.")
+    if (
+        any(ch.isspace() for ch in path)
+        or len(path) > 500
+        or (leading_slash and not path.startswith("/"))
+    ):
+        must = "Must start with '/', contain" if leading_slash else "Must contain"
+        raise ValueError(f"{must} no spaces and have at most 500 characters.")
     return path
+
+
+def required_text(limit: int) -> Callable[[str], str]:
+    """A cleaner: stripped, not empty, at most `limit` characters."""
+
+    def clean(value: str) -> str:
+        value = value.strip()
+        if not value or len(value) > limit:
+            raise ValueError(f"Required, at most {limit} characters.")
+        return value
+
+    return clean
+
+
+def text(limit: int) -> Callable[[str], str]:
+    """A cleaner: kept as typed, at most `limit` characters."""
+
+    def clean(value: str) -> str:
+        if len(value) > limit:
+            raise ValueError(f"At most {limit} characters.")
+        return value
+
+    return clean
+
+
+def optional(clean: Callable[[str], str]) -> Callable[[str], str]:
+    """A cleaner that lets "" (or blanks) through as "" and checks anything else."""
+    return lambda value: clean(value) if value.strip() else ""
 
 
 def channels_clean(channels: list[str] | str) -> list[str]:

@@ -23,6 +23,7 @@ from typing import Any
 from django.db import connection, models
 
 from integrations.models import Contact, Delivery, Event, IdempotencyRecord, Partner, Ticket
+from integrations.outbox.queue import db_value
 from integrations.payloads import MessagePayload
 
 
@@ -37,7 +38,7 @@ def _columns(model: type[models.Model]) -> dict[str, str]:
 
 def _values(model: type[models.Model], row: dict[str, Any]) -> list[Any]:
     """The row's values, adapted by each field as the ORM would."""
-    return [model._meta.get_field(name).get_db_prep_save(v, connection) for name, v in row.items()]
+    return [db_value(model, name, value) for name, value in row.items()]
 
 
 @functools.cache

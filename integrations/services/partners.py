@@ -19,7 +19,13 @@ from integrations.delivery import REDACTED
 from integrations.errors import Conflict
 from integrations.models import ApiKey, Partner, SigningSecret, Tenant
 from integrations.services.accounts import api_key_create
-from integrations.services.fields import base_url_clean, channels_clean, collect_errors, path_clean
+from integrations.services.fields import (
+    base_url_clean,
+    channels_clean,
+    collect_errors,
+    path_clean,
+    required_text,
+)
 from integrations.webhooks import generate_secret
 from portal.env import parse_rate, parse_retry_schedule
 
@@ -67,15 +73,8 @@ def _rate_clean(value: str) -> str:
     return value
 
 
-def _name_clean(value: str) -> str:
-    value = value.strip()
-    if not value or len(value) > 200:
-        raise ValueError("Required, at most 200 characters.")
-    return value
-
-
 _CLEANERS = {
-    "name": _name_clean,
+    "name": required_text(200),
     "base_url": base_url_clean,
     "incoming_message_path": path_clean,
     "send_message_path": path_clean,
