@@ -1,7 +1,7 @@
 """Delivery throughput: real Celery workers draining queued deliveries against a bare loop.
 
     .venv/bin/python bench/delivery.py [--count 20000] [--tickets 2000] [--concurrency 4]
-                                       [--runs 1:1,1:20,20:20]
+                                       [--runs 1:1,1:20,20:20] [--embedded]
 
 Starts its own PostgreSQL and Redis (scripts/testenv.py) and a sink (tests/support/partner.py,
 its own process, answering {"status":"success"}), migrates, creates a tenant and a partner
@@ -18,6 +18,11 @@ run).
             drains them: claim, sign, POST, record. 1:1 is one task per delivery (before
             batches existed); 1:20 is how ingest queues an event for one partner (one message
             each; tasks top their batch up); 20:20 is how the dispatcher queues a backlog.
+
+--embedded runs the portal on the embedded default instead (what `make run` uses: SQLite in
+the bench's var directory, the portalfs:// file-system broker): compare its ratio with a run
+without it, in the same session, to see how far the embedded default's drain rate is from the
+production setup's (PostgreSQL and Redis are started all the same, unused).
 
 Throughput is measured the same way for both, at the sink: (requests - 1) / (last receipt -
 first receipt). At the end it checks that all COUNT deliveries are `succeeded` and that the
@@ -60,6 +65,11 @@ def parse_args() -> argparse.Namespace:
         type=float,
         default=60,
         help="give up when the sink sees no new request for this long",
+    )
+    parser.add_argument(
+        "--embedded",
+        action="store_true",
+        help="the portal on SQLite and the file-system broker (the embedded default)",
     )
     args = parser.parse_args()
     try:
@@ -237,8 +247,10 @@ def run_portal(
     )
 
     cmd = harness.celery_worker_cmd(args.concurrency)
-    harness.wait_pg_quiet()  # the previous run's sessions are not this run's cost
-    cpu_before, sessions_before = bench.cpu_snapshot(), harness.pg_sessions()
+    postgres = not args.embedded
+    if postgres:
+        harness.wait_pg_quiet()  # the previous run's sessions are not this run's cost
+    cpu_before, sessions_before = bench.cpu_snapshot(), harness.pg_sessions() if postgres else 0
     spawned, spawned_wall = time.monotonic(), time.time()
     worker = f"worker-m{message_size}-b{batch}"
     bench.start(worker, cmd, env={**env, "PORTAL_DELIVERY_BATCH": str(batch)})
@@ -264,7 +276,7 @@ def run_portal(
         time.sleep(0.1)
     statuses = _status_counts(ids)
     cpu = harness.cpu_delta(cpu_before, bench.cpu_snapshot(), len(ids))
-    sessions = harness.pg_sessions() - sessions_before
+    sessions = harness.pg_sessions() - sessions_before if postgres else None
     bench.stop_named(worker)
     tasks = _task_counts(bench, worker)
     stats = harness.http_json(sink + "/_stats")
@@ -321,6 +333,10 @@ def main() -> None:
     args = parse_args()
     with Bench("delivery") as bench:
         env = bench.start_databases()
+        if args.embedded:
+            # no database or broker URL: SQLite in PORTAL_VAR_DIR and portalfs://
+            for name in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"):
+                env.pop(name, None)
         sink = harness.start_sink(bench, env)
         seeds = bench.setup_portal(env, partner_url=sink)
         harness.django_setup(env)
@@ -370,6 +386,9 @@ def main() -> None:
                 "after": after,
             },
             "config": {
+                "setup": "embedded (SQLite, portalfs://)"
+                if args.embedded
+                else "production (PostgreSQL, Redis)",
                 "count": args.count,
                 "tickets": min(args.tickets, args.count),
                 "concurrency": args.concurrency,

@@ -180,6 +180,13 @@ PORTAL_DELIVERY_LEASE_SECONDS = env_int("PORTAL_DELIVERY_LEASE_SECONDS", 120, mi
 # Deliveries of one target claimed, sent and recorded together by one task (a backlog drains
 # in batches; one slow or failing partner never shares a batch with another).
 PORTAL_DELIVERY_BATCH = env_int("PORTAL_DELIVERY_BATCH", 20, minimum=1)
+# Requests one batch has in flight at once (a slow ticket does not hold up the others).
+PORTAL_DELIVERY_PARALLEL = env_int("PORTAL_DELIVERY_PARALLEL", 4, minimum=1)
+# Fair share (SPEC §5): a partner whose average answer takes this long (ms), or that has not
+# answered yet, is sent one batch at a time; slow partners share PORTAL_SLOW_PARTNER_BATCHES
+# batches at once between them, so the other worker slots stay free for everyone else.
+PORTAL_SLOW_PARTNER_MS = env_int("PORTAL_SLOW_PARTNER_MS", 1000, minimum=1)
+PORTAL_SLOW_PARTNER_BATCHES = env_int("PORTAL_SLOW_PARTNER_BATCHES", 1, minimum=1)
 
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -48,13 +48,18 @@ def db_value(model: type[models.Model], field: str, value: Any) -> Any:
 # --- claiming --------------------------------------------------------------------------------
 
 
-CLAIMABLE_PARAMS = 4
+def _claimable_params(now: datetime, token: uuid.UUID) -> list[Any]:
+    """The parameters of `_claimable_sql`, in order: at `now`, for a claim under `token`."""
+    at = db_value(Delivery, "updated_at", now)
+    mine = db_value(Delivery, "lease_token", token)
+    slow, lanes = settings.PORTAL_SLOW_PARTNER_MS, settings.PORTAL_SLOW_PARTNER_BATCHES
+    return [at, at, at, at, slow, at, mine, at, mine, slow, lanes]
 
 
 @functools.cache
 def _claimable_sql() -> str:
-    """WHERE conditions (on `d`, a delivery) of a delivery that may be attempted now;
-    CLAIMABLE_PARAMS parameters, all `now`:
+    """WHERE conditions (on `d`, a delivery) of a delivery that may be attempted now, with
+    the parameters `_claimable_params` gives:
 
     - due (waiting and its time has come) or its lease expired (a worker died holding it);
     - its target is the engine relay or an active partner (not disabled, not paused);
@@ -63,11 +68,17 @@ def _claimable_sql() -> str:
       one attempt at a time, or its timeouts would hold every worker slot and stall the
       deliveries of other partners and tenants;
     - likewise a tenant's engine relay: while one of its relay deliveries is retrying (the
-      engine failed lately), one attempt at a time.
+      engine failed lately), one attempt at a time;
+    - fair share: a partner that is slow on average (PORTAL_SLOW_PARTNER_MS) or has not
+      answered yet has one batch at a time, and the partners known to be slow have at most
+      PORTAL_SLOW_PARTNER_BATCHES batches at once between them, so however many slow
+      partners there are, the other worker slots stay free for the rest. Leases under the
+      claim's own token do not count (a batch topping itself up).
     """
     deliveries, partners = Delivery._meta.db_table, Partner._meta.db_table
     final = ", ".join(f"'{status}'" for status in Delivery.FINAL_STATUSES)
     waiting = ", ".join(f"'{status}'" for status in Delivery.WAITING_STATUSES)
+    delivering = Delivery.Status.DELIVERING
     return f"""
         ((d.status IN ({waiting}) AND d.next_attempt_at <= %s)
           OR (d.status = '{Delivery.Status.DELIVERING}' AND d.lease_expires_at < %s))
@@ -90,6 +101,19 @@ def _claimable_sql() -> str:
                 SELECT 1 FROM {deliveries} f
                 WHERE f.partner_id IS NULL AND f.tenant_id = d.tenant_id
                   AND f.status = '{Delivery.Status.RETRYING}')))
+        AND (d.partner_id IS NULL OR NOT EXISTS (
+            SELECT 1 FROM {partners} sp
+            WHERE sp.id = d.partner_id
+              AND (sp.latency_ms_avg IS NULL OR sp.latency_ms_avg >= %s)
+              AND (EXISTS (
+                    SELECT 1 FROM {deliveries} s
+                    WHERE s.partner_id = d.partner_id AND s.status = '{delivering}'
+                      AND s.lease_expires_at >= %s AND s.lease_token <> %s)
+                  OR (sp.latency_ms_avg IS NOT NULL AND (
+                    SELECT COUNT(DISTINCT s.lease_token) FROM {deliveries} s
+                    JOIN {partners} sq ON sq.id = s.partner_id
+                    WHERE s.status = '{delivering}' AND s.lease_expires_at >= %s
+                      AND s.lease_token <> %s AND sq.latency_ms_avg >= %s) >= %s))))
     """  # noqa: S608
 
 
@@ -116,7 +140,7 @@ def _claim(candidates: str, params: list[Any], token: uuid.UUID, now: datetime) 
         db_value(Delivery, "lease_expires_at", now + lease),
         at,
         *params,
-        *[at] * CLAIMABLE_PARAMS,
+        *_claimable_params(now, token),
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
@@ -188,6 +212,25 @@ def deliveries_hand_back(*, delivery_ids: Sequence[int], token: uuid.UUID) -> in
         return int(cursor.rowcount)
 
 
+def deliveries_release(*, delivery_ids: Sequence[int]) -> int:
+    """Of these deliveries, which a queue message named but the claim did not take, mark
+    those still waiting as not queued, so the dispatcher queues them as soon as they may go
+    (a partner's fair share frees up, its failing attempt ends) rather than after
+    PORTAL_REDISPATCH_AFTER. Returns how many were marked."""
+    ids = [int(pk) for pk in delivery_ids]
+    if not ids:
+        return 0
+    waiting = ", ".join(["%s"] * len(Delivery.WAITING_STATUSES))
+    sql = f"""
+        UPDATE {Delivery._meta.db_table} SET dispatched_at = NULL
+        WHERE id IN ({", ".join(["%s"] * len(ids))}) AND status IN ({waiting})
+          AND dispatched_at IS NOT NULL
+    """  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*ids, *Delivery.WAITING_STATUSES])
+        return int(cursor.rowcount)
+
+
 # --- per-ticket order -------------------------------------------------------------------------
 
 
@@ -238,7 +281,6 @@ def deliveries_due(*, now: datetime, limit: int = 500) -> list[tuple[int, str]]:
     `_claimable_sql`) and not queued in the last PORTAL_REDISPATCH_AFTER seconds, so a
     backlog in the broker is not flooded with duplicates every second."""
     stale = now - timedelta(seconds=settings.PORTAL_REDISPATCH_AFTER)
-    at = db_value(Delivery, "updated_at", now)
     sql = f"""
         SELECT d.id, d.target, d.tenant_id FROM {Delivery._meta.db_table} d
         WHERE {_claimable_sql()} AND (d.dispatched_at IS NULL OR d.dispatched_at < %s)
@@ -247,7 +289,8 @@ def deliveries_due(*, now: datetime, limit: int = 500) -> list[tuple[int, str]]:
     """  # noqa: S608
     with connection.cursor() as cursor:
         stale_at = db_value(Delivery, "dispatched_at", stale)
-        cursor.execute(sql, [*[at] * CLAIMABLE_PARAMS, stale_at, limit])
+        # a token no lease has: every running batch counts
+        cursor.execute(sql, [*_claimable_params(now, uuid.uuid4()), stale_at, limit])
         return [(pk, batch_key(target, tenant)) for pk, target, tenant in cursor.fetchall()]
 
 

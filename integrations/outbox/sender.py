@@ -9,11 +9,15 @@ few statements per batch instead of per delivery (bench/delivery.py).
 
 from __future__ import annotations
 
+import os
 import random
+import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -26,6 +30,7 @@ from integrations.outbox.queue import (
     deliveries_claim,
     deliveries_claim_more,
     deliveries_hand_back,
+    deliveries_release,
 )
 from integrations.outbox.record import (
     Finished,
@@ -41,8 +46,40 @@ from integrations.webhooks import Outcome
 # Seconds a batch's requests are recorded together; past that, each one as soon as it is
 # answered, so a slow partner's next message of a ticket is not held up by the batch.
 RECORD_EVERY = 0.25
+# Seconds a target's first request of a batch is waited on alone before more go alongside it.
+PROBE = 0.25
+# Seconds after which a batch starts no new request: the rest goes back to the queue.
+SLICE = 5.0
+# Seconds between looks for new work while every request of a batch is in flight.
+POLL = 0.1
 MAX_RETRY_AFTER = 10 * 3600
 JITTER = 0.2
+
+_pool: ThreadPoolExecutor | None = None
+_pool_key = (0, 0)  # (pid, size) the pool was made for
+_pool_lock = threading.Lock()
+
+
+def _sending_pool() -> ThreadPoolExecutor:
+    """The process's sending threads, PORTAL_DELIVERY_PARALLEL of them (made again in a
+    forked child: threads do not survive a fork)."""
+    global _pool, _pool_key
+    key = (os.getpid(), settings.PORTAL_DELIVERY_PARALLEL)
+    with _pool_lock:
+        if _pool is None or _pool_key != key:
+            if _pool is not None and _pool_key[0] == key[0]:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=key[1], thread_name_prefix="portal-send")
+            _pool_key = key
+        return _pool
+
+
+def _reset_after_fork() -> None:
+    global _pool_lock
+    _pool_lock = threading.Lock()  # a thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def next_delay(result: DeliveryResult, tries: int, schedule: Sequence[int]) -> float | None:
@@ -89,24 +126,47 @@ def delivery_send(delivery: Delivery, target: Target, schedule: Sequence[int]) -
 
 
 class Batch:
-    """Claimed deliveries on their way out: `send_next` sends (or sets aside) the next one,
+    """Claimed deliveries on their way out: `launch_next` sends (or sets aside) the next one,
     `record` writes what was sent, `hand_back_rest` gives back what was not tried.
 
-    After a target's first failure its other deliveries are handed back untried (a failing
-    partner gets one attempt at a time), and so is whatever would not finish within half
-    the lease (counted from `started`, before the claim).
+    Up to PORTAL_DELIVERY_PARALLEL requests are in flight at once (on the process's sending
+    threads), so one slow ticket does not hold up the batch's others. A target goes one
+    request at a time until it has answered once in this batch or kept its first request
+    waiting for PROBE seconds; a failing target (a partner with failures in a row, or a
+    delivery on its retries) goes one request at a time throughout. After a target's first
+    failure its other deliveries are handed back untried, and so is whatever is not started
+    within SLICE seconds (the worker slot goes back to the queue, where other partners'
+    batches wait their turn) or would not finish within half the lease (counted from
+    `started`, before the claim).
+
+    With `top_up` (a function taking the room left and returning newly claimed deliveries),
+    a batch whose requests are all in flight looks for its partner's new deliveries every
+    POLL seconds while it is within its slice, so a partner's other tickets do not wait for a
+    slow one's answer.
     """
 
-    def __init__(self, token: uuid.UUID, deliveries: Sequence[Delivery], started: float) -> None:
+    def __init__(
+        self,
+        token: uuid.UUID,
+        deliveries: Sequence[Delivery],
+        started: float,
+        top_up: Callable[[int], list[Delivery]] | None = None,
+    ) -> None:
         self.token = token
         self.started = started
         self.budget = settings.PORTAL_DELIVERY_LEASE_SECONDS / 2
+        self.parallel = settings.PORTAL_DELIVERY_PARALLEL
+        self.top_up = top_up
         self.waiting: deque[Delivery] = deque(deliveries)
+        self.in_flight: dict[Future[Finished], tuple[Delivery, str, float]] = {}
         self.finished: list[Finished] = []  # not recorded yet
         self.set_aside: list[Delivery] = []  # to hand back
         self.failing: set[str] = set()  # batch keys whose target failed in this batch
+        self.answered: set[str] = set()  # batch keys whose target answered in this batch
+        self.careful: set[str] = set()  # batch keys sent one request at a time
         self.targets: dict[tuple[str, int, str], Target] = {}
-        self.sent = 0
+        self.launched = 0
+        self.polled = started
         self.results: dict[int, SendResult] = {}
 
     def _target(self, delivery: Delivery, now: datetime) -> Target:
@@ -115,31 +175,82 @@ class Batch:
             self.targets[key] = delivery_target(delivery, now)
         return self.targets[key]
 
-    def send_next(self) -> None:
-        """Take the next delivery: finish it without a request when there is nothing to
-        send, set it aside when it may not go now, else send it."""
-        delivery = self.waiting.popleft()
+    def _room(self, key: str) -> bool:
+        """Whether another request to the target `key` may start now."""
+        mine = [started for _, k, started in self.in_flight.values() if k == key]
+        if not mine:
+            return len(self.in_flight) < self.parallel
+        if key in self.careful or self.parallel == 1 or len(self.in_flight) >= self.parallel:
+            return False
+        # slow start: more at once only once the target answered, or is slow to answer
+        return key in self.answered or time.monotonic() - min(mine) >= PROBE
+
+    def launch_next(self) -> bool:
+        """Start the next delivery if there is room for it: finish it without a request when
+        there is nothing to send, set it aside when it may not go now, else send it. Returns
+        False when the next one must wait for a request in flight to finish."""
+        delivery = self.waiting[0]
+        key = batch_key(delivery.target, delivery.tenant_id)
+        if not self._room(key):
+            return False
+        self.waiting.popleft()
         schedule = retry_schedule(delivery.partner.retry_schedule if delivery.partner else "")
         if delivery.attempts - delivery.retry_base > len(schedule):
             # The previous holder died after taking the last try; nothing is sent again.
             error = "Attempts used up (a worker was lost during the last one)."
             self.finished.append(Finished(delivery, Delivery.Status.DEAD, error))
-            return
+            return True
         target = self._target(delivery, timezone.now())
         if not target.url:
             error = "No engine relay is configured."
             self.finished.append(Finished(delivery, Delivery.Status.NOT_CONFIGURED, error))
-            return
-        key = batch_key(delivery.target, delivery.tenant_id)
+            return True
         elapsed = time.monotonic() - self.started
-        if key in self.failing or (self.sent and elapsed + target.deadline > self.budget):
+        if key in self.failing or (
+            self.launched and (elapsed > SLICE or elapsed + target.deadline > self.budget)
+        ):
             self.set_aside.append(delivery)
-            return
-        finished = delivery_send(delivery, target, schedule)
-        self.sent += 1
+            return True
+        if delivery.attempts - delivery.retry_base > 1 or (
+            delivery.partner is not None and delivery.partner.consecutive_failures > 0
+        ):
+            self.careful.add(key)
+        self.launched += 1
+        if self.parallel == 1:
+            self._finish(delivery, key, delivery_send(delivery, target, schedule))
+        else:
+            future = _sending_pool().submit(delivery_send, delivery, target, schedule)
+            self.in_flight[future] = (delivery, key, time.monotonic())
+        return True
+
+    def _finish(self, delivery: Delivery, key: str, finished: Finished) -> None:
         self.finished.append(finished)
+        self.answered.add(key)
         if finished.status != Delivery.Status.SUCCEEDED:
             self.failing.add(key)
+
+    def wait(self, timeout: float | None) -> None:
+        """Collect the requests that finish within `timeout` seconds (None: the first one)."""
+        done, _ = futures_wait(self.in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
+        for future in done:
+            delivery, key, _ = self.in_flight.pop(future)
+            self._finish(delivery, key, future.result())
+
+    def _poll(self) -> None:
+        """Top the batch up while all its requests are in flight (see the class)."""
+        now = time.monotonic()
+        room = self.parallel - len(self.in_flight)
+        if (
+            self.top_up is None
+            or self.waiting
+            or room <= 0
+            or self.failing
+            or now - self.started > SLICE
+            or now - self.polled < POLL
+        ):
+            return
+        self.polled = now
+        self.waiting.extend(self.top_up(room))
 
     @property
     def slow(self) -> bool:
@@ -159,21 +270,42 @@ class Batch:
         self.results.update(dict.fromkeys((d.pk for d in rest), SendResult.HANDED_BACK))
 
     def run(self) -> dict[int, SendResult]:
-        """Send everything; a quick batch is recorded once, a slow one after every request.
-        If anything raises, what was sent is recorded and the rest handed back before the
-        error goes on (the delivery being sent keeps its lease: if it breaks every worker,
-        its tries run out)."""
+        """Send everything; a quick batch is recorded once, a slow one as its requests are
+        answered. If anything raises, the requests in flight are let finish, what was sent
+        is recorded and the rest handed back before the error goes on (a delivery whose
+        sending raised keeps its lease: if it breaks every worker, its tries run out)."""
         try:
-            while self.waiting:
-                self.send_next()
+            while self.waiting or self.in_flight:
+                while self.waiting and self.launch_next():
+                    if self.slow:
+                        self.record()
+                if self.in_flight:
+                    self.wait(POLL if self.top_up is not None or self.waiting else None)
+                    self._poll()
                 if self.slow:
                     self.record()
         finally:
             try:
-                self.record()
+                self._drain()
             finally:
-                self.hand_back_rest()
+                try:
+                    self.record()
+                finally:
+                    self.hand_back_rest()
         return self.results
+
+    def _drain(self) -> None:
+        """Let the requests in flight finish (each ends by its deadline) and keep what they
+        got; the first error among them is raised once all are in."""
+        error: BaseException | None = None
+        for future, (delivery, key, _) in list(self.in_flight.items()):
+            try:
+                self._finish(delivery, key, future.result())
+            except BaseException as exc:  # noqa: BLE001 - raised below, after the others
+                error = error or exc
+        self.in_flight.clear()
+        if error is not None:
+            raise error
 
 
 def deliveries_send(*, delivery_ids: Sequence[int], top_up: bool = False) -> dict[int, SendResult]:
@@ -182,28 +314,46 @@ def deliveries_send(*, delivery_ids: Sequence[int], top_up: bool = False) -> dic
     Side effects: one DeliveryAttempt row per request sent, the deliveries' new status, the
     partners' health; when a delivery became final, the next one of its (target, ticket) is
     queued. With `top_up` (the queue's tasks), a batch of one partner smaller than
-    PORTAL_DELIVERY_BATCH is filled up with that partner's oldest new deliveries; those
-    appear in the result too.
+    PORTAL_DELIVERY_BATCH is filled up with that partner's oldest new deliveries, and
+    topped up again while its requests are in flight (see `Batch`); those appear in the
+    result too.
     """
     ids = list(dict.fromkeys(int(pk) for pk in delivery_ids))
     results = dict.fromkeys(ids, SendResult.NOT_CLAIMED)
     token, now, started = uuid.uuid4(), timezone.now(), time.monotonic()
     claimed = deliveries_claim(delivery_ids=ids, token=token, now=now)
+    taken = [pk for pk, _ in claimed]
+    if len(taken) < len(ids):
+        deliveries_release(delivery_ids=sorted(set(ids) - set(taken)))
     if not claimed:
         return results
-    taken = [pk for pk, _ in claimed]
     partners = {partner_id for _, partner_id in claimed}
-    room = settings.PORTAL_DELIVERY_BATCH - len(taken)
-    if top_up and room > 0 and len(partners) == 1 and None not in partners:
+    more: Callable[[int], list[Delivery]] | None = None
+    if top_up and len(partners) == 1 and None not in partners:
         partner_id = partners.pop()
         assert partner_id is not None
-        more = deliveries_claim_more(partner_id=partner_id, limit=room, token=token, now=now)
-        taken += more
-        results.update(dict.fromkeys(more, SendResult.NOT_CLAIMED))
-    deliveries = list(
+
+        def more(limit: int) -> list[Delivery]:
+            pks = deliveries_claim_more(
+                partner_id=partner_id, limit=limit, token=token, now=timezone.now()
+            )
+            results.update(dict.fromkeys(pks, SendResult.NOT_CLAIMED))
+            return _claimed(pks, token)
+
+        room = settings.PORTAL_DELIVERY_BATCH - len(taken)
+        if room > 0:
+            taken += deliveries_claim_more(partner_id=partner_id, limit=room, token=token, now=now)
+            results.update(dict.fromkeys(taken, SendResult.NOT_CLAIMED))
+    results.update(Batch(token, _claimed(taken, token), started, top_up=more).run())
+    return results
+
+
+def _claimed(pks: Sequence[int], token: uuid.UUID) -> list[Delivery]:
+    """The deliveries with these ids still under lease `token`, by id, ready to send."""
+    if not pks:
+        return []
+    return list(
         Delivery.objects.select_related("event", "partner", "tenant")
-        .filter(pk__in=taken, lease_token=token)
+        .filter(pk__in=pks, lease_token=token)
         .order_by("id")
     )
-    results.update(Batch(token, deliveries, started).run())
-    return results
