@@ -97,8 +97,10 @@ except ValueError as exc:
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web and worker share one file: WAL lets readers run beside the writer, IMMEDIATE takes
     # the write lock at BEGIN (no lock upgrade deadlocks) and the busy timeout makes a writer
-    # wait instead of failing with "database is locked".
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # wait instead of failing with "database is locked". Connections are kept (60 s) as on
+    # PostgreSQL: opening one per task was a third of the embedded worker's CPU per message
+    # (bench/delivery.py --embedded, docs/PERFORMANCE.md).
+    DATABASES["default"]["CONN_MAX_AGE"] = 60
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 30,
         "transaction_mode": "IMMEDIATE",
@@ -134,7 +136,8 @@ if CELERY_BROKER_URL.startswith(("filesystem://", "portalfs://")):
             "store_processed": False,
             # How often an idle worker looks for a new message file (kombu's default is
             # 1 s): each ticket's next message is queued when the previous one is answered,
-            # so this was the spacing between one ticket's deliveries.
+            # so this was the spacing between one ticket's deliveries. A busy worker looks
+            # every 5 ms (portal/broker.py).
             "polling_interval": 0.1,
         }
     )

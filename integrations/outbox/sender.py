@@ -140,9 +140,9 @@ class Batch:
     `started`, before the claim).
 
     With `top_up` (a function taking the room left and returning newly claimed deliveries),
-    a batch whose requests are all in flight looks for its partner's new deliveries every
-    POLL seconds while it is within its slice, so a partner's other tickets do not wait for a
-    slow one's answer.
+    a batch waiting on an answer slower than PROBE, with nothing else to start, looks for its
+    partner's new deliveries every POLL seconds while it is within its slice, so a partner's
+    other tickets do not wait for a slow one's answer.
     """
 
     def __init__(
@@ -237,7 +237,7 @@ class Batch:
             self._finish(delivery, key, future.result())
 
     def _poll(self) -> None:
-        """Top the batch up while all its requests are in flight (see the class)."""
+        """Top the batch up while it waits on a slow answer (see the class)."""
         now = time.monotonic()
         room = self.parallel - len(self.in_flight)
         if (
@@ -247,6 +247,9 @@ class Batch:
             or self.failing
             or now - self.started > SLICE
             or now - self.polled < POLL
+            # only while a request has been waiting PROBE seconds: a quick batch ends as it is
+            or not self.in_flight
+            or now - min(started for _, _, started in self.in_flight.values()) < PROBE
         ):
             return
         self.polled = now
