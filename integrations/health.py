@@ -5,8 +5,10 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
+from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from integrations.services.heartbeats import readiness_problems
 from portal.celery import app as celery_app
 
 
@@ -36,10 +38,21 @@ def _check_broker() -> str | None:
     return None
 
 
+def _check_delivery() -> list[str]:
+    try:
+        return readiness_problems(now=timezone.now())
+    except Exception as exc:
+        return [f"delivery state unreadable: {exc.__class__.__name__}: {str(exc)[:200]}"]
+
+
 @require_GET
 def readyz(request) -> JsonResponse:
-    """Readiness: 200 when the database and the broker answer, else 503 with the reasons."""
+    """Readiness: 200 when the database and the broker answer, the scheduler and a worker
+    have reported lately and deliveries are not falling behind (SPEC §10); else 503 with
+    the reasons."""
     problems = [p for p in (_check_database(), _check_broker()) if p]
+    if not problems:
+        problems = _check_delivery()
     if problems:
         return JsonResponse({"status": "unavailable", "problems": problems}, status=503)
     vendor = connection.vendor

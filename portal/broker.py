@@ -137,12 +137,13 @@ class Transport(filesystem.Transport):
                 self.cycle.get(self._deliver, timeout=timeout)
             except Empty:
                 now = monotonic()
-                if timeout is not None and now - started >= timeout:
-                    raise TimeoutError() from None  # socket.timeout, as kombu raises
                 busy = now - self._last_message < self.BUSY_FOR
                 pause = self.BUSY_POLL if busy else (self.polling_interval or self.BUSY_POLL)
                 if timeout is not None:
-                    pause = min(pause, max(timeout - (now - started), 0.0))
+                    left = timeout - (now - started)
+                    if left < 1e-3:  # (not <= 0: a float remainder would spin)
+                        raise TimeoutError() from None  # socket.timeout, as kombu raises
+                    pause = min(pause, left)
                 sleep(pause)
             else:
                 self._last_message = monotonic()

@@ -1,9 +1,15 @@
 """The Celery application. Settings live in portal/settings.py under the CELERY_ prefix."""
 
+import logging
 import os
+import time
+from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, bootsteps, signals
+from celery.beat import PersistentScheduler
 from kombu.transport import TRANSPORT_ALIASES
+
+logger = logging.getLogger(__name__)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 # The embedded default's broker (portal/broker.py): file-system messages written atomically.
@@ -21,3 +27,61 @@ def _retire_old_connections(**kwargs) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+def _heartbeat(marker: str) -> None:
+    """Write a heartbeat (integrations/services/heartbeats.py) and close the connection; a
+    failure is logged, never raised: a database hiccup must not stop beat or a worker."""
+    try:
+        from django.apps import apps
+
+        if not apps.ready:  # beat; a worker's Django is set up by Celery (setup() again
+            import django  # would configure logging again, silencing Celery's own)
+
+            django.setup()
+        from integrations.services.heartbeats import heartbeat_record
+
+        heartbeat_record(marker, close=True)
+    except Exception:
+        logger.exception("could not write the %s heartbeat", marker)
+
+
+def _heartbeat_every() -> float:
+    from integrations.services.heartbeats import heartbeat_every
+
+    return heartbeat_every()
+
+
+class WorkerHeartbeat(bootsteps.StartStopStep):
+    """Writes `worker:<hostname>` from the worker's main process, on its timer."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.timer_entry: Any = None
+
+    def start(self, worker: Any) -> None:
+        marker = f"worker:{worker.hostname}"
+        _heartbeat(marker)
+        self.timer_entry = worker.timer.call_repeatedly(_heartbeat_every(), _heartbeat, (marker,))
+
+    def stop(self, worker: Any) -> None:
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+
+
+app.steps["worker"].add(WorkerHeartbeat)
+
+
+class HeartbeatScheduler(PersistentScheduler):
+    """Celery beat's default scheduler, writing the scheduler's heartbeat as it ticks."""
+
+    _last_heartbeat = float("-inf")
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        every = _heartbeat_every()
+        if time.monotonic() - self._last_heartbeat >= every:
+            self._last_heartbeat = time.monotonic()
+            _heartbeat("scheduler")
+        return min(super().tick(*args, **kwargs), every)

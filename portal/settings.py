@@ -190,6 +190,10 @@ PORTAL_DELIVERY_PARALLEL = env_int("PORTAL_DELIVERY_PARALLEL", 4, minimum=1)
 # batches at once between them, so the other worker slots stay free for everyone else.
 PORTAL_SLOW_PARTNER_MS = env_int("PORTAL_SLOW_PARTNER_MS", 1000, minimum=1)
 PORTAL_SLOW_PARTNER_BATCHES = env_int("PORTAL_SLOW_PARTNER_BATCHES", 1, minimum=1)
+# /readyz (SPEC §10): 503 when the scheduler or every worker has not reported for this many
+# seconds, or when the oldest delivery that may go has waited longer than PORTAL_READY_MAX_LAG.
+PORTAL_READY_HEARTBEAT_AGE = env_int("PORTAL_READY_HEARTBEAT_AGE", 60, minimum=3)
+PORTAL_READY_MAX_LAG = env_int("PORTAL_READY_MAX_LAG", 300, minimum=1)
 
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -205,6 +209,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True  # wait for Redis instead of ex
 # with reuse, bench/delivery.py). Connections are still retired by Django's own rules
 # (CONN_MAX_AGE, health checks) in portal/celery.py's task hooks.
 CELERY_DB_REUSE_MAX = 1000
+# beat writes the scheduler's heartbeat (portal/celery.py; /readyz reads it)
+CELERY_BEAT_SCHEDULER = "portal.celery:HeartbeatScheduler"
 CELERY_TASK_TIME_LIMIT = 300  # a stuck task is killed; its delivery lease expires and is retaken
 CELERY_BEAT_SCHEDULE = {
     "dispatch-due-deliveries": {

@@ -6,6 +6,7 @@ from django.test import Client
 from django.utils import timezone
 
 from integrations.models import ApiKey, Contact, Delivery, Event, Ticket
+from integrations.services.heartbeats import heartbeat_record
 from tests.factories import ContactFactory, PartnerFactory, TenantFactory, TicketFactory
 
 
@@ -15,6 +16,8 @@ def test_healthz_answers_without_database():
 
 @pytest.mark.django_db
 def test_readyz_reports_database_and_broker(settings):
+    heartbeat_record("scheduler")
+    heartbeat_record("worker:w1@host")
     response = Client().get("/readyz")
     assert response.status_code == 200, response.content
     assert response.json()["database"] == connection.vendor

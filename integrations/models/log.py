@@ -289,8 +289,9 @@ class IdempotencyRecord(models.Model):
 
 
 class WorkerHeartbeat(models.Model):
-    """A marker a worker writes when it runs the `ping` task: proof that a task went through
-    the broker and reached the database (health checks, tests)."""
+    """A marker and when it was last written: `scheduler` and `worker:<hostname>`, written
+    by beat and each worker as they run (/readyz reads them), or a marker of the `ping`
+    task: proof that a task went through the broker and reached the database (tests)."""
 
     marker = models.CharField(_("marker"), max_length=100, unique=True)
     seen_at = models.DateTimeField(_("seen at"))

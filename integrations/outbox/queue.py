@@ -18,7 +18,7 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import current_app
@@ -292,6 +292,29 @@ def deliveries_due(*, now: datetime, limit: int = 500) -> list[tuple[int, str]]:
         # a token no lease has: every running batch counts
         cursor.execute(sql, [*_claimable_params(now, uuid.uuid4()), stale_at, limit])
         return [(pk, batch_key(target, tenant)) for pk, target, tenant in cursor.fetchall()]
+
+
+def oldest_claimable_at(*, now: datetime) -> datetime | None:
+    """When the oldest delivery that may be attempted now (see `_claimable_sql`) became due,
+    or None: how far behind the workers are. Deliveries held back on purpose (a paused or
+    failing partner, an older message of the ticket still open) do not count. Walks the
+    due index in time order and stops at the first claimable row."""
+    sql = f"""
+        SELECT d.next_attempt_at FROM {Delivery._meta.db_table} d
+        WHERE {_claimable_sql()}
+        ORDER BY d.next_attempt_at
+        LIMIT 1
+    """  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, _claimable_params(now, uuid.uuid4()))
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    value = row[0]
+    if isinstance(value, str):  # SQLite without the ORM's converters
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return timezone.make_aware(value, UTC) if timezone.is_naive(value) else value
 
 
 def deliveries_dispatch(*, now: datetime, limit: int = 500) -> int:

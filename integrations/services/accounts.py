@@ -218,9 +218,6 @@ def principal_authenticate(raw: str) -> Principal:
     if not hmac.compare_digest(expected, _hash_key(raw)) or key is None:
         raise Unauthorized("The API key is not valid.", code="invalid_key")
     now = timezone.now()
-    if key.last_used_at is None or key.last_used_at < now - timedelta(seconds=60):
-        # At most one write a minute per key: enough to spot unused keys, cheap on hot paths.
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     if key.revoked_at is not None:
         raise Unauthorized("The API key has been revoked.", code="key_revoked")
     if key.expires_at is not None and key.expires_at <= now:
@@ -230,6 +227,12 @@ def principal_authenticate(raw: str) -> Principal:
             raise Forbidden("This partner is disabled by an admin.", code="partner_disabled")
         if not key.partner.tenant.is_active:
             raise Forbidden("This tenant is inactive.", code="tenant_inactive")
+    # Only a key that is let in counts as used (a revoked key's "last used" must not move
+    # when a refused call arrives). At most one write a minute per key: enough to spot
+    # unused keys, cheap on hot paths.
+    if key.last_used_at is None or key.last_used_at < now - timedelta(seconds=60):
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    if key.partner is not None:
         return Principal(api_key=key, partner=key.partner, tenant_ids=None)
     if key.all_tenants:
         return Principal(api_key=key, partner=None, tenant_ids=None)

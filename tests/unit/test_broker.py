@@ -144,6 +144,7 @@ def test_two_readers_with_their_own_listings_take_each_message_once(tmp_path):
 
 def test_a_busy_worker_looks_again_soon_and_an_idle_one_every_interval(tmp_path, monkeypatch):
     transport = _channel(tmp_path).connection
+    transport.polling_interval = 0.1  # as settings.py sets it
     clock, pauses = [1000.0], []
 
     def fake_sleep(seconds: float) -> None:
@@ -156,13 +157,13 @@ def test_a_busy_worker_looks_again_soon_and_an_idle_one_every_interval(tmp_path,
     transport._last_message = clock[0]
     with pytest.raises(TimeoutError):
         transport.drain_events(None, timeout=0.02)
-    assert pauses == [0.005] * 4
+    assert sum(pauses) == pytest.approx(0.02) and set(pauses) <= {0.005}
     # nothing for longer than BUSY_FOR: the polling interval (0.1 s), cut to the timeout
     pauses.clear()
     transport._last_message = clock[0] - 5
     with pytest.raises(TimeoutError):
         transport.drain_events(None, timeout=0.25)
-    assert pauses == [0.1, 0.1, 0.05]
+    assert pauses[:2] == [0.1, 0.1] and sum(pauses) == pytest.approx(0.25)
     # and a message taken marks the worker busy again
     monkeypatch.setattr(transport.cycle, "get", lambda callback, timeout=None: None)
     transport.drain_events(None, timeout=1)
