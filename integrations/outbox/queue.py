@@ -212,6 +212,46 @@ def deliveries_hand_back(*, delivery_ids: Sequence[int], token: uuid.UUID) -> in
         return int(cursor.rowcount)
 
 
+def batch_outranked(*, partner_id: int, known_slow: bool, token: uuid.UUID, now: datetime) -> bool:
+    """After a claim for a slow or unproven partner: whether an earlier batch makes this one
+    surplus to its fair share (see `_claimable_sql`), so it must give its deliveries back
+    before sending anything.
+
+    The claim's own check cannot see a batch claimed at the same instant (two workers taking
+    two messages of the same backlog: each statement's snapshot predates the other's rows),
+    so both would run. Checked once both are committed, exactly one of them yields: the
+    later claimed (by lease expiry, then token) when the partner already has an earlier
+    batch, or when it is known to be slow and PORTAL_SLOW_PARTNER_BATCHES earlier batches
+    of slow partners are running.
+    """
+    deliveries, partners = Delivery._meta.db_table, Partner._meta.db_table
+    delivering = Delivery.Status.DELIVERING
+    lease = timedelta(seconds=settings.PORTAL_DELIVERY_LEASE_SECONDS)
+    earlier = "(s.lease_expires_at < %s OR (s.lease_expires_at = %s AND s.lease_token < %s))"
+    sql = f"""
+        SELECT
+          EXISTS (
+            SELECT 1 FROM {deliveries} s
+            WHERE s.partner_id = %s AND s.status = '{delivering}'
+              AND s.lease_expires_at >= %s AND {earlier}),
+          (SELECT COUNT(DISTINCT s.lease_token) FROM {deliveries} s
+            JOIN {partners} sp ON sp.id = s.partner_id
+            WHERE s.status = '{delivering}' AND s.lease_expires_at >= %s
+              AND sp.latency_ms_avg >= %s AND {earlier})
+    """  # noqa: S608
+    mine = db_value(Delivery, "lease_token", token)
+    expiry = db_value(Delivery, "lease_expires_at", now + lease)
+    at = db_value(Delivery, "updated_at", now)
+    params = [partner_id, at, expiry, expiry, mine]
+    params += [at, settings.PORTAL_SLOW_PARTNER_MS, expiry, expiry, mine]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        same_partner, slow_batches = cursor.fetchone()
+    return bool(same_partner) or (
+        known_slow and int(slow_batches) >= settings.PORTAL_SLOW_PARTNER_BATCHES
+    )
+
+
 def deliveries_release(*, delivery_ids: Sequence[int]) -> int:
     """Of these deliveries, which a queue message named but the claim did not take, mark
     those still waiting as not queued, so the dispatcher queues them as soon as they may go

@@ -27,6 +27,7 @@ from integrations.delivery import DeliveryResult, send_webhook
 from integrations.models import Delivery
 from integrations.outbox.queue import (
     batch_key,
+    batch_outranked,
     deliveries_claim,
     deliveries_claim_more,
     deliveries_hand_back,
@@ -347,8 +348,30 @@ def deliveries_send(*, delivery_ids: Sequence[int], top_up: bool = False) -> dic
         if room > 0:
             taken += deliveries_claim_more(partner_id=partner_id, limit=room, token=token, now=now)
             results.update(dict.fromkeys(taken, SendResult.NOT_CLAIMED))
-    results.update(Batch(token, _claimed(taken, token), started, top_up=more).run())
+    deliveries = _claimed(taken, token)
+    if _surplus(deliveries, token, now):
+        deliveries_hand_back(delivery_ids=taken, token=token)
+        results.update(dict.fromkeys(taken, SendResult.HANDED_BACK))
+        return results
+    results.update(Batch(token, deliveries, started, top_up=more).run())
     return results
+
+
+def _surplus(deliveries: Sequence[Delivery], token: uuid.UUID, now: datetime) -> bool:
+    """Whether this batch is beyond its partner's fair share (`queue.batch_outranked`):
+    asked only of a batch of one slow or unproven partner (a fast partner has no limit)."""
+    partners = {d.partner for d in deliveries}
+    if len(partners) != 1:
+        return False
+    partner = partners.pop()
+    if partner is None:
+        return False
+    average = partner.latency_ms_avg
+    if average is not None and average < settings.PORTAL_SLOW_PARTNER_MS:
+        return False
+    return batch_outranked(
+        partner_id=partner.pk, known_slow=average is not None, token=token, now=now
+    )
 
 
 def _claimed(pks: Sequence[int], token: uuid.UUID) -> list[Delivery]:

@@ -269,3 +269,97 @@ def test_a_batch_waiting_on_a_slow_answer_takes_the_partners_new_deliveries(
     assert outcomes == {slow.pk: "succeeded", later.pk: "succeeded"}
     received_at = {r.json["message"]: r.at for r in gate.server.received}
     assert received_at["later"] - received_at["slow one"] < 1.5
+
+
+# --- two claims at the same instant -----------------------------------------------------------
+
+
+def _lease(delivery: Delivery, token: uuid.UUID, now) -> None:
+    """As if a claim at `now` under `token` had taken it (a claim racing another)."""
+    Delivery.objects.filter(pk=delivery.pk).update(
+        status=Delivery.Status.DELIVERING,
+        lease_token=token,
+        lease_expires_at=now + timezone.timedelta(seconds=120),
+        attempts=1,
+    )
+
+
+@pytest.mark.parametrize("latency_ms", [None, 5000.0], ids=["unproven", "slow"])
+def test_of_two_batches_claimed_at_once_the_later_yields(engine_api, partner, latency_ms):
+    _latency(partner, latency_ms)
+    a, b = _ingest(engine_api, ticketNumber="a"), _ingest(engine_api, ticketNumber="b")
+    now = timezone.now()
+    first, second = uuid.uuid4(), uuid.uuid4()
+    _lease(a, first, now)
+    _lease(b, second, now + timezone.timedelta(milliseconds=3))
+    known = latency_ms is not None
+    args = {"partner_id": partner.pk, "known_slow": known}
+    assert not queue.batch_outranked(token=first, now=now, **args)
+    assert queue.batch_outranked(token=second, now=now + timezone.timedelta(milliseconds=3), **args)
+
+
+def test_at_the_same_instant_the_token_decides(engine_api, partner):
+    _latency(partner, None)
+    a, b = _ingest(engine_api, ticketNumber="a"), _ingest(engine_api, ticketNumber="b")
+    now = timezone.now()
+    low, high = sorted([uuid.uuid4(), uuid.uuid4()])
+    _lease(a, low, now)
+    _lease(b, high, now)
+    outranked = {
+        t: queue.batch_outranked(partner_id=partner.pk, known_slow=False, token=t, now=now)
+        for t in (low, high)
+    }
+    assert sorted(outranked.values()) == [False, True]  # exactly one yields
+
+
+def test_a_known_slow_partner_yields_to_another_slow_partners_earlier_batch(
+    engine_api, tenant, partner, settings
+):
+    slow_b = _second_partner(tenant)
+    _latency(partner, 8000.0)
+    _latency(slow_b, 3000.0)
+    event_id = engine_api.post(IN, incoming_body(ticketNumber="a")).json()["eventId"]
+    deliveries = {d.partner_id: d for d in Delivery.objects.filter(event_id=event_id)}
+    now = timezone.now()
+    first, second = uuid.uuid4(), uuid.uuid4()
+    _lease(deliveries[partner.pk], first, now)
+    _lease(deliveries[slow_b.pk], second, now + timezone.timedelta(milliseconds=3))
+    later = now + timezone.timedelta(milliseconds=3)
+    assert queue.batch_outranked(partner_id=slow_b.pk, known_slow=True, token=second, now=later)
+    # not when two slow batches are allowed, and an unproven partner is not counted in
+    settings.PORTAL_SLOW_PARTNER_BATCHES = 2
+    assert not queue.batch_outranked(partner_id=slow_b.pk, known_slow=True, token=second, now=later)
+    settings.PORTAL_SLOW_PARTNER_BATCHES = 1
+    assert not queue.batch_outranked(
+        partner_id=slow_b.pk, known_slow=False, token=second, now=later
+    )
+
+
+def test_a_surplus_batch_gives_everything_back_unsent(engine_api, partner, gate):
+    # given an unproven partner with a batch running (claimed just now, as if at once)
+    _latency(partner, None)
+    running, mine = _ingest(engine_api, ticketNumber="a"), _ingest(engine_api, ticketNumber="b")
+    _lease(running, uuid.uuid4(), timezone.now() - timezone.timedelta(milliseconds=5))
+    # when this batch's claim got its own delivery anyway (the race), it yields unsent
+    Delivery.objects.filter(pk=mine.pk).update(next_attempt_at=timezone.now())
+    real_claim = queue.deliveries_claim
+
+    def racing_claim(**kwargs):  # the claim that did not see the other batch
+        Delivery.objects.filter(pk=running.pk).update(status=Delivery.Status.PENDING)
+        try:
+            return real_claim(**kwargs)
+        finally:
+            Delivery.objects.filter(pk=running.pk).update(status=Delivery.Status.DELIVERING)
+
+    import integrations.outbox.sender as sender_module
+
+    original = sender_module.deliveries_claim
+    sender_module.deliveries_claim = racing_claim
+    try:
+        outcome = sender.deliveries_send(delivery_ids=[mine.pk])
+    finally:
+        sender_module.deliveries_claim = original
+    assert outcome == {mine.pk: "handed_back"}
+    assert gate.order == []
+    mine.refresh_from_db()
+    assert mine.status == "pending" and mine.attempts == 0 and mine.lease_token is None
