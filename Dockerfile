@@ -30,8 +30,8 @@ RUN DEBUG=false SECRET_KEY=build-time-only-not-secret python manage.py collectst
 
 # Run unprivileged; only var/ (SQLite, broker folders, beat schedule) is writable.
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin portal \
-    && mkdir -p /app/var \
-    && chown -R portal /app/var
+    && mkdir -p /app/var /app/metrics \
+    && chown -R portal /app/var /app/metrics
 USER portal
 
 EXPOSE 8000

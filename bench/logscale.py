@@ -558,6 +558,9 @@ def page_targets(shape: Shape, accounts: dict[str, Any], deep_page: int) -> list
         ("event_status", f"/api/v1/events/{event.pk}"),
     ):
         targets.append({"name": f"{name}/partner", "url": url, "caller": "partner"})
+    # A Prometheus scrape (its gauges query the deliveries; issue #15's goal: < 100 ms); the
+    # test client is a loopback client, so no token is needed.
+    targets.append({"name": "metrics_scrape/loopback", "url": "/metrics", "caller": "superuser"})
     return targets
 
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+from collections.abc import Iterator
+
 from django.conf import settings
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
 
-from integrations.services.heartbeats import readiness_problems
+from integrations.services.heartbeats import outbox_gauges, readiness_problems
 from portal.celery import app as celery_app
 
 
@@ -58,3 +64,54 @@ def readyz(request) -> JsonResponse:
     vendor = connection.vendor
     broker = settings.CELERY_BROKER_URL.split("://", 1)[0]
     return JsonResponse({"status": "ok", "database": vendor, "broker": broker})
+
+
+class _OutboxCollector:
+    """The gauges read from the database at each scrape (services/heartbeats.outbox_gauges)."""
+
+    def collect(self) -> Iterator[Metric]:
+        state = outbox_gauges(now=timezone.now())
+        deliveries = GaugeMetricFamily(
+            "portal_deliveries",
+            "Deliveries now, by status (the non-final ones, and dead).",
+            labels=["status"],
+        )
+        for status, n in state["deliveries"].items():  # type: ignore[attr-defined]
+            deliveries.add_metric([status], n)
+        yield deliveries
+        yield GaugeMetricFamily(
+            "portal_oldest_due_delivery_age_seconds",
+            "Seconds the oldest delivery that may go now has waited (0: none waiting).",
+            value=state["oldest_due_age_seconds"],
+        )
+        partners = GaugeMetricFamily("portal_partners", "Partners now, by state.", labels=["state"])
+        for partner_state, n in state["partners"].items():  # type: ignore[attr-defined]
+            partners.add_metric([partner_state], n)
+        yield partners
+
+
+def _metrics_allowed(request) -> bool:
+    """With PORTAL_METRICS_TOKEN: that bearer token; without: loopback clients only."""
+    token = settings.PORTAL_METRICS_TOKEN
+    if token:
+        given = request.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+    try:
+        return ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
+    except ValueError:
+        return False
+
+
+@require_GET
+def metrics(request) -> HttpResponse:
+    """Prometheus text format, summed over every web and worker process (SPEC §10)."""
+    if not _metrics_allowed(request):
+        return HttpResponse(
+            "Metrics need PORTAL_METRICS_TOKEN as a bearer token, or a loopback client.\n",
+            status=403,
+            content_type="text/plain; charset=utf-8",
+        )
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    registry.register(_OutboxCollector())  # type: ignore[arg-type]
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

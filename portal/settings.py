@@ -6,6 +6,7 @@ the embedded mode (SQLite + a server-less broker); production sets DATABASE_URL 
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -113,6 +114,15 @@ else:
     # no server-side cursors (Django already sends no prepared statements).
     DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env_bool("PORTAL_PGBOUNCER", False)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Metrics (SPEC §10) ---------------------------------------------------------------------
+# /metrics needs `Authorization: Bearer <token>` when set; when empty it answers loopback only.
+PORTAL_METRICS_TOKEN = env_str("PORTAL_METRICS_TOKEN")
+# Every web and worker process writes its counters here (prometheus-client's multiprocess
+# mode); /metrics sums them. It must be set before prometheus_client is imported, and be one
+# directory shared by all of them (compose: a shared volume). `make run` empties it at start.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "metrics"))
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
 # --- Redis, Celery and cache ----------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")

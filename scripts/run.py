@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -357,6 +358,9 @@ def main() -> int:
     port = env["PORT"]
     base_url = f"http://{public_host(host)}:{port}"
     var_dir(env).mkdir(parents=True, exist_ok=True)
+    # The processes' metric files (/metrics sums them) start afresh with the processes.
+    metrics_dir = Path(env.get("PROMETHEUS_MULTIPROC_DIR") or var_dir(env) / "metrics")
+    shutil.rmtree(metrics_dir, ignore_errors=True)
 
     services: list[Service] = []
     try:

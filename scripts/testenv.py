@@ -373,6 +373,10 @@ def pytest_env(servers: Servers, pg_port: int, redis_server: str) -> dict[str, s
         TEST_PG_PORT=str(pg_port),
         TEST_PG_RUN_AS=servers.run_as,
     )
+    # Every test process (pytest, gunicorn, Celery) counts into one fresh metrics directory.
+    metrics_dir = servers.tmp_dir / "metrics"
+    metrics_dir.mkdir(exist_ok=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     env.setdefault("SECRET_KEY", "testenv-only-not-a-secret-" + "x" * 32)
     # Tests deliver to partners on loopback; production allowlists nothing private.
     env.setdefault("PORTAL_OUTBOUND_ALLOWLIST", "127.0.0.0/8,::1")

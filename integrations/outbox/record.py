@@ -18,6 +18,7 @@ from functools import partial
 from django.db import transaction
 from django.utils import timezone
 
+from integrations import instruments
 from integrations.delivery import DeliveryResult, redact_url
 from integrations.models import Delivery, DeliveryAttempt
 from integrations.outbox import queue
@@ -168,6 +169,11 @@ def batch_record(*, token: uuid.UUID, finished: list[Finished]) -> dict[int, Sen
             for f in finished
             if f.delivery.pk in ours and f.status in Delivery.FINAL_STATUSES
         )
+    for f in finished:
+        if f.result is not None:
+            instruments.attempt_recorded(
+                outcome=str(f.result.outcome), seconds=f.result.duration_ms / 1000
+            )
     _health_and_alerts([f for f in finished if f.delivery.pk in ours], now)
     return results
 

@@ -15,6 +15,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from integrations import instruments
 from integrations.errors import Conflict, NotFound
 from integrations.models import Delivery, Event, Tenant, Ticket
 from integrations.outbox.queue import batch_key, enqueue
@@ -78,9 +79,11 @@ def event_accept(
     """
     ingest = _INGEST[route]
     key = idempotency.key if idempotency else ""
+    counted = {"kind": _KIND[route], "source": str(_source(principal))}
     if idempotency is None:
         with transaction.atomic():
             event_id = ingest(principal, payload, raw_body, key)
+        instruments.event_accepted(**counted)
         return Answer(status, _accepted(event_id))
     record = idempotency_begin(request=idempotency)
     if isinstance(record, Replay):
@@ -92,6 +95,7 @@ def event_accept(
     except BaseException:
         idempotency_abandon(record_id=record)
         raise
+    instruments.event_accepted(**counted)
     return Answer(status, body)
 
 
@@ -315,6 +319,14 @@ def _command(principal: Principal, cmd: Any, raw_body: bytes, key: str) -> uuid.
         )
     return event_id
 
+
+# The event kind each route stores (the `kind` label of portal_events_accepted_total).
+_KIND: dict[Route, str] = {
+    Route.ENGINE_INCOMING: Event.Kind.INCOMING.value,
+    Route.ENGINE_OUTGOING: Event.Kind.OUTGOING.value,
+    Route.PARTNER_OUTGOING: Event.Kind.OUTGOING.value,
+    Route.COMMAND: Event.Kind.COMMAND.value,
+}
 
 _INGEST: dict[Route, Callable[[Principal, Any, bytes, str], uuid.UUID]] = {
     Route.ENGINE_INCOMING: _incoming,

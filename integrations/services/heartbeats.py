@@ -11,9 +11,10 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import Count
 from django.utils import timezone
 
-from integrations.models import WorkerHeartbeat
+from integrations.models import Delivery, Partner, WorkerHeartbeat
 from integrations.outbox.queue import oldest_claimable_at
 
 SCHEDULER = "scheduler"
@@ -70,3 +71,27 @@ def readiness_problems(*, now: datetime) -> list[str]:
     if due is not None and (lag := (now - due).total_seconds()) > max_lag:
         problems.append(f"oldest due delivery waiting {lag:.0f} s (limit {max_lag} s)")
     return problems
+
+
+def outbox_gauges(*, now: datetime) -> dict[str, object]:
+    """What /metrics reports of the database at `now` (SPEC §10): deliveries by status
+    (the non-final ones, and dead), seconds the oldest claimable delivery has waited (0 when
+    none), partners by state. Each is one indexed query (docs/PERFORMANCE.md, log scale)."""
+    counted = [*Delivery.WAITING_STATUSES, Delivery.Status.DELIVERING, Delivery.Status.DEAD]
+    rows = (
+        Delivery.objects.filter(status__in=counted)
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    deliveries = dict.fromkeys((str(s) for s in counted), 0) | {str(s): n for s, n in rows}
+    partner_rows = Partner.objects.values_list("state").annotate(n=Count("id")).order_by()
+    partners = dict.fromkeys((str(s) for s in Partner.State), 0) | {
+        str(s): n for s, n in partner_rows
+    }
+    due = oldest_claimable_at(now=now)
+    return {
+        "deliveries": deliveries,
+        "oldest_due_age_seconds": max(0.0, (now - due).total_seconds()) if due else 0.0,
+        "partners": partners,
+    }
