@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -358,9 +357,12 @@ def main() -> int:
     port = env["PORT"]
     base_url = f"http://{public_host(host)}:{port}"
     var_dir(env).mkdir(parents=True, exist_ok=True)
-    # The processes' metric files (/metrics sums them) start afresh with the processes.
+    # The processes' metric files (/metrics sums them) start afresh with the processes. Only
+    # prometheus-client's own files go: the directory may be one the operator chose.
     metrics_dir = Path(env.get("PROMETHEUS_MULTIPROC_DIR") or var_dir(env) / "metrics")
-    shutil.rmtree(metrics_dir, ignore_errors=True)
+    for kind in ("counter", "gauge", "histogram", "summary"):
+        for stale in metrics_dir.glob(f"{kind}_*.db"):
+            stale.unlink(missing_ok=True)
 
     services: list[Service] = []
     try:

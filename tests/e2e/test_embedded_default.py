@@ -99,7 +99,15 @@ def test_embedded_default_delivers_signed_in_order_after_two_failures(tmp_path):
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "DEBUG", "SECRET_KEY")
+        if k
+        not in (
+            "DATABASE_URL",
+            "REDIS_URL",
+            "CELERY_BROKER_URL",
+            "DEBUG",
+            "SECRET_KEY",
+            "PROMETHEUS_MULTIPROC_DIR",  # its own, var/metrics, as make run has it
+        )
     }
     env.update(
         {
@@ -110,6 +118,11 @@ def test_embedded_default_delivers_signed_in_order_after_two_failures(tmp_path):
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # and metric files a previous run left (make run empties them; nothing else goes)
+    metrics_dir = tmp_path / "var" / "metrics"
+    metrics_dir.mkdir(parents=True)
+    (metrics_dir / "counter_old-1.db").write_bytes(b"stale")
+    (metrics_dir / "notes.txt").write_text("the operator's")
     proc = subprocess.Popen(
         [sys.executable, "scripts/run.py"],
         cwd=REPO,
@@ -123,6 +136,8 @@ def test_embedded_default_delivers_signed_in_order_after_two_failures(tmp_path):
     try:
         banner = _wait_for_banner(proc, 120)
         assert re.search(r"Signing secret:\s+whsec_", banner), banner
+        assert not (metrics_dir / "counter_old-1.db").exists()
+        assert (metrics_dir / "notes.txt").exists()
         _check_health_and_admin_login(port, banner)
         engine_key = re.search(r"Engine key:\s+(\S+)", banner).group(1)
         owner = re.search(r"Demo owner:\s+(\S+)", banner).group(1)
@@ -182,6 +197,10 @@ def test_embedded_default_delivers_signed_in_order_after_two_failures(tmp_path):
             "the fourth delivery, after the worker restart",
         )
         assert [r.json["message"] for r in server.received if r.status == 200][-1] == "m3"
+        # and /metrics sums web and worker: four events accepted, three attempts failed or not
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert 'portal_events_accepted_total{kind="incoming",source="engine"} 4.0' in text
+        assert 'portal_delivery_attempts_total{outcome="success"}' in text
     finally:
         server.close()
         os.killpg(proc.pid, signal.SIGINT)
