@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from integrations.services.heartbeats import outbox_gauges, readiness_problems
 from portal.celery import app as celery_app
@@ -66,7 +67,7 @@ def readyz(request) -> JsonResponse:
     return JsonResponse({"status": "ok", "database": vendor, "broker": broker})
 
 
-class _OutboxCollector:
+class _OutboxCollector(Collector):
     """The gauges read from the database at each scrape (services/heartbeats.outbox_gauges)."""
 
     def collect(self) -> Iterator[Metric]:
@@ -76,16 +77,16 @@ class _OutboxCollector:
             "Deliveries now, by status (the non-final ones, and dead).",
             labels=["status"],
         )
-        for status, n in state["deliveries"].items():  # type: ignore[attr-defined]
+        for status, n in state.deliveries.items():
             deliveries.add_metric([status], n)
         yield deliveries
         yield GaugeMetricFamily(
             "portal_oldest_due_delivery_age_seconds",
             "Seconds the oldest delivery that may go now has waited (0: none waiting).",
-            value=state["oldest_due_age_seconds"],
+            value=state.oldest_due_age_seconds,
         )
         partners = GaugeMetricFamily("portal_partners", "Partners now, by state.", labels=["state"])
-        for partner_state, n in state["partners"].items():  # type: ignore[attr-defined]
+        for partner_state, n in state.partners.items():
             partners.add_metric([partner_state], n)
         yield partners
 
@@ -113,5 +114,5 @@ def metrics(request) -> HttpResponse:
         )
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    registry.register(_OutboxCollector())  # type: ignore[arg-type]
+    registry.register(_OutboxCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -1,4 +1,5 @@
-"""Heartbeats of the scheduler and the workers, and what readiness makes of them (SPEC §10).
+"""Heartbeats of the scheduler and the workers, what readiness makes of them, and the
+outbox gauges /metrics reads from the database (SPEC §10).
 
 The scheduler (beat) and each worker write a heartbeat row every `heartbeat_every()` seconds
 from their own main process (portal/celery.py), not through a task: a worker that takes no
@@ -7,6 +8,7 @@ task still beats, and a silent beat is not hidden by a busy worker. `/readyz` re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
@@ -46,26 +48,22 @@ def readiness_problems(*, now: datetime) -> list[str]:
     """Why the delivery side is not ready, in words an operator can act on (empty: ready):
     the scheduler or every worker silent for PORTAL_READY_HEARTBEAT_AGE seconds, or the
     oldest delivery that may go now waiting longer than PORTAL_READY_MAX_LAG seconds."""
-    problems = []
-    limit = settings.PORTAL_READY_HEARTBEAT_AGE
-    beats = dict(
-        WorkerHeartbeat.objects.filter(marker__in=[SCHEDULER]).values_list("marker", "seen_at")
-    )
-    scheduler = beats.get(SCHEDULER)
-    if scheduler is None:
-        problems.append("scheduler (celery beat) has never reported")
-    elif (age := (now - scheduler).total_seconds()) > limit:
-        problems.append(f"scheduler (celery beat) silent for {age:.0f} s (limit {limit} s)")
-    worker = (
-        WorkerHeartbeat.objects.filter(marker__startswith=WORKER_PREFIX)
-        .order_by("-seen_at")
-        .values_list("seen_at", flat=True)
-        .first()
-    )
-    if worker is None:
-        problems.append("no worker has ever reported")
-    elif (age := (now - worker).total_seconds()) > limit:
-        problems.append(f"every worker silent for {age:.0f} s (limit {limit} s)")
+    beats = WorkerHeartbeat.objects.order_by("-seen_at").values_list("seen_at", flat=True)
+    scheduler = beats.filter(marker=SCHEDULER).first()
+    worker = beats.filter(marker__startswith=WORKER_PREFIX).first()  # the newest of any
+    problems = [
+        p
+        for p in (
+            _silence(
+                "scheduler (celery beat)",
+                "scheduler (celery beat) has never reported",
+                scheduler,
+                now,
+            ),
+            _silence("every worker", "no worker has ever reported", worker, now),
+        )
+        if p
+    ]
     due = oldest_claimable_at(now=now)
     max_lag = settings.PORTAL_READY_MAX_LAG
     if due is not None and (lag := (now - due).total_seconds()) > max_lag:
@@ -73,7 +71,27 @@ def readiness_problems(*, now: datetime) -> list[str]:
     return problems
 
 
-def outbox_gauges(*, now: datetime) -> dict[str, object]:
+def _silence(who: str, never: str, seen: datetime | None, now: datetime) -> str | None:
+    """The problem when the newest heartbeat `seen` is missing (`never`) or older than
+    PORTAL_READY_HEARTBEAT_AGE, else None."""
+    limit = settings.PORTAL_READY_HEARTBEAT_AGE
+    if seen is None:
+        return never
+    if (age := (now - seen).total_seconds()) > limit:
+        return f"{who} silent for {age:.0f} s (limit {limit} s)"
+    return None
+
+
+@dataclass(frozen=True)
+class OutboxGauges:
+    """What /metrics reports of the database at one moment (SPEC §10)."""
+
+    deliveries: dict[str, int]  # by status: the non-final ones, and dead
+    oldest_due_age_seconds: float  # 0 when nothing claimable is waiting
+    partners: dict[str, int]  # by state
+
+
+def outbox_gauges(*, now: datetime) -> OutboxGauges:
     """What /metrics reports of the database at `now` (SPEC §10): deliveries by status
     (the non-final ones, and dead), seconds the oldest claimable delivery has waited (0 when
     none), partners by state. Each is one indexed query (docs/PERFORMANCE.md, log scale)."""
@@ -90,8 +108,5 @@ def outbox_gauges(*, now: datetime) -> dict[str, object]:
         str(s): n for s, n in partner_rows
     }
     due = oldest_claimable_at(now=now)
-    return {
-        "deliveries": deliveries,
-        "oldest_due_age_seconds": max(0.0, (now - due).total_seconds()) if due else 0.0,
-        "partners": partners,
-    }
+    age = max(0.0, (now - due).total_seconds()) if due else 0.0
+    return OutboxGauges(deliveries=deliveries, oldest_due_age_seconds=age, partners=partners)

@@ -12,7 +12,7 @@ from integrations.models import ApiKey, Delivery, DeliveryAttempt, Partner
 from integrations.outbox import queue, sender
 from integrations.outbox.health import latency_fold
 from integrations.services.accounts import api_key_create
-from tests.conftest import Caller, incoming_body
+from tests.conftest import Caller, incoming_body, outgoing_body
 from tests.support.outbox import due_ids, send_one
 
 IN = "/api/v1/engine/incoming"
@@ -233,18 +233,7 @@ def test_only_the_queues_tasks_top_up(engine_api, pointed, partner_server_factor
 def _relay_delivery(engine, partner_caller, owner: str, ticket: str) -> Delivery:
     """A partner's reply on a new ticket: one delivery to its tenant's engine relay."""
     engine.post(IN, incoming_body(ticketNumber=ticket, owner=owner))
-    reply = partner_caller.post(
-        "/api/v1/outgoing",
-        {
-            "ticketNumber": ticket,
-            "channel": "whatsapp",
-            "messageType": "text",
-            "message": "hi",
-            "mediaLink": "",
-            "customerName": "Farhan Akbar",
-            "owner": owner,
-        },
-    )
+    reply = partner_caller.post("/api/v1/outgoing", outgoing_body(ticketNumber=ticket, owner=owner))
     assert reply.status_code == 200, reply.content
     return Delivery.objects.get(event_id=reply.json()["eventId"])
 

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from integrations.models import Delivery
 from integrations.outbox import queue
-from tests.conftest import incoming_body
+from tests.conftest import incoming_body, outgoing_body
 
 IN = "/api/v1/engine/incoming"
 
@@ -116,24 +116,14 @@ def test_batches_by_target_keeps_targets_apart_and_caps_size():
 def test_a_failing_engine_relay_gets_one_attempt_at_a_time(
     tenant, other_tenant, engine_api, partner_api
 ):
-    import json
-
     for t in (tenant, other_tenant):
         t.engine_base_url, t.engine_send_message_path = "http://127.0.0.1:9", "/msg"
         t.save()
 
     def reply(ticket: str) -> Delivery:
         engine_api.post(IN, incoming_body(ticketNumber=ticket))
-        body = {
-            "ticketNumber": ticket,
-            "channel": "whatsapp",
-            "messageType": "text",
-            "message": "hi",
-            "mediaLink": "",
-            "customerName": "Farhan Akbar",
-            "owner": tenant.owner,
-        }
-        response = partner_api.post("/api/v1/outgoing", json.dumps(body))
+        body = outgoing_body(ticketNumber=ticket, owner=tenant.owner)
+        response = partner_api.post("/api/v1/outgoing", body)
         return Delivery.objects.get(event_id=response.json()["eventId"])
 
     # given tenant A's engine relay with one delivery retrying and one in flight

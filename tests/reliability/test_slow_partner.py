@@ -68,6 +68,14 @@ def _partner(tenant, name: str, url: str, path: str) -> Partner:
     return partner
 
 
+def _start(workers) -> None:
+    """One worker (CONCURRENCY) and beat with the outbox's defaults, ready."""
+    workers.extra_env.update(DEFAULTS)
+    workers.start_worker("w", CONCURRENCY)
+    workers.start_beat()
+    wait_ready(workers, "w")
+
+
 def _slow_when(text: str, delay: float) -> Behaviour:
     """200 at once, or after `delay` seconds when the message contains `text`."""
 
@@ -101,10 +109,7 @@ def test_a_slow_partner_does_not_delay_another_tenant(
     _partner(fast_tenant, "fast", url, "/fast")
     _, raw = api_key_create(kind=ApiKey.Kind.ENGINE, tenants=[fast_tenant])
     fast_api = Caller(engine_api.client, raw)
-    workers.extra_env.update(DEFAULTS)
-    workers.start_worker("w", CONCURRENCY)
-    workers.start_beat()
-    wait_ready(workers, "w")
+    _start(workers)
     # and the fast tenant's latency alone
     fast_tickets = [f"F{i}" for i in range(size.fast)]
     alone = _post(fast_api, fast_tenant.owner, fast_tickets, size.pace, "alone")
@@ -175,10 +180,7 @@ def test_one_slow_ticket_does_not_hold_up_the_partners_other_tickets(
     url = fault_server.url
     fault_server.routes["/p"] = _slow_when("slow-ticket", size.slow_s)
     partner = _partner(tenant, "p", url, "/p")
-    workers.extra_env.update(DEFAULTS)
-    workers.start_worker("w", CONCURRENCY)
-    workers.start_beat()
-    wait_ready(workers, "w")
+    _start(workers)
     tickets = [f"T{i}" for i in range(size.others)]
     alone = _post(engine_api, tenant.owner, tickets, size.pace, "alone")
     wait_for(lambda: _received_all(fault_server, "/p", alone), 60, "alone", workers.logs)
