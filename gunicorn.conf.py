@@ -6,4 +6,13 @@ Authorization header and would write its user name to the log, and a partner tha
 API key as Basic credentials would have the key logged.
 """
 
+import os
+
 access_log_format = '%(h)s %(l)s - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+
+# PORTAL_LOG_FORMAT=json: gunicorn's own lines (errors, the access log) in the portal's JSON
+# format too (portal/observability.py), so every line of the web container is one object.
+if os.environ.get("PORTAL_LOG_FORMAT", "").strip().lower() == "json":
+    from portal.observability import gunicorn_logging_config
+
+    logconfig_dict = gunicorn_logging_config()

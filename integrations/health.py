@@ -89,6 +89,14 @@ class _OutboxCollector(Collector):
         for partner_state, n in state.partners.items():
             partners.add_metric([partner_state], n)
         yield partners
+        heartbeats = GaugeMetricFamily(
+            "portal_heartbeat_age_seconds",
+            "Seconds since the scheduler's, and the newest worker's, heartbeat (+Inf: never).",
+            labels=["component"],
+        )
+        for component, age in state.heartbeat_ages.items():
+            heartbeats.add_metric([component], age)
+        yield heartbeats
 
 
 def _metrics_allowed(request) -> bool:

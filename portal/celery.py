@@ -1,6 +1,7 @@
 """The Celery application. Settings live in portal/settings.py under the CELERY_ prefix."""
 
 import logging
+import logging.config
 import os
 import time
 from typing import Any
@@ -8,6 +9,8 @@ from typing import Any
 from celery import Celery, bootsteps, signals
 from celery.beat import PersistentScheduler
 from kombu.transport import TRANSPORT_ALIASES
+
+from portal import observability
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +21,34 @@ TRANSPORT_ALIASES.setdefault("portalfs", "portal.broker:Transport")
 app = Celery("portal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+if os.environ.get("PORTAL_LOG_FORMAT", "").strip().lower() == "json":
+    # From the start: Celery warns (running as root, say) before it sets up logging.
+    logging.config.dictConfig(
+        observability.logging_config("json", os.environ.get("LOG_LEVEL") or "INFO")
+    )
+    logging.captureWarnings(True)
+
+    @signals.setup_logging.connect
+    def _json_logging(loglevel: Any = None, **kwargs: Any) -> None:
+        """With JSON logs, the worker and beat log through the portal's LOGGING (one JSON
+        object per line, with the bound ids) instead of Celery's own format."""
+        from django.conf import settings
+
+        logging.config.dictConfig(settings.LOGGING)
+        logging.captureWarnings(True)  # warnings as log lines (Django does so for web)
+        if loglevel:
+            logging.getLogger().setLevel(loglevel)
+
+
+@signals.worker_process_init.connect
+def _tracing(**kwargs: Any) -> None:
+    """Each pool process traces its tasks when an OTLP endpoint is set (after the fork: the
+    exporting thread does not survive one)."""
+    from portal.observability import tracing_start
+
+    tracing_start("worker")
 
 
 @signals.task_prerun.connect

@@ -13,6 +13,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from portal import observability
 from portal.env import (
     env_bool,
     env_int,
@@ -57,6 +58,8 @@ INSTALLED_APPS = [
 # Under /api/ a CSRF refusal answers the JSON envelope (integrations/api/errors.py).
 CSRF_FAILURE_VIEW = "integrations.api.errors.csrf_failure"
 MIDDLEWARE = [
+    # First: every log line of the request carries its id (X-Request-ID, echoed back).
+    "portal.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -334,14 +337,21 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL") or "INFO"},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
-}
+# Plain lines by default; PORTAL_LOG_FORMAT=json gives one JSON object per line with the
+# request, tenant, event, delivery and partner ids (portal/observability.py, SPEC §10).
+try:
+    PORTAL_LOG_FORMAT = observability.log_format()
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from exc
+LOGGING = observability.logging_config(PORTAL_LOG_FORMAT, env_str("LOG_LEVEL") or "INFO")
+
+# Errors to Sentry only when SENTRY_DSN is set, with secrets scrubbed from every report.
+SENTRY_DSN = env_str("SENTRY_DSN")
+observability.sentry_start(
+    SENTRY_DSN,
+    environment=env_str("SENTRY_ENVIRONMENT"),
+    release=env_str("SENTRY_RELEASE"),
+)
 
 # A due delivery whose queue message was sent this long ago without being taken is queued
 # again by the dispatcher (covers a lost broker message or a wiped Redis).

@@ -90,4 +90,12 @@ def test_labels_are_bounded(engine_api, partner):
     assert "secret-ticket-42" not in text and partner.base_url not in text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            assert set(sample.labels) <= {"kind", "source", "outcome", "status", "state", "le"}
+            assert set(sample.labels) <= {
+                "kind",
+                "source",
+                "outcome",
+                "status",
+                "state",
+                "component",
+                "le",
+            }

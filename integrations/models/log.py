@@ -122,6 +122,11 @@ class Event(models.Model):
     payload = models.JSONField(_("payload"), help_text=_("The normalized payload sent on."))
     idempotency_key = models.CharField(_("idempotency key"), max_length=255, blank=True)
     received_at = models.DateTimeField(_("received at"), db_index=True)
+    # The id of the API request that brought the event (X-Request-ID), on the worker's log
+    # lines about its deliveries too; and, with tracing on, that request's W3C traceparent,
+    # so the deliveries' spans join its trace (SPEC §10).
+    request_id = models.CharField(_("request ID"), max_length=64, blank=True, default="")
+    trace_context = models.CharField(_("trace context"), max_length=128, blank=True, default="")
 
     class Meta:
         verbose_name = _("event")

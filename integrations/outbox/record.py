@@ -8,6 +8,7 @@ delivery (`Finished`, its result already made `storable`) and hands it here.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from integrations.models import Delivery, DeliveryAttempt
 from integrations.outbox import queue
 from integrations.outbox.health import partner_failure, partner_successes
 from integrations.webhooks import Outcome
+
+logger = logging.getLogger(__name__)
 
 STORED_BODY_BYTES = 8 * 1024
 # The alert tasks (integrations/tasks.py), named: the outbox sits below the tasks.
@@ -174,8 +177,40 @@ def batch_record(*, token: uuid.UUID, finished: list[Finished]) -> dict[int, Sen
             instruments.attempt_recorded(
                 outcome=str(f.result.outcome), seconds=f.result.duration_ms / 1000
             )
+        _log_outcome(f, results[f.delivery.pk])
     _health_and_alerts([f for f in finished if f.delivery.pk in ours], now)
     return results
+
+
+def _log_outcome(finished: Finished, result: SendResult) -> None:
+    """One line per attempt (and per delivery finished without one), with the ids SPEC §10
+    lists: INFO when delivered, WARNING otherwise."""
+    d, attempt = finished.delivery, finished.result
+    fields: dict[str, object] = {
+        "request_id": d.event.request_id or None,
+        "tenant": d.tenant.owner,
+        "event_id": str(d.event_id),
+        "delivery_id": d.pk,
+        "partner_id": d.partner_id,
+        "target": d.target,
+        "attempt": d.attempts,
+        "status": finished.status.value,
+        "result": result.value,
+    }
+    if attempt is not None:
+        fields.update(
+            outcome=str(attempt.outcome),
+            status_code=attempt.status_code,
+            duration_ms=attempt.duration_ms,
+            error_class=attempt.error_class or None,
+        )
+    level = logging.INFO if finished.status == Delivery.Status.SUCCEEDED else logging.WARNING
+    extra = {k: v for k, v in fields.items() if v is not None}
+    if attempt is None:
+        logger.log(level, "delivery finished without an attempt: %s", result.value, extra=extra)
+        return
+    why = f" ({attempt.error_class})" if attempt.error_class else ""
+    logger.log(level, "delivery attempt %d: %s%s", d.attempts, result.value, why, extra=extra)
 
 
 def _health_and_alerts(finished: list[Finished], now: datetime) -> None:

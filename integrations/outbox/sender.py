@@ -22,7 +22,9 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
+from opentelemetry import context as otel_context
 
+from integrations import logs, tracing
 from integrations.delivery import DeliveryResult, send_webhook
 from integrations.models import Delivery
 from integrations.outbox.queue import (
@@ -95,8 +97,41 @@ def next_delay(result: DeliveryResult, tries: int, schedule: Sequence[int]) -> f
     return delay
 
 
-def delivery_send(delivery: Delivery, target: Target, schedule: Sequence[int]) -> Finished:
-    """Send one claimed delivery and decide its new status (nothing is written here)."""
+def delivery_send(
+    delivery: Delivery,
+    target: Target,
+    schedule: Sequence[int],
+    within: otel_context.Context | None = None,
+) -> Finished:
+    """Send one claimed delivery and decide its new status (nothing is written here); its
+    log lines carry the event's ids and request id, its span joins the event's trace (the
+    task's span in `within`, when it is the same trace: the sending thread has no context
+    of its own)."""
+    event = delivery.event
+    with (
+        logs.bound(**attempt_ids(delivery)),
+        tracing.attempt_span(
+            "delivery attempt",
+            stored=event.trace_context,
+            within=within,
+            attributes={"portal.delivery_id": str(delivery.pk), "portal.event_id": str(event.pk)},
+        ),
+    ):
+        return _delivery_send(delivery, target, schedule)
+
+
+def attempt_ids(delivery: Delivery) -> dict[str, object]:
+    """The ids a log line about this delivery carries (SPEC §10)."""
+    return {
+        "request_id": delivery.event.request_id,
+        "tenant": delivery.tenant.owner,
+        "event_id": delivery.event_id,
+        "delivery_id": delivery.pk,
+        "partner_id": delivery.partner_id,
+    }
+
+
+def _delivery_send(delivery: Delivery, target: Target, schedule: Sequence[int]) -> Finished:
     try:
         result = send_webhook(
             url=target.url,
@@ -220,7 +255,9 @@ class Batch:
         if self.parallel == 1:
             self._finish(delivery, key, delivery_send(delivery, target, schedule))
         else:
-            future = _sending_pool().submit(delivery_send, delivery, target, schedule)
+            future = _sending_pool().submit(
+                delivery_send, delivery, target, schedule, tracing.current()
+            )
             self.in_flight[future] = (delivery, key, time.monotonic())
         return True
 

@@ -5,6 +5,7 @@ Idempotency-Key record; the outbox sends the deliveries after the commit (SPEC ย
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from integrations.services.idempotency import (
     idempotency_begin,
     idempotency_complete,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class Route(StrEnum):
@@ -79,24 +82,41 @@ def event_accept(
     """
     ingest = _INGEST[route]
     key = idempotency.key if idempotency else ""
-    counted = {"kind": _KIND[route], "source": str(_source(principal))}
     if idempotency is None:
         with transaction.atomic():
             event_id = ingest(principal, payload, raw_body, key)
-        instruments.event_accepted(**counted)
+        _counted(route, principal, payload, event_id)
         return Answer(status, _accepted(event_id))
     record = idempotency_begin(request=idempotency)
     if isinstance(record, Replay):
         return Answer(record.status, record.body, replayed=True)
     try:
         with transaction.atomic():
-            body = _accepted(ingest(principal, payload, raw_body, key))
+            event_id = ingest(principal, payload, raw_body, key)
+            body = _accepted(event_id)
             idempotency_complete(record_id=record, status=status, body=body)
     except BaseException:
         idempotency_abandon(record_id=record)
         raise
-    instruments.event_accepted(**counted)
+    _counted(route, principal, payload, event_id)
     return Answer(status, body)
+
+
+def _counted(
+    route: Route,
+    principal: Principal,
+    payload: MessagePayload | CommandPayload,
+    event_id: uuid.UUID,
+) -> None:
+    """The accepted event's metric and log line (SPEC ยง10; the request id is bound)."""
+    kind, source = _KIND[route], str(_source(principal))
+    instruments.event_accepted(kind=kind, source=source)
+    ids: dict[str, object] = {"tenant": payload.owner, "event_id": str(event_id)}
+    if principal.partner is not None:
+        ids["partner_id"] = principal.partner.pk
+    logger.info(
+        "event accepted: %s from %s", kind, source, extra={**ids, "kind": kind, "route": route}
+    )
 
 
 def _accepted(event_id: uuid.UUID) -> dict[str, Any]:

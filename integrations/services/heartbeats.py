@@ -48,9 +48,7 @@ def readiness_problems(*, now: datetime) -> list[str]:
     """Why the delivery side is not ready, in words an operator can act on (empty: ready):
     the scheduler or every worker silent for PORTAL_READY_HEARTBEAT_AGE seconds, or the
     oldest delivery that may go now waiting longer than PORTAL_READY_MAX_LAG seconds."""
-    beats = WorkerHeartbeat.objects.order_by("-seen_at").values_list("seen_at", flat=True)
-    scheduler = beats.filter(marker=SCHEDULER).first()
-    worker = beats.filter(marker__startswith=WORKER_PREFIX).first()  # the newest of any
+    scheduler, worker = _newest_heartbeats()
     problems = [
         p
         for p in (
@@ -71,6 +69,14 @@ def readiness_problems(*, now: datetime) -> list[str]:
     return problems
 
 
+def _newest_heartbeats() -> tuple[datetime | None, datetime | None]:
+    """When the scheduler, and the most recent of the workers, last wrote a heartbeat."""
+    beats = WorkerHeartbeat.objects.order_by("-seen_at").values_list("seen_at", flat=True)
+    scheduler = beats.filter(marker=SCHEDULER).first()
+    worker = beats.filter(marker__startswith=WORKER_PREFIX).first()  # the newest of any
+    return scheduler, worker
+
+
 def _silence(who: str, never: str, seen: datetime | None, now: datetime) -> str | None:
     """The problem when the newest heartbeat `seen` is missing (`never`) or older than
     PORTAL_READY_HEARTBEAT_AGE, else None."""
@@ -89,12 +95,15 @@ class OutboxGauges:
     deliveries: dict[str, int]  # by status: the non-final ones, and dead
     oldest_due_age_seconds: float  # 0 when nothing claimable is waiting
     partners: dict[str, int]  # by state
+    # seconds since the scheduler's / the newest worker's heartbeat (+Inf: never)
+    heartbeat_ages: dict[str, float]
 
 
 def outbox_gauges(*, now: datetime) -> OutboxGauges:
     """What /metrics reports of the database at `now` (SPEC §10): deliveries by status
     (the non-final ones, and dead), seconds the oldest claimable delivery has waited (0 when
-    none), partners by state. Each is one indexed query (docs/PERFORMANCE.md, log scale)."""
+    none), partners by state, the heartbeats' ages. Each is one indexed query
+    (docs/PERFORMANCE.md, log scale)."""
     counted = [*Delivery.WAITING_STATUSES, Delivery.Status.DELIVERING, Delivery.Status.DEAD]
     rows = (  # COUNT(*), not COUNT(id): the status index alone answers it (index-only scan)
         Delivery.objects.filter(status__in=counted)
@@ -109,4 +118,11 @@ def outbox_gauges(*, now: datetime) -> OutboxGauges:
     }
     due = oldest_claimable_at(now=now)
     age = max(0.0, (now - due).total_seconds()) if due else 0.0
-    return OutboxGauges(deliveries=deliveries, oldest_due_age_seconds=age, partners=partners)
+    scheduler, worker = _newest_heartbeats()
+    ages = {
+        component: max(0.0, (now - seen).total_seconds()) if seen else float("inf")
+        for component, seen in (("scheduler", scheduler), ("worker", worker))
+    }
+    return OutboxGauges(
+        deliveries=deliveries, oldest_due_age_seconds=age, partners=partners, heartbeat_ages=ages
+    )

@@ -22,6 +22,7 @@ from typing import Any
 
 from django.db import connection, models
 
+from integrations import logs, tracing
 from integrations.models import Contact, Delivery, Event, IdempotencyRecord, Partner, Ticket
 from integrations.outbox.queue import db_value
 from integrations.payloads import MessagePayload
@@ -191,6 +192,7 @@ def ticket_upsert(
 
 EVENT_FIELDS = ("id", "tenant", "kind", "source", "partner", "ticket", "ticket_number")
 EVENT_FIELDS += ("sequence", "raw_body", "payload", "idempotency_key", "received_at")
+EVENT_FIELDS += ("request_id", "trace_context")
 
 
 def event_insert(
@@ -214,7 +216,8 @@ def event_insert(
         zip(
             EVENT_FIELDS,
             (event_id, tenant_id, kind, source, partner_id, ticket_id, ticket_number, sequence)
-            + (raw_body, payload, idempotency_key, received_at),
+            + (raw_body, payload, idempotency_key, received_at)
+            + (logs.current("request_id"), tracing.traceparent()),
             strict=True,
         )
     )

@@ -47,6 +47,7 @@ class Workers(Children):
         self.tmp: Path = tmp
         self.extra_env: dict[str, str] = {}
         self.loglevel = "INFO"
+        self.quiet = False  # no Celery start-up banners (for JSON logs)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -64,11 +65,11 @@ class Workers(Children):
         return env
 
     def start_worker(self, name: str = "w1", concurrency: int = 2) -> subprocess.Popen:
-        cmd = celery_worker_cmd(concurrency, name, self.loglevel)
+        cmd = celery_worker_cmd(concurrency, name, self.loglevel, quiet=self.quiet)
         return self.start(name, cmd, env=self.env())
 
     def start_beat(self) -> subprocess.Popen:
-        cmd = celery_beat_cmd(self.tmp / "beat-schedule", self.loglevel)
+        cmd = celery_beat_cmd(self.tmp / "beat-schedule", self.loglevel, quiet=self.quiet)
         return self.start("beat", cmd, env=self.env())
 
 

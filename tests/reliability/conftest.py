@@ -220,7 +220,8 @@ class WebServer:
 
 @pytest.fixture(scope="session")
 def web_server(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[WebServer]:
-    """gunicorn (2 workers x 4 threads, as compose runs it) on the test database."""
+    """gunicorn (2 workers x 4 threads, as compose runs it) on the test database, logging
+    JSON lines."""
     with django_db_blocker.unblock():
         _need_servers()
         database_url = _database_url()
@@ -232,6 +233,7 @@ def web_server(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator
             "DATABASE_URL": database_url,
             "PORTAL_VAR_DIR": str(children.tmp),
             "LOG_LEVEL": "DEBUG",
+            "PORTAL_LOG_FORMAT": "json",  # as an operator feeding a log pipeline runs it
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             "PORTAL_PARTNER_RATE": "100000/second",
         }

@@ -1,7 +1,8 @@
 """Secrets stay secret, and the production settings pass Django's deployment checks.
 
 Promises: API keys, signing secrets, the engine token and Authorization headers never appear
-in any log (web, worker, beat, this process; DEBUG level, during a full flow with failures)
+in any log (web, worker, beat, this process; DEBUG level, JSON lines, every line parsed,
+during a full flow with failures)
 nor in what is stored about attempts; `manage.py check --deploy` is clean with the
 production settings documented in .env.example.
 """
@@ -26,7 +27,7 @@ from integrations.services.partners import partner_create, signing_secret_rotate
 from tests.conftest import command_body, incoming_body, outgoing_body
 from tests.reliability.conftest import sizes
 from tests.support.partner import fail_during, first_try_per_id, ok
-from tests.support.processes import REPO, wait_for, wait_ready
+from tests.support.processes import REPO, json_log_lines, wait_for, wait_ready
 
 IN, OUT, CMD = "/api/v1/engine/incoming", "/api/v1/outgoing", "/api/v1/command"
 
@@ -84,7 +85,8 @@ def test_secrets_never_appear_in_logs_or_stored_attempts(
     tenant.engine_token = "engine-token-" + secrets.token_urlsafe(24)
     tenant.save()
     workers.loglevel = "DEBUG"
-    workers.extra_env["LOG_LEVEL"] = "DEBUG"
+    workers.extra_env.update({"LOG_LEVEL": "DEBUG", "PORTAL_LOG_FORMAT": "json"})
+    workers.quiet = True
     workers.start_worker("w")
     workers.start_beat()
     wait_ready(workers, "w")
@@ -146,6 +148,11 @@ def test_secrets_never_appear_in_logs_or_stored_attempts(
         ],
         default=str,
     )
+    # (every line web, worker and beat wrote is a JSON object, parsed: so a secret is not
+    # hidden from the search by an escape either)
+    parsed = {where: json_log_lines(text) for where, text in logs.items() if where != "pytest"}
+    assert all(parsed.values()), {where: len(lines) for where, lines in parsed.items()}
+    logs.update({f"{where} (parsed)": repr(lines) for where, lines in parsed.items()})
     found = [
         f"{what} in {where}"
         for what, needle in needles

@@ -14,7 +14,9 @@ Standard library only.
 from __future__ import annotations
 
 import http.client
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -216,21 +218,29 @@ def wait_ready(
 # --- the portal's processes ----------------------------------------------------------------
 
 
+def _celery(quiet: bool) -> list[str]:
+    # --quiet: no start-up banner (plain text on stdout, which a JSON log must not have)
+    return [PYTHON, "-m", "celery", "-A", "portal", *(["--quiet"] if quiet else [])]
+
+
 def celery_worker_cmd(
-    concurrency: int, name: str, loglevel: str = "INFO", extra: Sequence[str] = ()
+    concurrency: int,
+    name: str,
+    loglevel: str = "INFO",
+    extra: Sequence[str] = (),
+    *,
+    quiet: bool = False,
 ) -> list[str]:
     return [
-        *(PYTHON, "-m", "celery", "-A", "portal", "worker", "--loglevel", loglevel),
+        *_celery(quiet),
+        *("worker", "--loglevel", loglevel),
         *("--concurrency", str(concurrency), "--hostname", f"{name}@%h"),
         *("--without-gossip", "--without-mingle", *extra),
     ]
 
 
-def celery_beat_cmd(schedule: Path, loglevel: str = "INFO") -> list[str]:
-    return [
-        *(PYTHON, "-m", "celery", "-A", "portal", "beat", "--loglevel", loglevel),
-        *("--schedule", str(schedule)),
-    ]
+def celery_beat_cmd(schedule: Path, loglevel: str = "INFO", *, quiet: bool = False) -> list[str]:
+    return [*_celery(quiet), "beat", "--loglevel", loglevel, "--schedule", str(schedule)]
 
 
 def gunicorn_cmd(
@@ -240,6 +250,24 @@ def gunicorn_cmd(
         *(PYTHON, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}"),
         *("--workers", str(workers), "--threads", str(threads), *extra),
     ]
+
+
+# What Celery writes itself, outside logging, on a worker's way out (its start-up banner is
+# left out with --quiet).
+CELERY_OWN_LINES = re.compile(r"worker: (Warm|Cold) shutdown \(MainProcess\)")
+
+
+def json_log_lines(text: str) -> list[dict]:
+    """Each line of a log parsed as JSON (a line that is not one fails the test)."""
+    lines = []
+    for line in text.splitlines():
+        if not line.strip() or CELERY_OWN_LINES.fullmatch(line):
+            continue
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise AssertionError(f"not a JSON log line: {line!r}") from exc
+    return lines
 
 
 # --- /proc ---------------------------------------------------------------------------------
