@@ -120,6 +120,8 @@ def event_detail(*, principal: Principal, event_id: str) -> dict[str, Any]:
     tenant_ids = _tenant_ids(principal)
     if tenant_ids is not None:
         events = events.filter(tenant_id__in=tenant_ids)
+    if principal.partner is not None:  # the tenant's operations notices are not a partner's
+        events = events.exclude(kind=Event.Kind.OPERATIONS)
     event = events.first()
     if event is None:
         raise NotFound(f"No event {event_id!r}.", code="event_not_found")

@@ -23,6 +23,7 @@ from integrations.admin.scoping import (
 from integrations.models import Tenant, TenantMembership
 from integrations.services.accounts import (
     TENANT_SETTINGS,
+    operations_secret_rotate,
     tenant_create,
     tenant_settings_clean,
     tenant_update,
@@ -46,6 +47,18 @@ class TenantForm(ServiceCleanedForm):
     )
     clear_engine_token = forms.BooleanField(
         label=_("Remove the engine bearer token"), required=False
+    )
+    operations_url = forms.CharField(
+        label=capfirst(_("operations URL")),
+        required=False,
+        max_length=500,
+        help_text=_(
+            "Receives partner.paused, partner.resumed and delivery.dead as signed webhooks. "
+            "Empty: none are sent."
+        ),
+    )
+    new_operations_secret = forms.BooleanField(
+        label=_("Give a new operations signing secret (shown once)"), required=False
     )
     service_fields = TENANT_SETTINGS
 
@@ -85,10 +98,14 @@ class TenantAdmin(TenantScopedAdmin):
                 ]
             },
         ),
+        (
+            _("Operations webhooks"),
+            {"fields": ["operations_url", "operations_secret_state", "new_operations_secret"]},
+        ),
     ]
 
     def get_readonly_fields(self, request, obj=None):
-        shown = ["engine_token_state"]
+        shown = ["engine_token_state", "operations_secret_state"]
         return shown if request.user.is_superuser else [*shown, "owner", "is_active"]
 
     def get_fieldsets(self, request, obj=None):
@@ -97,19 +114,33 @@ class TenantAdmin(TenantScopedAdmin):
         fieldsets = super().get_fieldsets(request, obj)
         if obj is None or self.has_change_permission(request, obj):
             return fieldsets
-        hidden = {"engine_token": "engine_token_state", "clear_engine_token": None}
+        hidden = {
+            "engine_token": "engine_token_state",
+            "clear_engine_token": None,
+            "new_operations_secret": None,
+        }
         return fieldsets_swapped(fieldsets, hidden)
 
     @admin.display(description=_("engine bearer token"))
     def engine_token_state(self, obj):
         return _("set (never shown)") if obj.engine_token else _("not set")
 
+    @admin.display(description=_("operations signing secret"))
+    def operations_secret_state(self, obj):
+        return _("set (never shown)") if obj.operations_signing_secret else _("not set")
+
     def save_model(self, request, obj, form, change):
         values = service_values(form, TENANT_SETTINGS)
+        had_secret = bool(change and Tenant.objects.get(pk=obj.pk).operations_signing_secret)
         if change:
             tenant_update(tenant=obj, **values)
         else:
             copy_saved(obj, tenant_create(**values))
+        # The operations signing secret is shown once: when it is made, or made again.
+        if form.cleaned_data.get("new_operations_secret"):
+            show_once(request, _("Operations signing secret"), operations_secret_rotate(tenant=obj))
+        elif obj.operations_signing_secret and not had_secret:
+            show_once(request, _("Operations signing secret"), str(obj.operations_signing_secret))
 
 
 class MembershipForm(forms.ModelForm):

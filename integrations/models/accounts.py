@@ -27,6 +27,9 @@ class Tenant(models.Model):
     # Encrypted at rest (integrations/encryption.py); at most 500 characters (services/accounts).
     engine_token = EncryptedTextField(_("engine bearer token"), blank=True)
     engine_signing_secret = EncryptedTextField(_("engine signing secret"), blank=True)
+    # Operations webhooks (SPEC §10): partner.paused, partner.resumed, delivery.dead.
+    operations_url = models.URLField(_("operations URL"), max_length=500, blank=True)
+    operations_signing_secret = EncryptedTextField(_("operations signing secret"), blank=True)
     is_active = models.BooleanField(_("active"), default=True)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)

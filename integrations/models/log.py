@@ -94,10 +94,12 @@ class Event(models.Model):
         INCOMING = "incoming", _("Incoming")
         OUTGOING = "outgoing", _("Outgoing")
         COMMAND = "command", _("Command")
+        OPERATIONS = "operations", _("Operations notice")
 
     class Source(models.TextChoices):
         ENGINE = "engine", _("Engine")
         PARTNER = "partner", _("Partner")
+        PORTAL = "portal", _("Portal")
 
     id = models.UUIDField(_("ID"), primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey(
@@ -164,8 +166,11 @@ class Delivery(models.Model):
         SEND = "send", _("Partner send-message path")
         ENGINE_MESSAGE = "engine_message", _("Engine send-message path")
         ENGINE_COMMAND = "engine_command", _("Engine command path")
+        OPERATIONS = "operations", _("Tenant operations URL")
 
     ENGINE_TARGET = "engine"
+    # the tenant's operations URL (SPEC §10; integrations/outbox/notices.py)
+    OPERATIONS_TARGET = "operations"
 
     event = models.ForeignKey(
         Event, verbose_name=_("event"), on_delete=models.CASCADE, related_name="deliveries"

@@ -12,11 +12,13 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Case, F, Value, When
 from django.db.models.functions import Coalesce
 
 from integrations.delivery import DeliveryResult
 from integrations.models import Partner
+from integrations.outbox.notices import PARTNER_PAUSED, notice_queue
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +92,26 @@ def partner_failure(partner_id: int, result: DeliveryResult, now: datetime) -> b
 
 
 def partner_pause(*, partner_id: int, reason: str, now: datetime) -> bool:
-    """Pause an active partner automatically; its deliveries wait until it is resumed.
+    """Pause an active partner automatically; its deliveries wait until it is resumed. The
+    tenant's operations URL is told (`partner.paused`) in the same transaction.
 
     Returns True when this call paused it.
     """
-    paused = Partner.objects.filter(pk=partner_id, state=Partner.State.ACTIVE).update(
-        state=Partner.State.PAUSED, state_reason=reason, state_changed_at=now
-    )
+    with transaction.atomic():
+        paused = Partner.objects.filter(pk=partner_id, state=Partner.State.ACTIVE).update(
+            state=Partner.State.PAUSED, state_reason=reason, state_changed_at=now
+        )
+        if paused:
+            tenant_id = Partner.objects.values_list("tenant_id", flat=True).get(pk=partner_id)
+            notice_queue(
+                tenant_id=tenant_id,
+                kind=PARTNER_PAUSED,
+                partner_id=partner_id,
+                reason=reason,
+                now=now,
+            )
     if paused:
-        logger.warning("partner %s paused: %s", partner_id, reason)
+        logger.warning(
+            "partner %s paused: %s", partner_id, reason, extra={"partner_id": partner_id}
+        )
     return bool(paused)

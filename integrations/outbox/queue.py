@@ -62,13 +62,14 @@ def _claimable_sql() -> str:
     the parameters `_claimable_params` gives:
 
     - due (waiting and its time has come) or its lease expired (a worker died holding it);
-    - its target is the engine relay or an active partner (not disabled, not paused);
+    - its target is the engine relay, the operations URL or an active partner (not
+      disabled, not paused);
     - no older delivery of the same target and ticket is still open (SPEC §5 order);
     - its partner is not failing with an attempt already in flight: a failing partner gets
       one attempt at a time, or its timeouts would hold every worker slot and stall the
       deliveries of other partners and tenants;
-    - likewise a tenant's engine relay: while one of its relay deliveries is retrying (the
-      engine failed lately), one attempt at a time;
+    - likewise a tenant's engine relay (and its operations URL): while one of its deliveries
+      is retrying (the engine failed lately), one attempt at a time;
     - fair share: a partner that is slow on average (PORTAL_SLOW_PARTNER_MS) or has not
       answered yet has one batch at a time, and the partners known to be slow have at most
       PORTAL_SLOW_PARTNER_BATCHES batches at once between them, so however many slow
@@ -95,11 +96,11 @@ def _claimable_sql() -> str:
               AND b.status = '{Delivery.Status.DELIVERING}' AND b.lease_expires_at >= %s)
         AND (d.partner_id IS NOT NULL OR NOT EXISTS (
             SELECT 1 FROM {deliveries} r
-            WHERE r.partner_id IS NULL AND r.tenant_id = d.tenant_id
+            WHERE r.partner_id IS NULL AND r.tenant_id = d.tenant_id AND r.target = d.target
               AND r.status = '{Delivery.Status.DELIVERING}' AND r.lease_expires_at >= %s
               AND EXISTS (
                 SELECT 1 FROM {deliveries} f
-                WHERE f.partner_id IS NULL AND f.tenant_id = d.tenant_id
+                WHERE f.partner_id IS NULL AND f.tenant_id = d.tenant_id AND f.target = d.target
                   AND f.status = '{Delivery.Status.RETRYING}')))
         AND (d.partner_id IS NULL OR NOT EXISTS (
             SELECT 1 FROM {partners} sp
@@ -371,9 +372,11 @@ def deliveries_dispatch(*, now: datetime, limit: int = 500) -> int:
 
 
 def batch_key(target: str, tenant_id: int) -> str:
-    """What a batch is one of: a partner, or one tenant's engine relay (every tenant's relay
-    target is "engine", but one tenant's engine must not hold up another's)."""
-    return f"{target}:{tenant_id}" if target == Delivery.ENGINE_TARGET else target
+    """What a batch is one of: a partner, or one tenant's engine relay or operations URL
+    (every tenant's relay target is "engine", but one tenant's engine must not hold up
+    another's)."""
+    per_tenant = (Delivery.ENGINE_TARGET, Delivery.OPERATIONS_TARGET)
+    return f"{target}:{tenant_id}" if target in per_tenant else target
 
 
 def batches_by_target(rows: Iterable[tuple[int, str]], size: int) -> list[list[int]]:

@@ -24,6 +24,7 @@ from integrations.delivery import DeliveryResult, redact_url
 from integrations.models import Delivery, DeliveryAttempt
 from integrations.outbox import queue
 from integrations.outbox.health import partner_failure, partner_successes
+from integrations.outbox.notices import DELIVERY_DEAD, notice_queue
 from integrations.webhooks import Outcome
 
 logger = logging.getLogger(__name__)
@@ -172,6 +173,9 @@ def batch_record(*, token: uuid.UUID, finished: list[Finished]) -> dict[int, Sen
             for f in finished
             if f.delivery.pk in ours and f.status in Delivery.FINAL_STATUSES
         )
+        for f in finished:
+            if f.delivery.pk in ours and f.status == Delivery.Status.DEAD:
+                _dead_notice(f, now)
     for f in finished:
         if f.result is not None:
             instruments.attempt_recorded(
@@ -180,6 +184,22 @@ def batch_record(*, token: uuid.UUID, finished: list[Finished]) -> dict[int, Sen
         _log_outcome(f, results[f.delivery.pk])
     _health_and_alerts([f for f in finished if f.delivery.pk in ours], now)
     return results
+
+
+def _dead_notice(finished: Finished, now: datetime) -> None:
+    """Tell the tenant's operations URL that this delivery went dead (`delivery.dead`),
+    unless it is an operations notice itself (a dead operations URL is not told of itself)."""
+    d = finished.delivery
+    if d.target == Delivery.OPERATIONS_TARGET:
+        return
+    notice_queue(
+        tenant_id=d.tenant_id,
+        kind=DELIVERY_DEAD,
+        partner_id=d.partner_id,
+        delivery_id=d.pk,
+        reason=finished.error[:500] or "Every try failed.",
+        now=now,
+    )
 
 
 def _log_outcome(finished: Finished, result: SendResult) -> None:

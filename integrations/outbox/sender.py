@@ -238,7 +238,11 @@ class Batch:
             return True
         target = self._target(delivery, timezone.now())
         if not target.url:
-            error = "No engine relay is configured."
+            error = (
+                "No operations URL is configured."
+                if delivery.target == Delivery.OPERATIONS_TARGET
+                else "No engine relay is configured."
+            )
             self.finished.append(Finished(delivery, Delivery.Status.NOT_CONFIGURED, error))
             return True
         elapsed = time.monotonic() - self.started

@@ -82,6 +82,18 @@ def relay_target(tenant: Tenant, endpoint: str) -> Target:
     )
 
 
+def operations_target(tenant: Tenant) -> Target:
+    """The tenant's operations URL (SPEC §10), signed with its operations secret; the
+    relay's limits. No URL (removed since): the notice is `not_configured`."""
+    return Target(
+        url=tenant.operations_url,
+        secrets=(tenant.operations_signing_secret,),
+        bearer_token="",
+        connect_timeout=RELAY_CONNECT_TIMEOUT,
+        deadline=RELAY_DEADLINE,
+    )
+
+
 def live_secrets(partner: Partner, now: datetime) -> tuple[str, ...]:
     """The partner's signing secrets that have not expired (two during a rotation)."""
     live = SigningSecret.objects.filter(partner=partner).filter(
@@ -108,6 +120,8 @@ def partner_target(partner: Partner, endpoint: str, now: datetime) -> Target:
 
 def delivery_target(delivery: Delivery, now: datetime) -> Target:
     """Where this delivery goes (its partner and tenant loaded with it)."""
+    if delivery.target == Delivery.OPERATIONS_TARGET:
+        return operations_target(delivery.tenant)
     if delivery.partner is None:
         return relay_target(delivery.tenant, delivery.endpoint)
     return partner_target(delivery.partner, delivery.endpoint, now)

@@ -45,6 +45,7 @@ TENANT_SETTINGS = (
     "engine_send_message_path",
     "engine_command_path",
     "engine_token",
+    "operations_url",
 )
 
 
@@ -66,6 +67,7 @@ _TENANT_CLEANERS: dict[str, Callable[[Any], Any]] = {
     "engine_send_message_path": lambda path: path_clean(path, leading_slash=False),
     "engine_command_path": lambda path: path_clean(path, leading_slash=False),
     "engine_token": text(500),
+    "operations_url": optional(lambda url: base_url_clean(url, max_length=500)),
 }
 
 
@@ -78,15 +80,21 @@ def tenant_settings_clean(**values: Any) -> dict[str, Any]:
 
 
 def tenant_create(*, owner: str, name: str, time_zone: str = "Asia/Jakarta", **more: Any) -> Tenant:
-    """Create a tenant with a fresh engine signing secret; `more` may set any other of
-    TENANT_SETTINGS.
+    """Create a tenant with a fresh engine signing secret (and an operations signing secret
+    when it has an operations URL); `more` may set any other of TENANT_SETTINGS.
 
     Raises PortalError (invalid settings, by field), Conflict (owner taken).
     """
     cleaned = tenant_settings_clean(owner=owner, name=name, time_zone=time_zone, **more)
     try:
         with transaction.atomic():
-            return Tenant.objects.create(**cleaned, engine_signing_secret=generate_secret())
+            return Tenant.objects.create(
+                **cleaned,
+                engine_signing_secret=generate_secret(),
+                operations_signing_secret=generate_secret()
+                if cleaned.get("operations_url")
+                else "",
+            )
     except IntegrityError:
         raise Conflict(
             f"A tenant with owner {cleaned['owner']!r} exists already.",
@@ -97,7 +105,8 @@ def tenant_create(*, owner: str, name: str, time_zone: str = "Asia/Jakarta", **m
 
 def tenant_update(*, tenant: Tenant, **changes: Any) -> Tenant:
     """Change a tenant's settings (any of TENANT_SETTINGS), checked as at creation. A tenant
-    without an engine signing secret (made before secrets existed) gets one.
+    without an engine signing secret (made before secrets existed) gets one, and so does a
+    tenant given an operations URL without an operations signing secret.
 
     Raises PortalError (invalid settings, by field), Conflict (owner taken).
     """
@@ -105,6 +114,8 @@ def tenant_update(*, tenant: Tenant, **changes: Any) -> Tenant:
         setattr(tenant, name, value)
     if not tenant.engine_signing_secret:
         tenant.engine_signing_secret = generate_secret()
+    if tenant.operations_url and not tenant.operations_signing_secret:
+        tenant.operations_signing_secret = generate_secret()
     try:
         with transaction.atomic():
             tenant.save()
@@ -267,9 +278,17 @@ def user_create(*, tenant: Tenant, username: str, role: str, email: str = "") ->
     return user, password
 
 
+def operations_secret_rotate(*, tenant: Tenant) -> str:
+    """Give the tenant a new operations signing secret (SPEC §10) and return it: the next
+    notices are signed with it alone, so the receiver must take the new one at once."""
+    tenant.operations_signing_secret = generate_secret()
+    tenant.save(update_fields=["operations_signing_secret", "updated_at"])
+    return str(tenant.operations_signing_secret)
+
+
 def secrets_reencrypt() -> dict[str, int]:
-    """Re-encrypt every stored secret (signing secrets, engine tokens and engine signing
-    secrets) with the current key, the first of PORTAL_ENCRYPTION_KEYS; returns how many
+    """Re-encrypt every stored secret (signing secrets, engine tokens, engine and operations
+    signing secrets) with the current key, the first of PORTAL_ENCRYPTION_KEYS; returns how many
     rows were rewritten. Run after putting a new key first, before dropping the old one.
     Raises ImproperlyConfigured if a value opens with none of the keys."""
     counts = {"signingSecrets": 0, "tenants": 0}
@@ -278,6 +297,8 @@ def secrets_reencrypt() -> dict[str, int]:
             secret.save(update_fields=["secret"])
             counts["signingSecrets"] += 1
         for tenant in Tenant.objects.select_for_update().order_by("pk"):
-            tenant.save(update_fields=["engine_token", "engine_signing_secret"])
+            tenant.save(
+                update_fields=["engine_token", "engine_signing_secret", "operations_signing_secret"]
+            )
             counts["tenants"] += 1
     return counts

@@ -15,6 +15,7 @@ from django.utils import timezone
 from integrations.delivery import send_webhook
 from integrations.errors import Conflict
 from integrations.models import Delivery, Event, Partner, Tenant
+from integrations.outbox.notices import PARTNER_RESUMED, notice_queue
 from integrations.outbox.queue import queue_next_in_order
 from integrations.outbox.targets import outbound_policy, partner_target, relay_url
 from integrations.payloads import canonical_json, format_created_date
@@ -102,6 +103,7 @@ def partner_resume(*, partner: Partner) -> Partner:
     in per-ticket order (the dispatcher picks them up at once)."""
     now = timezone.now()
     with transaction.atomic():
+        was_paused = Partner.objects.filter(pk=partner.pk, state=Partner.State.PAUSED).exists()
         Partner.objects.filter(pk=partner.pk).update(
             state=Partner.State.ACTIVE,
             state_reason="",
@@ -112,6 +114,14 @@ def partner_resume(*, partner: Partner) -> Partner:
         Delivery.objects.filter(partner=partner, status__in=Delivery.WAITING_STATUSES).update(
             dispatched_at=None, next_attempt_at=now
         )
+        if was_paused:  # the operations URL was told of the pause: it hears of the resume
+            notice_queue(
+                tenant_id=partner.tenant_id,
+                kind=PARTNER_RESUMED,
+                partner_id=partner.pk,
+                reason="Resumed by an admin.",
+                now=now,
+            )
     partner.refresh_from_db()
     return partner
 

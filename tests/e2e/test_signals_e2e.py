@@ -1,4 +1,4 @@
-"""Logs and traces of one event end to end (SPEC §10): real gunicorn and Celery worker
+"""Logs, traces and operations webhooks end to end (SPEC §10): real gunicorn and Celery worker
 processes with PORTAL_LOG_FORMAT=json and an OTLP endpoint (a collector on loopback that
 records what it is sent), a real partner on loopback.
 
@@ -6,7 +6,9 @@ Promises: every line the web and worker processes log is a JSON object with time
 level and message; the API call's request id is on the line that accepts the event and on
 the worker's line about its delivery attempt, with the tenant, event, delivery and partner
 ids; no key or secret is on any line; one trace runs from the API request through the
-Celery task to the outbound POST, and the partner received that trace's context.
+Celery task to the outbound POST, and the partner received that trace's context. A tenant's
+operations URL hears, signed and retried by a real worker, of a partner's pause and of the
+dead delivery that caused it.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import json
 
 import requests
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from standardwebhooks.webhooks import Webhook
 
 from integrations.models import Delivery, Event, SigningSecret
+from integrations.services.accounts import tenant_update
 from tests.conftest import incoming_body
 from tests.support.partner import PartnerServer, ok
 from tests.support.processes import free_port, gunicorn_cmd, http_ok, json_log_lines, wait_for
@@ -172,3 +176,34 @@ def test_one_event_is_one_trace_and_its_log_lines_carry_its_ids(
         },
     }.items():
         assert secret not in text, name
+
+
+def test_operations_url_hears_of_a_pause_and_a_dead_delivery_through_a_worker(
+    workers, engine_api, tenant, partner, partner_server_factory
+):
+    # given a tenant with an operations URL, whose partner answers 410 Gone
+    ops = partner_server_factory(lambda r, n: (503, b"", {}) if n == 1 else (200, b"{}", {}))
+    tenant = tenant_update(tenant=tenant, operations_url=f"{ops.url}/ops")
+    gone = partner_server_factory(lambda r, n: (410, b"", {}))
+    partner.base_url = gone.url
+    partner.save()
+    workers.start_worker("w1")
+    workers.start_beat()
+    worker_ready(workers, "w1")
+    # when the engine posts a message
+    assert engine_api.post(IN, incoming_body(ticketNumber="OPS-1")).status_code == 202
+    # then the operations URL hears of the dead delivery and the pause, signed, its first
+    # failure retried
+    wait_for(
+        lambda: len([r for r in ops.on("/ops") if r.status == 200]) == 2,
+        60,
+        "two notices delivered",
+        workers.logs,
+    )
+    verifier = Webhook(str(tenant.operations_signing_secret))
+    delivered = [
+        verifier.verify(r.body, dict(r.headers)) for r in ops.on("/ops") if r.status == 200
+    ]
+    assert sorted(n["type"] for n in delivered) == ["delivery.dead", "partner.paused"]
+    assert {n["partnerId"] for n in delivered} == {partner.pk}
+    assert len(ops.on("/ops")) == 3  # one 503, then both
