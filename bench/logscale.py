@@ -77,8 +77,9 @@ ADMIN_PAGES = [
     ("ticket_timeline", "/admin/integrations/ticket/{heavy_id}/timeline/", ""),
     ("dashboard", "/admin/", ""),
 ]
-# The goal covers these (admin lists, the timeline, the history API).
-GOAL_PAGES = ("event_list", "delivery_list", "ticket_timeline", "history")
+# The goal covers these (admin lists, the timeline, the history API, the management API's
+# deliveries list, issue #13).
+GOAL_PAGES = ("event_list", "delivery_list", "ticket_timeline", "history", "manage_deliveries")
 
 
 def parse_args() -> argparse.Namespace:
@@ -145,6 +146,7 @@ def create_accounts() -> dict[str, Any]:
 
     from integrations.models import Partner, Tenant
     from integrations.services.accounts import tenant_create, user_create
+    from integrations.services.management import management_token_create
     from integrations.services.partners import partner_create
 
     tenants = [
@@ -191,7 +193,10 @@ def create_accounts() -> dict[str, Any]:
     )
     support, _password = user_create(tenant=tenants[0], username="bench-support", role="support")
     desk = next(p for p in partners if p["desk"] and p["tenant_id"] == tenants[0].pk)
+    _, manage_token = management_token_create(tenant=tenants[0], role="support", name="bench")
     return {
+        "manage_token": manage_token,
+        "desk_id": desk["partner_id"],
         "tenants": [t.pk for t in tenants],
         "partners": partners,
         "superuser": superuser,
@@ -558,6 +563,19 @@ def page_targets(shape: Shape, accounts: dict[str, Any], deep_page: int) -> list
         ("event_status", f"/api/v1/events/{event.pk}"),
     ):
         targets.append({"name": f"{name}/partner", "url": url, "caller": "partner"})
+    # The management API's deliveries list (issue #13: < 300 ms), filtered by partner and
+    # status as support staff look for a partner's dead deliveries, and unfiltered.
+    manage = "/api/v1/manage/deliveries"
+    for name, url in (
+        ("manage_deliveries_partner_dead", f"{manage}?partnerId={accounts['desk_id']}&status=dead"),
+        (
+            "manage_deliveries_partner_pending",
+            f"{manage}?partnerId={accounts['desk_id']}&status=pending",
+        ),
+        ("manage_deliveries_plain", manage),
+        ("manage_deliveries_ticket", f"{manage}?ticketNumber={heavy.ticket_number}"),
+    ):
+        targets.append({"name": f"{name}/token", "url": url, "caller": "manager"})
     # A Prometheus scrape (its gauges query the deliveries; issue #15's goal: < 100 ms); the
     # test client is a loopback client, so no token is needed.
     targets.append({"name": "metrics_scrape/loopback", "url": "/metrics", "caller": "superuser"})
@@ -582,6 +600,10 @@ def make_clients(accounts: dict[str, Any]) -> dict[str, tuple[Any, dict[str, str
     clients["partner"] = (
         Client(HTTP_HOST="localhost"),
         {"HTTP_AUTHORIZATION": f"Bearer {accounts['partner_key']}"},
+    )
+    clients["manager"] = (
+        Client(HTTP_HOST="localhost"),
+        {"HTTP_AUTHORIZATION": f"Bearer {accounts['manage_token']}"},
     )
     return clients
 

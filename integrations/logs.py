@@ -70,4 +70,8 @@ class ContextFilter(logging.Filter):
         for field, value in _context.get().items():
             if not hasattr(record, field):
                 setattr(record, field, value)
+        if not hasattr(record, "request_id"):  # django.request's lines after the response
+            request_id = getattr(getattr(record, "request", None), "request_id", None)
+            if request_id:
+                record.request_id = request_id
         return True

@@ -12,6 +12,7 @@ from integrations.errors import NotFound
 from integrations.models import Contact, Delivery, Event, Tenant, Ticket
 from integrations.services.accounts import Principal
 
+OPERATIONS_CHANNEL = "operations"  # the tenant's operations ticket (outbox/notices.py)
 HISTORY_MAX_LIMIT = 100
 HISTORY_DEFAULT_LIMIT = 50
 
@@ -56,6 +57,8 @@ def ticket_history(
     tenant_ids = _tenant_ids(principal)
     if tenant_ids is not None:
         tickets = tickets.filter(tenant_id__in=tenant_ids)
+    if principal.partner is not None:  # the tenant's operations notices are not a partner's
+        tickets = tickets.exclude(channel=OPERATIONS_CHANNEL)
     ticket = tickets.first() if _storable(ticket_number) else None
     if ticket is None:
         raise NotFound(f"No ticket {ticket_number!r}.", code="ticket_not_found")
@@ -223,7 +226,8 @@ def dashboard_stats(*, tenant_ids: list[int] | None, now=None) -> dict[str, Any]
     )
     partners = [
         {
-            "name": r["partner__name"] or "Engine relay",
+            "name": r["partner__name"]
+            or ("Operations URL" if r["target"] == Delivery.OPERATIONS_TARGET else "Engine relay"),
             "tenant": r["tenant__name"],
             "total": r["total"],
             "succeeded": r["ok"],
@@ -263,3 +267,177 @@ def ticket_timeline(*, ticket) -> list[dict[str, Any]]:
         }
         for event in events
     ]
+
+
+# --- the management API (SPEC §8): what a tenant's management token reads ----------------
+
+MANAGE_MAX_LIMIT = 100
+MANAGE_DEFAULT_LIMIT = 50
+
+
+def manage_partner(partner, *, health: bool = False) -> dict[str, Any]:
+    """A partner as the management API shows it (a password in its URL redacted)."""
+    from integrations.delivery import redact_url
+
+    shown: dict[str, Any] = {
+        "partnerId": partner.pk,
+        "name": partner.name,
+        "baseUrl": redact_url(partner.base_url),
+        "incomingMessagePath": partner.incoming_message_path,
+        "sendMessagePath": partner.send_message_path,
+        "channels": list(partner.channels or []),
+        "connectTimeout": partner.connect_timeout,
+        "timeout": partner.timeout,
+        "retrySchedule": partner.retry_schedule,
+        "rateLimit": partner.rate_limit,
+        "state": partner.state,
+        "stateReason": partner.state_reason,
+        "stateChangedAt": _iso(partner.state_changed_at),
+        "createdAt": _iso(partner.created_at),
+    }
+    if health:
+        figures = partner_health(partner=partner)
+        shown["health"] = {
+            "consecutiveFailures": partner.consecutive_failures,
+            "lastSuccessAt": _iso(partner.last_success_at),
+            "lastFailureAt": _iso(partner.last_failure_at),
+            "lastError": partner.last_error,
+            "successRate24h": figures["success_rate_24h"],
+            "latencyP50Ms": figures["latency_p50_ms"],
+            "latencyP95Ms": figures["latency_p95_ms"],
+            "waiting": figures["pending"],
+            "dead": figures["dead"],
+        }
+    return shown
+
+
+def manage_key(key) -> dict[str, Any]:
+    return {
+        "prefix": key.prefix,
+        "name": key.name,
+        "createdAt": _iso(key.created_at),
+        "lastUsedAt": _iso(key.last_used_at),
+        "expiresAt": _iso(key.expires_at),
+        "revokedAt": _iso(key.revoked_at),
+    }
+
+
+def manage_delivery(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "deliveryId": delivery.pk,
+        "eventId": str(delivery.event_id),
+        "ticketNumber": delivery.ticket_number,  # annotated or loaded by the caller
+        "target": delivery.target,
+        "partnerId": delivery.partner_id,
+        "endpoint": delivery.endpoint,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "nextAttemptAt": _iso(delivery.next_attempt_at),
+        "lastStatusCode": delivery.last_status_code,
+        "lastError": delivery.last_error,
+        "createdAt": _iso(delivery.created_at),
+        "deliveredAt": _iso(delivery.delivered_at),
+    }
+
+
+@dataclass(frozen=True)
+class DeliveryFilters:
+    status: str = ""
+    partner_id: int | None = None
+    ticket_number: str = ""
+    event_id: uuid.UUID | None = None
+    since: Any = None
+    until: Any = None
+
+
+def manage_deliveries(
+    *, tenant: Tenant, filters: DeliveryFilters, before: int | None, limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """A tenant's deliveries, newest first, `limit` at a time below id `before`; returns
+    the page and the id to continue below (None: the end). Filtered by partner and status
+    it reads the (partner, status, id) index backwards (bench/logscale.py)."""
+    from django.db.models import F
+
+    rows = Delivery.objects.filter(tenant=tenant)
+    if filters.status:
+        rows = rows.filter(status=filters.status)
+    if filters.partner_id is not None:
+        rows = rows.filter(partner_id=filters.partner_id)
+    if filters.ticket_number:
+        rows = rows.filter(ticket__ticket_number=filters.ticket_number)
+    if filters.event_id is not None:
+        rows = rows.filter(event_id=filters.event_id)
+    if filters.since is not None:
+        rows = rows.filter(created_at__gte=filters.since)
+    if filters.until is not None:
+        rows = rows.filter(created_at__lt=filters.until)
+    if before is not None:
+        rows = rows.filter(pk__lt=before)
+    page = list(
+        rows.annotate(ticket_number=F("ticket__ticket_number")).order_by("-id")[: limit + 1]
+    )
+    more = len(page) > limit
+    page = page[:limit]
+    return [manage_delivery(d) for d in page], (page[-1].pk if more and page else None)
+
+
+def manage_delivery_detail(delivery: Delivery) -> dict[str, Any]:
+    """A delivery with its attempt log (oldest first)."""
+    delivery.ticket_number = delivery.ticket.ticket_number
+    shown = manage_delivery(delivery)
+    shown["attemptLog"] = [
+        {
+            "number": a.number,
+            "attemptedAt": _iso(a.created_at),
+            "url": a.url,
+            "statusCode": a.response_status,
+            "outcome": a.outcome,
+            "durationMs": a.duration_ms,
+            "error": a.error_message,
+            "responseExcerpt": a.response_body[:2000],
+        }
+        for a in delivery.attempts_log.order_by("number")
+    ]
+    return shown
+
+
+def manage_ticket(*, tenant: Tenant, ticket_number: str) -> dict[str, Any]:
+    """A ticket of the tenant and its timeline: every event in order with its deliveries'
+    status. Raises NotFound."""
+    ticket = (
+        Ticket.objects.filter(tenant=tenant, ticket_number=ticket_number).first()
+        if _storable(ticket_number)
+        else None
+    )
+    if ticket is None:
+        raise NotFound(f"No ticket {ticket_number!r}.", code="ticket_not_found")
+    return {
+        "ticketNumber": ticket.ticket_number,
+        "channel": ticket.channel,
+        "status": ticket.status,
+        "customerName": ticket.customer_name,
+        "createdDate": _iso(ticket.created_date),
+        "closedAt": _iso(ticket.closed_at),
+        "timeline": [
+            {
+                "eventId": str(item["event"].pk),
+                "kind": item["event"].kind,
+                "source": item["event"].source,
+                "sequence": item["event"].sequence,
+                "receivedAt": _iso(item["event"].received_at),
+                "payload": item["payload"],
+                "deliveries": [
+                    {
+                        "deliveryId": d.pk,
+                        "target": d.target,
+                        "partnerId": d.partner_id,
+                        "status": d.status,
+                        "attempts": d.attempts,
+                        "lastStatusCode": d.last_status_code,
+                    }
+                    for d in item["deliveries"]
+                ],
+            }
+            for item in ticket_timeline(ticket=ticket)
+        ],
+    }

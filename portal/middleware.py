@@ -19,6 +19,9 @@ class RequestIdMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request_id = logs.request_id_from(request.headers.get(HEADER))
+        # also on the request: Django logs a 4xx or 5xx answer ("Unauthorized: /api/…") after
+        # this returns, with the request on the record (integrations.logs.ContextFilter)
+        request.request_id = request_id  # type: ignore[attr-defined]
         token = logs.bind(request_id=request_id)
         try:
             response = self.get_response(request)

@@ -5,13 +5,13 @@
   integrations/logs.py. gunicorn.conf.py and the Celery processes (portal/celery.py) use the
   same formatters, so every process of a deployment writes the same format.
 - Traces: `tracing_start()` sets up OpenTelemetry (its SDK, the OTLP exporter and the Django,
-  Celery, requests and psycopg instrumentations) when OTEL_EXPORTER_OTLP_ENDPOINT (or
+  Celery and psycopg instrumentations) when OTEL_EXPORTER_OTLP_ENDPOINT (or
   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; nothing otherwise.
 - Errors: `sentry_start()` sets up sentry-sdk when SENTRY_DSN is set, with what would reveal
   a secret scrubbed from every report (`scrub_event`).
 
-This module imports neither Django's settings nor the portal's apps: gunicorn's master loads
-it before Django.
+This module reads no Django setting and imports no app, so gunicorn.conf.py and the Celery
+app module can use it before Django is set up.
 """
 
 from __future__ import annotations
@@ -66,7 +66,11 @@ def logging_config(fmt: str, level: str) -> dict[str, Any]:
             }
         },
         "root": {"handlers": ["console"], "level": level},
-        "loggers": {"django.db.backends": {"level": "WARNING"}},
+        "loggers": {
+            "django.db.backends": {"level": "WARNING"},
+            # Django's own DEBUG-only console handler would print a second, plain line
+            "django": {"handlers": [], "level": level, "propagate": True},
+        },
     }
 
 
@@ -116,7 +120,6 @@ def tracing_start(service: str, exporter: Any = None) -> bool:
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.django import DjangoInstrumentor
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
-    from opentelemetry.instrumentation.requests import RequestsInstrumentor
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -130,12 +133,10 @@ def tracing_start(service: str, exporter: Any = None) -> bool:
     else:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    for instrumentor in (
-        DjangoInstrumentor(),
-        CeleryInstrumentor(),
-        RequestsInstrumentor(),
-        PsycopgInstrumentor(),
-    ):
+    # Not the requests instrumentation: it would send our trace context to partners and
+    # export their URLs with the query (where a partner may keep a token); the outbox's own
+    # `delivery attempt` span stands for the POST, with a URL fit to show.
+    for instrumentor in (DjangoInstrumentor(), CeleryInstrumentor(), PsycopgInstrumentor()):
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument(tracer_provider=provider)
     _tracing_pid = os.getpid()
@@ -164,23 +165,23 @@ _SECRET_NAME = re.compile(
 # user:password.
 _SECRET_VALUE = re.compile(
     r"whsec_[A-Za-z0-9+/=_-]+"
-    r"|(?i:bearer|basic)\s+[A-Za-z0-9._~+/=-]+"
-    r"|\b[a-z]{3}_[0-9a-f]{12}\.[A-Za-z0-9_-]{20,}"
-    r"|(?<=://)[^/@\s:]+:[^/@\s]+(?=@)"
+    r"|(?i:bearer|basic)\s+\S+"
+    r"|[a-z]{3}_[0-9a-f]{12}\.[A-Za-z0-9_-]{20,}"
+    r"|(?<=://)[^/@\s:]*:[^/@\s]+(?=@)"
 )
 
 
 def scrub(value: Any, depth: int = 0) -> Any:
     """`value` with secret-named entries and secret-looking text replaced by FILTERED."""
     if depth > 12:
-        return value
+        return FILTERED  # deeper than anything Sentry sends: fail closed
     if isinstance(value, dict):
         return {
             k: FILTERED if isinstance(k, str) and _SECRET_NAME.search(k) else scrub(v, depth + 1)
             for k, v in value.items()
         }
-    if isinstance(value, list | tuple):
-        return type(value)(scrub(v, depth + 1) for v in value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return [scrub(v, depth + 1) for v in value]
     if isinstance(value, str):
         return _SECRET_VALUE.sub(FILTERED, value)
     return value
@@ -198,12 +199,18 @@ def sentry_start(dsn: str, *, environment: str = "", release: str = "") -> bool:
     import sentry_sdk
     from sentry_sdk.integrations.celery import CeleryIntegration
     from sentry_sdk.integrations.django import DjangoIntegration
+    from sentry_sdk.integrations.stdlib import StdlibIntegration
 
     sentry_sdk.init(
         dsn=dsn,
         environment=environment or None,
         release=release or None,
         integrations=[DjangoIntegration(), CeleryIntegration()],
+        # Nothing of Sentry's on the wire to partners (sentry-trace and baggage headers carry
+        # the DSN's key), and no breadcrumbs of outbound requests (their URLs may hold a
+        # partner's token in the query).
+        trace_propagation_targets=[],
+        disabled_integrations=[StdlibIntegration()],
         include_local_variables=False,
         max_request_body_size="never",
         before_send=scrub_event,

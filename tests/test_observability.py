@@ -232,13 +232,55 @@ def test_an_unhandled_api_error_reaches_sentry_with_secrets_scrubbed(
     "text",
     [
         "key prt_0123456789ab.Zm9vYmFyYmF6cXV4cXV1eGZvb2Jhcg in a message",
+        "glued x_prt_0123456789ab.Zm9vYmFyYmF6cXV4cXV1eGZvb2Jhcg",
         "Authorization: Bearer abc.def-ghi",
+        "Authorization: Bearer free{text}token",
         "secret whsec_c2VjcmV0LXNpZ25pbmcta2V5",
         "https://portal-user:p4ss@host/path",
+        "broker redis://:p4ss@redis:6379/0",
     ],
 )
 def test_secret_looking_text_is_scrubbed(text):
-    scrubbed = observability.scrub({"message": text, "nested": [{"token": "t0k3n"}]})
+    scrubbed = observability.scrub(
+        {"message": text, "nested": [{"token": "t0k3n"}], "pair": ("a", text)}
+    )
     assert observability.FILTERED in scrubbed["message"]
     assert scrubbed["nested"][0]["token"] == observability.FILTERED
-    assert not any(part in scrubbed["message"] for part in ("Zm9vYmFy", "abc.def", "c2Vj", "p4ss"))
+    secrets = ("Zm9vYmFy", "abc.def", "free{text}", "c2Vj", "p4ss")
+    assert not any(part in scrubbed["message"] for part in secrets)
+    assert not any(part in scrubbed["pair"][1] for part in secrets)
+
+
+def test_scrubbing_fails_closed_past_its_depth():
+    deep: object = "whsec_c2VjcmV0"
+    for _ in range(20):
+        deep = {"a": deep}
+    assert "c2VjcmV0" not in json.dumps(observability.scrub(deep))
+
+
+def test_a_line_django_logs_after_the_response_still_has_the_request_id():
+    class Request:
+        request_id = "req-after"
+
+    record = logging.LogRecord("django.request", logging.WARNING, "", 0, "Unauthorized", (), None)
+    record.request = Request()
+    assert logs.ContextFilter().filter(record) and record.request_id == "req-after"
+
+
+def test_with_sentry_on_nothing_of_sentrys_reaches_a_partner(
+    sentry_inbox, engine_api, partner, partner_server_factory
+):
+    server = partner_server_factory(lambda r, n: (200, b"{}", {}))
+    partner.base_url = f"{server.url}/hook?token=partner-query-secret"
+    partner.save()
+    engine_api.post(IN, incoming_body())
+    # (a Celery task runs inside a Sentry transaction)
+    with sentry_sdk.start_transaction(name="integrations.tasks.delivery_send_batch"):
+        assert send_one(delivery_id=Delivery.objects.get().pk) == "succeeded"
+    (received,) = server.received
+    assert not {"sentry-trace", "baggage", "traceparent"} & set(received.headers)
+    # and no breadcrumb of the outbound request (its query) goes to Sentry
+    sentry_sdk.capture_message("after the attempt", level="error")
+    sentry_sdk.flush(timeout=5)
+    sent = json.dumps(sentry_inbox())
+    assert "after the attempt" in sent and "partner-query-secret" not in sent

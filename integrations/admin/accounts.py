@@ -19,8 +19,10 @@ from integrations.admin.scoping import (
     SUPPORT,
     TenantScopedAdmin,
     tenant_ids_for,
+    tenant_roles,
 )
-from integrations.models import Tenant, TenantMembership
+from integrations.delivery import redact_url
+from integrations.models import ManagementToken, Tenant, TenantMembership
 from integrations.services.accounts import (
     TENANT_SETTINGS,
     operations_secret_rotate,
@@ -29,6 +31,8 @@ from integrations.services.accounts import (
     tenant_update,
     user_create,
 )
+from integrations.services.management import management_token_create, management_token_revoke
+from integrations.services.partners import keep_stored_password
 
 
 class TenantForm(ServiceCleanedForm):
@@ -66,7 +70,17 @@ class TenantForm(ServiceCleanedForm):
         model = Tenant
         fields = list(TENANT_SETTINGS)
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A password written into the operations URL is never sent back to the browser.
+        if self.instance.pk and self.instance.operations_url:
+            self.initial["operations_url"] = redact_url(self.instance.operations_url)
+
     def service_clean(self, **values):
+        if "operations_url" in values and self.instance.pk:
+            values["operations_url"] = keep_stored_password(
+                values["operations_url"] or "", self.instance.operations_url
+            )
         # The token is never sent to the browser, so an empty field means "keep it".
         if values.get("engine_token", "") == "" and self.instance.pk:
             values["engine_token"] = self.instance.engine_token
@@ -105,7 +119,7 @@ class TenantAdmin(TenantScopedAdmin):
     ]
 
     def get_readonly_fields(self, request, obj=None):
-        shown = ["engine_token_state", "operations_secret_state"]
+        shown = ["engine_token_state", "operations_secret_state", "operations_url_shown"]
         return shown if request.user.is_superuser else [*shown, "owner", "is_active"]
 
     def get_fieldsets(self, request, obj=None):
@@ -118,12 +132,17 @@ class TenantAdmin(TenantScopedAdmin):
             "engine_token": "engine_token_state",
             "clear_engine_token": None,
             "new_operations_secret": None,
+            "operations_url": "operations_url_shown",
         }
         return fieldsets_swapped(fieldsets, hidden)
 
     @admin.display(description=_("engine bearer token"))
     def engine_token_state(self, obj):
         return _("set (never shown)") if obj.engine_token else _("not set")
+
+    @admin.display(description=_("operations URL"))
+    def operations_url_shown(self, obj):
+        return redact_url(obj.operations_url) if obj.operations_url else "-"
 
     @admin.display(description=_("operations signing secret"))
     def operations_secret_state(self, obj):
@@ -223,3 +242,70 @@ class TenantMembershipAdmin(TenantScopedAdmin):
     def activate_users(self, request, queryset):
         count = self._set_active(request, queryset, True)
         messages.success(request, _("%(n)d user(s) activated.") % {"n": count})
+
+
+class ManagementTokenForm(forms.ModelForm):
+    class Meta:
+        model = ManagementToken
+        fields = ["tenant", "role", "name", "expires_at"]
+
+
+@admin.register(ManagementToken)
+class ManagementTokenAdmin(TenantScopedAdmin):
+    """Tokens of the management API (SPEC §8): made by tenant admins, shown once, revoked
+    at once; support staff see that they exist."""
+
+    role_permissions = {ADMIN: {"view", "add", "change"}, SUPPORT: {"view"}}
+    form = ManagementTokenForm
+    list_display = ["prefix", "name", "role", "tenant", "expires_at", "revoked_at", "last_used_at"]
+    list_filter = ["role"]
+    list_select_related = ["tenant"]
+    search_fields = ["=prefix", "name"]
+    actions = ["revoke_tokens"]
+
+    def get_fields(self, request, obj=None):
+        if obj is not None:
+            return ["prefix", "name", "role", "tenant", "created_by", "created_at"] + [
+                "expires_at",
+                "revoked_at",
+                "last_used_at",
+            ]
+        return ["tenant", "role", "name", "expires_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
+        return ["prefix", "role", "tenant", "created_by", "created_at", "revoked_at"] + [
+            "last_used_at"
+        ]
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "tenant" and not request.user.is_superuser:
+            kwargs["queryset"] = Tenant.objects.filter(
+                pk__in=[
+                    tenant_id
+                    for tenant_id, role in tenant_roles(request).items()
+                    if role == TenantMembership.Role.ADMIN
+                ]
+            )
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return super().save_model(request, obj, form, change)
+        token, raw = management_token_create(
+            tenant=form.cleaned_data["tenant"],
+            role=form.cleaned_data["role"],
+            name=form.cleaned_data.get("name") or "",
+            created_by=request.user,
+            expires_at=form.cleaned_data.get("expires_at"),
+        )
+        copy_saved(obj, token)
+        show_once(request, _("Management token"), raw)
+
+    @admin.action(description=_("Revoke the selected tokens now"), permissions=["change"])
+    def revoke_tokens(self, request, queryset):
+        for token in queryset:
+            management_token_revoke(token=token)
+            self.log_change(request, token, "Revoked.")
+        messages.success(request, _("Tokens revoked."))

@@ -9,6 +9,7 @@ from rest_framework.throttling import SimpleRateThrottle
 
 from integrations.errors import Forbidden, Unauthorized
 from integrations.services.accounts import Principal, principal_authenticate
+from integrations.services.management import manager_authenticate
 from portal.env import parse_rate
 
 
@@ -79,3 +80,26 @@ class PartnerRateThrottle(SimpleRateThrottle):
 
     def get_cache_key(self, request, view) -> str:
         return self.cache_format % {"scope": self.scope, "ident": request.user.api_key.prefix}
+
+
+class ManagementTokenAuthentication(BaseAuthentication):
+    """`Authorization: Bearer <management token>` (SPEC §8); sets request.user to the
+    Manager. Partner and engine keys are refused (401)."""
+
+    def authenticate(self, request):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        scheme, _, raw = header.partition(" ")
+        if not header:
+            raise Unauthorized(
+                "Send a management token as 'Authorization: Bearer <token>'.",
+                code="not_authenticated",
+            )
+        if scheme.lower() != "bearer" or not raw.strip():
+            raise Unauthorized(
+                "The Authorization header must be 'Bearer <token>'.", code="invalid_token"
+            )
+        manager = manager_authenticate(raw.strip())
+        return manager, manager.token
+
+    def authenticate_header(self, request) -> str:
+        return 'Bearer realm="manage"'

@@ -130,8 +130,8 @@ class EventDeliverySerializer(DeliveryStatusSerializer):
 
 class EventDetailSerializer(serializers.Serializer):
     eventId = serializers.UUIDField()
-    kind = serializers.ChoiceField(choices=["incoming", "outgoing", "command"])
-    source = serializers.ChoiceField(choices=["engine", "partner"])
+    kind = serializers.ChoiceField(choices=["incoming", "outgoing", "command", "operations"])
+    source = serializers.ChoiceField(choices=["engine", "partner", "portal"])
     owner = serializers.CharField()
     ticketNumber = serializers.CharField()
     receivedAt = serializers.DateTimeField()

@@ -9,7 +9,14 @@ secrets, API keys) and what happened (`log`: contacts, tickets, events, deliveri
 idempotency records, worker heartbeats).
 """
 
-from integrations.models.accounts import ApiKey, Partner, SigningSecret, Tenant, TenantMembership
+from integrations.models.accounts import (
+    ApiKey,
+    ManagementToken,
+    Partner,
+    SigningSecret,
+    Tenant,
+    TenantMembership,
+)
 from integrations.models.log import (
     Contact,
     Delivery,
@@ -27,6 +34,7 @@ __all__ = [
     "DeliveryAttempt",
     "Event",
     "IdempotencyRecord",
+    "ManagementToken",
     "Partner",
     "SigningSecret",
     "Tenant",

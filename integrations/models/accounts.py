@@ -214,3 +214,39 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.get_kind_display()})"
+
+
+class ManagementToken(models.Model):
+    """A bearer token of the management API (SPEC §8): one tenant's, with the role it acts
+    in; stored as a prefix plus a SHA-256 hash, the raw value shown once."""
+
+    tenant = models.ForeignKey(
+        Tenant,
+        verbose_name=_("tenant"),
+        on_delete=models.CASCADE,
+        related_name="management_tokens",
+    )
+    role = models.CharField(_("role"), max_length=16, choices=TenantMembership.Role.choices)
+    name = models.CharField(_("name"), max_length=200, blank=True)
+    prefix = models.CharField(_("prefix"), max_length=32, unique=True)
+    token_hash = models.CharField(_("token hash"), max_length=64)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("created by"),
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
+    revoked_at = models.DateTimeField(_("revoked at"), null=True, blank=True)
+    last_used_at = models.DateTimeField(_("last used at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("management token")
+        verbose_name_plural = _("management tokens")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name or self.prefix} ({self.role})"

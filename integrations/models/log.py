@@ -127,8 +127,9 @@ class Event(models.Model):
     # The id of the API request that brought the event (X-Request-ID), on the worker's log
     # lines about its deliveries too; and, with tracing on, that request's W3C traceparent,
     # so the deliveries' spans join its trace (SPEC §10).
-    request_id = models.CharField(_("request ID"), max_length=64, blank=True, default="")
-    trace_context = models.CharField(_("trace context"), max_length=128, blank=True, default="")
+    # (defaults in the database too: bulk loads and raw inserts that name neither still work)
+    request_id = models.CharField(_("request ID"), max_length=64, blank=True, db_default="")
+    trace_context = models.CharField(_("trace context"), max_length=128, blank=True, db_default="")
 
     class Meta:
         verbose_name = _("event")
@@ -224,7 +225,9 @@ class Delivery(models.Model):
             models.Index(fields=["status", "next_attempt_at"], name="delivery_due_idx"),
             models.Index(fields=["target", "ticket", "id"], name="delivery_order_idx"),
             models.Index(fields=["tenant", "-created_at"], name="delivery_tenant_time_idx"),
-            models.Index(fields=["partner", "status"], name="delivery_partner_status_idx"),
+            # (partner, status) counts and the management API's list of a partner's
+            # deliveries by status, newest first (a backwards read of this index)
+            models.Index(fields=["partner", "status", "id"], name="delivery_partner_status_id_idx"),
         ]
 
     def __str__(self) -> str:

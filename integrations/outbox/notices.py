@@ -27,6 +27,7 @@ DELIVERY_DEAD = "delivery.dead"
 NOTICE_TYPES = (PARTNER_PAUSED, PARTNER_RESUMED, DELIVERY_DEAD)
 
 OPERATIONS_TICKET = "operations notices"
+OPERATIONS_CHANNEL = "operations"
 
 
 def _iso(at: datetime) -> str:
@@ -97,7 +98,7 @@ def _operations_ticket(tenant: Tenant, now: datetime) -> Ticket:
         tenant=tenant,
         ticket_number=OPERATIONS_TICKET,
         defaults={
-            "channel": "operations",
+            "channel": OPERATIONS_CHANNEL,
             "account_id": "",
             "customer_name": "Operations",
             "created_date": now,

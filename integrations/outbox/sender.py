@@ -114,10 +114,19 @@ def delivery_send(
             "delivery attempt",
             stored=event.trace_context,
             within=within,
-            attributes={"portal.delivery_id": str(delivery.pk), "portal.event_id": str(event.pk)},
-        ),
+            attributes={
+                "portal.delivery_id": str(delivery.pk),
+                "portal.event_id": str(event.pk),
+                **tracing.url_attributes(target.url),
+            },
+        ) as span,
     ):
-        return _delivery_send(delivery, target, schedule)
+        finished = _delivery_send(delivery, target, schedule)
+        if span.is_recording() and finished.result is not None:
+            span.set_attribute("portal.outcome", str(finished.result.outcome))
+            if finished.result.status_code is not None:
+                span.set_attribute("http.response.status_code", finished.result.status_code)
+        return finished
 
 
 def attempt_ids(delivery: Delivery) -> dict[str, object]:

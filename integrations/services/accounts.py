@@ -19,6 +19,7 @@ from integrations.models import ApiKey, Partner, SigningSecret, Tenant, TenantMe
 from integrations.services.fields import (
     base_url_clean,
     collect_errors,
+    endpoint_url_clean,
     optional,
     path_clean,
     required_text,
@@ -67,7 +68,7 @@ _TENANT_CLEANERS: dict[str, Callable[[Any], Any]] = {
     "engine_send_message_path": lambda path: path_clean(path, leading_slash=False),
     "engine_command_path": lambda path: path_clean(path, leading_slash=False),
     "engine_token": text(500),
-    "operations_url": optional(lambda url: base_url_clean(url, max_length=500)),
+    "operations_url": optional(lambda url: endpoint_url_clean(url, max_length=500)),
 }
 
 

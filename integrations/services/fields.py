@@ -37,6 +37,14 @@ def base_url_clean(url: str, *, max_length: int = 2048) -> str:
     return url.rstrip("/")
 
 
+def endpoint_url_clean(url: str, *, max_length: int = 2048) -> str:
+    """An absolute http(s) URL that is posted to as it is (a trailing slash kept: a
+    receiver that redirects the other form would answer 3xx, which is final).
+    Raises ValueError."""
+    base_url_clean(url, max_length=max_length)
+    return url.strip()
+
+
 def path_clean(path: str, *, leading_slash: bool = True) -> str:
     """A URL path: no white space, at most 500 characters, starting with '/' unless
     `leading_slash` is False. Raises ValueError."""

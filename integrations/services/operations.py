@@ -45,10 +45,12 @@ def delivery_redeliver(*, delivery: Delivery) -> Delivery:
     once the engine relay is configured. Raises Conflict if it is not final yet, or is an
     engine relay with still no engine configured.
     """
-    if delivery.status == Delivery.Status.NOT_CONFIGURED and not relay_url(
-        delivery.tenant, delivery.endpoint
-    ):
-        raise Conflict("Configure the engine relay first.", code="not_configured")
+    if delivery.status == Delivery.Status.NOT_CONFIGURED:
+        if delivery.target == Delivery.OPERATIONS_TARGET:
+            if not delivery.tenant.operations_url:
+                raise Conflict("Set the tenant's operations URL first.", code="not_configured")
+        elif not relay_url(delivery.tenant, delivery.endpoint):
+            raise Conflict("Configure the engine relay first.", code="not_configured")
     now = timezone.now()
     restarted = _restart(
         Delivery.objects.filter(pk=delivery.pk, status__in=Delivery.FINAL_STATUSES), now
@@ -103,7 +105,13 @@ def partner_resume(*, partner: Partner) -> Partner:
     in per-ticket order (the dispatcher picks them up at once)."""
     now = timezone.now()
     with transaction.atomic():
-        was_paused = Partner.objects.filter(pk=partner.pk, state=Partner.State.PAUSED).exists()
+        # (locked: a pause committing meanwhile is seen, and told of, before this resume)
+        state = (
+            Partner.objects.select_for_update()
+            .filter(pk=partner.pk)
+            .values_list("state", flat=True)
+        )
+        was_paused = state.first() == Partner.State.PAUSED
         Partner.objects.filter(pk=partner.pk).update(
             state=Partner.State.ACTIVE,
             state_reason="",

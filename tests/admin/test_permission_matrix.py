@@ -14,6 +14,7 @@ from integrations.models import (
     DeliveryAttempt,
     Event,
     IdempotencyRecord,
+    ManagementToken,
     Partner,
     SigningSecret,
     Tenant,
@@ -21,6 +22,7 @@ from integrations.models import (
     Ticket,
     WorkerHeartbeat,
 )
+from integrations.services.management import management_token_create
 from integrations.services.partners import partner_create
 from tests.factories import ContactFactory, TenantFactory, TicketFactory
 
@@ -33,6 +35,7 @@ MATRIX = {
     TenantMembership: (ALL, {V}),
     Partner: ({V, A, C}, {V}),
     ApiKey: ({V, A, C}, {V}),
+    ManagementToken: ({V, A, C}, {V}),
     SigningSecret: ({V}, {V}),
     Contact: ({V}, {V}),
     Ticket: ({V}, {V}),
@@ -92,6 +95,7 @@ def _world(tenant):
         TenantMembership: membership,
         Partner: partner,
         ApiKey: ApiKey.objects.get(partner=partner),
+        ManagementToken: management_token_create(tenant=tenant, role="support")[0],
         SigningSecret: partner.secrets.get(),
         Contact: contact,
         Ticket: ticket,
