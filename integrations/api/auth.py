@@ -13,21 +13,25 @@ from integrations.services.management import manager_authenticate
 from portal.env import parse_rate
 
 
+def _bearer(request, what: str, word: str, invalid: str) -> str:
+    """The credential of `Authorization: Bearer <credential>`; raises Unauthorized naming
+    `what` (the credential), `word` (its placeholder) and the code `invalid`."""
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _, raw = header.partition(" ")
+    if not header:
+        raise Unauthorized(
+            f"Send {what} as 'Authorization: Bearer <{word}>'.", code="not_authenticated"
+        )
+    if scheme.lower() != "bearer" or not raw.strip():
+        raise Unauthorized(f"The Authorization header must be 'Bearer <{word}>'.", code=invalid)
+    return raw.strip()
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     """`Authorization: Bearer <key>`; sets request.user to the Principal."""
 
     def authenticate(self, request):
-        header = request.META.get("HTTP_AUTHORIZATION", "")
-        scheme, _, raw = header.partition(" ")
-        if not header:
-            raise Unauthorized(
-                "Send your API key as 'Authorization: Bearer <key>'.", code="not_authenticated"
-            )
-        if scheme.lower() != "bearer" or not raw.strip():
-            raise Unauthorized(
-                "The Authorization header must be 'Bearer <key>'.", code="invalid_key"
-            )
-        principal = principal_authenticate(raw.strip())
+        principal = principal_authenticate(_bearer(request, "your API key", "key", "invalid_key"))
         return principal, principal.api_key
 
     def authenticate_header(self, request) -> str:
@@ -87,18 +91,8 @@ class ManagementTokenAuthentication(BaseAuthentication):
     Manager. Partner and engine keys are refused (401)."""
 
     def authenticate(self, request):
-        header = request.META.get("HTTP_AUTHORIZATION", "")
-        scheme, _, raw = header.partition(" ")
-        if not header:
-            raise Unauthorized(
-                "Send a management token as 'Authorization: Bearer <token>'.",
-                code="not_authenticated",
-            )
-        if scheme.lower() != "bearer" or not raw.strip():
-            raise Unauthorized(
-                "The Authorization header must be 'Bearer <token>'.", code="invalid_token"
-            )
-        manager = manager_authenticate(raw.strip())
+        raw = _bearer(request, "a management token", "token", "invalid_token")
+        manager = manager_authenticate(raw)
         return manager, manager.token
 
     def authenticate_header(self, request) -> str:

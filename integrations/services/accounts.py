@@ -31,7 +31,8 @@ from integrations.webhooks import generate_secret
 KEY_PREFIXES = {ApiKey.Kind.PARTNER: "prt", ApiKey.Kind.ENGINE: "eng"}
 
 
-def _hash_key(raw: str) -> str:
+def hash_credential(raw: str) -> str:
+    """What is stored of a bearer credential (API key, management token): its SHA-256."""
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
@@ -171,7 +172,7 @@ def _key_generate(key: ApiKey) -> str:
     a SHA-256 hash are kept)."""
     prefix = f"{KEY_PREFIXES[key.kind]}_{secrets.token_hex(6)}"
     raw = f"{prefix}.{secrets.token_urlsafe(32)}"
-    key.prefix, key.key_hash = prefix, _hash_key(raw)
+    key.prefix, key.key_hash = prefix, hash_credential(raw)
     return raw
 
 
@@ -227,7 +228,7 @@ def principal_authenticate(raw: str) -> Principal:
     key = ApiKey.objects.select_related("partner__tenant").filter(prefix=prefix).first()
     # Compare hashes in constant time even when the prefix is unknown.
     expected = key.key_hash if key else "0" * 64
-    if not hmac.compare_digest(expected, _hash_key(raw)) or key is None:
+    if not hmac.compare_digest(expected, hash_credential(raw)) or key is None:
         raise Unauthorized("The API key is not valid.", code="invalid_key")
     now = timezone.now()
     if key.revoked_at is not None:

@@ -9,7 +9,6 @@ history as a change made in the admin (who, when, what).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
@@ -23,16 +22,13 @@ from django.utils import timezone
 
 from integrations.errors import Forbidden, NotFound, PortalError, Unauthorized
 from integrations.models import ManagementToken, Tenant, TenantMembership
+from integrations.services.accounts import hash_credential
 
 TOKEN_PREFIX = "mgt"
 ADMIN, SUPPORT = TenantMembership.Role.ADMIN, TenantMembership.Role.SUPPORT
 # The user the admin's history names for changes made with a token nobody created in the UI
 # (`create_management_token`): inactive, without a password, never able to sign in.
 API_USER = "management-api"
-
-
-def _hash(raw: str) -> str:
-    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
 def management_token_create(
@@ -64,7 +60,7 @@ def management_token_create(
         role=role,
         name=name[:200],
         prefix=prefix,
-        token_hash=_hash(raw),
+        token_hash=hash_credential(raw),
         created_by=created_by if getattr(created_by, "pk", None) else None,
         expires_at=expires_at,
     )
@@ -118,7 +114,7 @@ def manager_authenticate(raw: str) -> Manager:
         else None
     )
     expected = token.token_hash if token else "0" * 64
-    if not hmac.compare_digest(expected, _hash(raw)) or token is None:
+    if not hmac.compare_digest(expected, hash_credential(raw)) or token is None:
         raise Unauthorized("The management token is not valid.", code="invalid_token")
     now = timezone.now()
     if token.revoked_at is not None:
