@@ -337,6 +337,11 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
+# The partner portal (SPEC §9): how long a sign-in link stays valid (it is single-use), and
+# how long the session it opens lasts.
+PORTAL_PARTNER_LINK_TTL = env_int("PORTAL_PARTNER_LINK_TTL", 3600, minimum=60)
+PORTAL_PARTNER_SESSION_TTL = env_int("PORTAL_PARTNER_SESSION_TTL", 12 * 3600, minimum=300)
+
 # Plain lines by default; PORTAL_LOG_FORMAT=json gives one JSON object per line with the
 # request, tenant, event, delivery and partner ids (portal/observability.py, SPEC §10).
 try:

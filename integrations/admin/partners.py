@@ -45,6 +45,7 @@ from integrations.services.partners import (
     partner_update,
     signing_secret_rotate,
 )
+from integrations.services.portal import portal_link_create
 
 
 class ApiKeyInline(ReadOnlyScopedInline):
@@ -128,7 +129,7 @@ class PartnerAdmin(TenantScopedAdmin):
     search_fields = ["name", "=tenant__owner"]
     list_select_related = ["tenant"]
     inlines = [ApiKeyInline]
-    actions = ["disable_partners", "resume_partners", "rotate_secrets", "new_keys"]
+    actions = ["disable_partners", "resume_partners", "rotate_secrets", "new_keys", "portal_links"]
     fieldsets = [
         (
             None,
@@ -276,6 +277,20 @@ class PartnerAdmin(TenantScopedAdmin):
             key, raw = api_key_create(kind=ApiKey.Kind.PARTNER, partner=partner, name="rotation")
             self.log_change(request, partner, f"API key {key.prefix} created.")
             show_once(request, _("New API key of %(name)s") % {"name": partner.name}, raw)
+
+    @admin.action(
+        description=_("Give a partner portal sign-in link (single use)"), permissions=["change"]
+    )
+    def portal_links(self, request, queryset):
+        for partner in queryset:
+            path, expires_at = portal_link_create(partner=partner, created_by=request.user)
+            self.log_change(request, partner, "Partner portal sign-in link given.")
+            show_once(
+                request,
+                _("Sign-in link of %(name)s, valid once until %(until)s")
+                % {"name": partner.name, "until": f"{expires_at:%Y-%m-%d %H:%M:%S %Z}"},
+                request.build_absolute_uri(path),
+            )
 
 
 class ApiKeyForm(forms.ModelForm):

@@ -6,7 +6,7 @@ change is recorded in the admin's history (services/management.change_record).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,6 +29,7 @@ from integrations.services import operations
 from integrations.services.accounts import api_key_create, api_key_revoke, tenant_update
 from integrations.services.management import ADDITION, Manager, change_record, owned
 from integrations.services.partners import partner_create, partner_update, signing_secret_rotate
+from integrations.services.portal import portal_link_create
 
 TAG = ["management"]
 _READ_ERRORS = {code: ErrorSerializer for code in (400, 401, 403, 404)}
@@ -95,11 +96,13 @@ def _when(value: Any, name: str) -> datetime:
     """An ISO 8601 time with its offset; 400 otherwise."""
     try:
         parsed = parse_datetime(value) if isinstance(value, str) else None
-    except ValueError:  # well-formed, but no such time (12:99, February 30)
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
+        # in UTC: PostgreSQL takes offsets up to 15:59 only (+23:42 is valid ISO 8601)
+        utc = parsed.astimezone(UTC) if parsed is not None and parsed.tzinfo else None
+    except (ValueError, OverflowError):  # no such time (12:99), or out of range in UTC
+        utc = None
+    if utc is None:
         raise _invalid({name: ["An ISO 8601 time with its offset (e.g. 2026-12-01T10:00:00Z)."]})
-    return parsed
+    return utc
 
 
 def _limit(request: Request) -> int:
@@ -430,6 +433,27 @@ class RecoverView(ManageView):
             message=f"Recovered {queued} dead deliveries created in [{since}, {until}).",
         )
         return Response({"queued": queued})
+
+
+class PortalLinksView(ManageView):
+    admin_only = frozenset({"POST"})
+
+    @extend_schema(
+        tags=TAG,
+        summary="A single-use sign-in link to the partner portal (SPEC §9)",
+        parameters=[PARTNER_PARAM],
+        request=None,
+        responses={201: schemas.PortalLinkSerializer, **_WRITE_ERRORS},
+    )
+    def post(self, request: Request, partner_id: int) -> Response:
+        partner = self.partner(request, partner_id)
+        manager = self.manager(request)
+        path, expires_at = portal_link_create(partner=partner, created_by=manager.token.created_by)
+        change_record(manager=manager, obj=partner, message="Partner portal sign-in link given.")
+        return Response(
+            {"url": request.build_absolute_uri(path), "expiresAt": selectors._iso(expires_at)},
+            status=201,
+        )
 
 
 # --- deliveries and tickets -------------------------------------------------------------------

@@ -196,3 +196,8 @@ class TenantPatchedSerializer(TenantSerializer):
     operationsSigningSecret = serializers.CharField(
         required=False, help_text="Present (and shown once) when a new one was made."
     )
+
+
+class PortalLinkSerializer(serializers.Serializer):
+    url = serializers.CharField(help_text="Single use; shown once.")
+    expiresAt = serializers.DateTimeField()

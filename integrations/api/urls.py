@@ -49,6 +49,11 @@ urlpatterns = [
         manage.RecoverView.as_view(),
         name="manage-recover",
     ),
+    path(
+        "manage/partners/<int:partner_id>/portal-links",
+        manage.PortalLinksView.as_view(),
+        name="manage-portal-links",
+    ),
     path("manage/deliveries", manage.DeliveriesView.as_view(), name="manage-deliveries"),
     path(
         "manage/deliveries/<int:delivery_id>",

@@ -250,3 +250,35 @@ class ManagementToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name or self.prefix} ({self.role})"
+
+
+class PartnerPortalLink(models.Model):
+    """A single-use sign-in link to the partner portal (SPEC §9): the raw token is in the
+    URL given to the partner, only its SHA-256 is kept; used once, before it expires."""
+
+    partner = models.ForeignKey(
+        Partner,
+        verbose_name=_("partner"),
+        on_delete=models.CASCADE,
+        related_name="portal_links",
+    )
+    token_hash = models.CharField(_("token hash"), max_length=64, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("created by"),
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    expires_at = models.DateTimeField(_("expires at"))
+    used_at = models.DateTimeField(_("used at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("partner portal link")
+        verbose_name_plural = _("partner portal links")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"portal link of {self.partner_id} ({self.created_at:%Y-%m-%d %H:%M})"

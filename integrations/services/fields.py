@@ -7,15 +7,18 @@ field; `collect_errors` runs several and raises one PortalError keyed by field n
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 
 from integrations.errors import PortalError
+from integrations.outbox.targets import outbound_policy
 from integrations.payloads import CHANNEL_PATTERN, MAX_CHANNEL
 
 _CHANNEL_RE = re.compile(CHANNEL_PATTERN)
@@ -37,12 +40,32 @@ def base_url_clean(url: str, *, max_length: int = 2048) -> str:
     return url.rstrip("/")
 
 
+def outbound_url_check(url: str) -> str:
+    """Refuse a URL whose host is an address the outbound policy blocks (SSRF: private,
+    loopback, link-local, metadata... unless PORTAL_OUTBOUND_ALLOWLIST allows it), or
+    `localhost`; a host name is checked again at every connection, once resolved. Returns
+    the URL; raises ValueError naming the rule."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost" and not host.endswith(".localhost"):
+            return url
+        address = ipaddress.ip_address("127.0.0.1")
+    reason = outbound_policy().block_reason(host, address)
+    if reason:
+        raise ValueError(
+            f"The portal may not send to {host}: {reason} (PORTAL_OUTBOUND_ALLOWLIST can allow it)."
+        )
+    return url
+
+
 def endpoint_url_clean(url: str, *, max_length: int = 2048) -> str:
     """An absolute http(s) URL that is posted to as it is (a trailing slash kept: a
     receiver that redirects the other form would answer 3xx, which is final).
     Raises ValueError."""
     base_url_clean(url, max_length=max_length)
-    return url.strip()
+    return outbound_url_check(url.strip())
 
 
 def path_clean(path: str, *, leading_slash: bool = True) -> str:

@@ -23,6 +23,7 @@ from integrations.services.fields import (
     base_url_clean,
     channels_clean,
     collect_errors,
+    outbound_url_check,
     path_clean,
     required_text,
 )
@@ -75,7 +76,7 @@ def _rate_clean(value: str) -> str:
 
 _CLEANERS = {
     "name": required_text(200),
-    "base_url": base_url_clean,
+    "base_url": lambda url: outbound_url_check(base_url_clean(url)),
     "incoming_message_path": path_clean,
     "send_message_path": path_clean,
     "channels": channels_clean,

@@ -81,6 +81,7 @@ OPERATIONS = [
     ("POST", "/partners/{p}/secrets", {}, True),
     ("POST", "/partners/{p}/test", {}, False),
     ("POST", "/partners/{p}/recover", "window", False),
+    ("POST", "/partners/{p}/portal-links", {}, True),
     ("GET", "/deliveries", None, False),
     ("GET", "/deliveries/{d}", None, False),
     ("POST", "/deliveries/{d}/redeliver", {}, False),
@@ -362,6 +363,15 @@ def test_redeliver_recover_and_cancel(admin_token, support_token, delivered, par
     window = {"since": "2024-01-01T12:00:00Z", "until": "2024-01-01T12:99:00Z"}
     bad = support_token.call("POST", f"{M}/partners/{partner.pk}/recover", window)
     assert bad.status_code == 400 and set(bad.json()["errors"]) == {"until"}
+    # (and an offset PostgreSQL refuses, or a time out of range in UTC: found by schemathesis)
+    odd = support_token.call(
+        "GET", f"{M}/deliveries", QUERY_STRING="since=0186-03-11T16%3A12%3A53%2B23%3A42"
+    )
+    assert odd.status_code == 200
+    edge = support_token.call(
+        "GET", f"{M}/deliveries", QUERY_STRING="since=0001-01-01T00%3A00%3A00%2B05%3A00"
+    )
+    assert edge.status_code == 400 and "since" in edge.json()["errors"]
 
 
 def test_ticket_timeline(support_token, delivered):
@@ -400,3 +410,21 @@ def test_bodies_are_checked_before_anything(admin_token, partner):
     wrong_types = admin_token.call("PATCH", url, {"name": 5, "channels": "whatsapp"})
     assert wrong_types.status_code == 400
     assert set(wrong_types.json()["errors"]) == {"name", "channels"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest",
+        "http://10.0.0.5",
+        "http://[fd00::1]:8080",
+        "http://[::ffff:192.168.1.1]",
+    ],
+)
+def test_a_partner_url_the_outbound_policy_blocks_is_refused(admin_token, partner, url):
+    answer = admin_token.call("PATCH", f"{M}/partners/{partner.pk}", {"baseUrl": url})
+    assert answer.status_code == 400, answer.content
+    assert "may not send to" in answer.json()["errors"]["base_url"][0]
+    # (the allowlisted loopback of the tests is accepted)
+    ok = admin_token.call("PATCH", f"{M}/partners/{partner.pk}", {"baseUrl": "http://127.0.0.1:9"})
+    assert ok.status_code == 200
