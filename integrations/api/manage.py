@@ -226,6 +226,13 @@ class PartnerView(ManageView):
         summary="Change a partner's name, URL, paths, channels or delivery settings",
         parameters=[PARTNER_PARAM],
         request=schemas.PartnerPatchSerializer,
+        examples=[
+            OpenApiExample(
+                "New paths and a longer timeout",
+                value={"incomingMessagePath": "/v2/incoming", "timeout": 20},
+                request_only=True,
+            )
+        ],
         responses={200: schemas.PartnerDetailSerializer, **_WRITE_ERRORS},
     )
     def patch(self, request: Request, partner_id: int) -> Response:
@@ -305,6 +312,13 @@ class KeysView(ManageView):
         summary="A new API key for the partner (shown once); the others stay valid",
         parameters=[PARTNER_PARAM],
         request=schemas.KeyWriteSerializer,
+        examples=[
+            OpenApiExample(
+                "A key for a year",
+                value={"name": "production 2027", "expiresAt": "2027-12-01T00:00:00Z"},
+                request_only=True,
+            )
+        ],
         responses={201: schemas.KeyCreatedSerializer, **_WRITE_ERRORS},
     )
     def post(self, request: Request, partner_id: int) -> Response:
@@ -406,6 +420,13 @@ class RecoverView(ManageView):
         summary="Send again every dead delivery of the partner created in [since, until)",
         parameters=[PARTNER_PARAM],
         request=schemas.WindowSerializer,
+        examples=[
+            OpenApiExample(
+                "Last night's outage",
+                value={"since": "2026-12-01T00:00:00+07:00", "until": "2026-12-01T06:00:00+07:00"},
+                request_only=True,
+            )
+        ],
         responses={200: schemas.QueuedSerializer, **_WRITE_ERRORS},
     )
     def post(self, request: Request, partner_id: int) -> Response:
@@ -466,6 +487,32 @@ class DeliveriesView(ManageView):
         tags=TAG,
         summary="The tenant's deliveries, newest first",
         operation_id="manage_deliveries_list",
+        examples=[
+            OpenApiExample(
+                "A partner's dead deliveries",
+                value={
+                    "results": [
+                        {
+                            "deliveryId": 4211,
+                            "eventId": "3be851eb-8cac-4b42-a7fd-8d1dfd902e11",
+                            "ticketNumber": "294c9ea88f7e649f8c37ae895ebab247",
+                            "target": "partner:7",
+                            "partnerId": 7,
+                            "endpoint": "incoming",
+                            "status": "dead",
+                            "attempts": 8,
+                            "nextAttemptAt": None,
+                            "lastStatusCode": 503,
+                            "lastError": "HTTP 503",
+                            "createdAt": "2026-12-01T03:12:44.120000Z",
+                            "deliveredAt": None,
+                        }
+                    ],
+                    "next": "https://portal.example.com/api/v1/manage/deliveries?status=dead&partnerId=7&cursor=4211",
+                },
+                response_only=True,
+            )
+        ],
         parameters=[
             OpenApiParameter("status", OpenApiTypes.STR, enum=Delivery.Status.values),
             OpenApiParameter("partnerId", OpenApiTypes.INT),
@@ -608,6 +655,13 @@ class TenantView(ManageView):
         tags=TAG,
         summary="Set the operations URL (SPEC §10); a new operations signing secret is shown once",
         request=schemas.TenantPatchSerializer,
+        examples=[
+            OpenApiExample(
+                "Operations webhooks to the on-call tool",
+                value={"operationsUrl": "https://oncall.example.com/hooks/portal"},
+                request_only=True,
+            )
+        ],
         responses={200: schemas.TenantPatchedSerializer, **_WRITE_ERRORS},
     )
     def patch(self, request: Request) -> Response:
