@@ -45,6 +45,12 @@ _LOCATION_RE = re.compile(r"^\s*([+-]?\d+(?:\.\d+)?)\s*,\s*([+-]?\d+(?:\.\d+)?)\
 # Valid JSON can carry "\u0000" and unpaired surrogates ("\ud800"), but neither can be stored
 # (PostgreSQL text refuses NUL) nor encoded as UTF-8 to be sent on.
 _UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
+UNSTORABLE_RE = _UNSTORABLE_RE  # (the services' field rules and the management API use it)
+
+
+def whole(raw: str) -> bool:
+    """A whole number `int()` takes and a database column holds (not "²", not 5,000 digits)."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= 18
 
 
 class PayloadError(Exception):

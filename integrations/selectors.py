@@ -29,7 +29,7 @@ def _visible_deliveries(principal: Principal, deliveries) -> list[Delivery]:
     return [d for d in deliveries if d.target in (own, Delivery.ENGINE_TARGET)]
 
 
-def _storable(value: str) -> bool:
+def storable(value: str) -> bool:
     """False for a lookup value no row can hold: PostgreSQL text refuses NUL (a URL's %00)."""
     return "\x00" not in value
 
@@ -59,7 +59,7 @@ def ticket_history(
         tickets = tickets.filter(tenant_id__in=tenant_ids)
     if principal.partner is not None:  # the tenant's operations notices are not a partner's
         tickets = tickets.exclude(channel=OPERATIONS_CHANNEL)
-    ticket = tickets.first() if _storable(ticket_number) else None
+    ticket = tickets.first() if storable(ticket_number) else None
     if ticket is None:
         raise NotFound(f"No ticket {ticket_number!r}.", code="ticket_not_found")
     events = list(
@@ -98,7 +98,7 @@ def contact_detail(*, principal: Principal, contact_id: str) -> dict[str, Any]:
     tenant_ids = _tenant_ids(principal)
     if tenant_ids is not None:
         contacts = contacts.filter(tenant_id__in=tenant_ids)
-    contact = contacts.first() if _storable(contact_id) else None
+    contact = contacts.first() if storable(contact_id) else None
     if contact is None:
         raise NotFound(f"No contact {contact_id!r}.", code="contact_not_found")
     tickets = contact.tickets.order_by("created_at").values_list("ticket_number", "status")
@@ -364,6 +364,8 @@ def manage_deliveries(
     if filters.partner_id is not None:
         rows = rows.filter(partner_id=filters.partner_id)
     if filters.ticket_number:
+        if not storable(filters.ticket_number):
+            return [], None
         rows = rows.filter(ticket__ticket_number=filters.ticket_number)
     if filters.event_id is not None:
         rows = rows.filter(event_id=filters.event_id)
@@ -406,7 +408,7 @@ def manage_ticket(*, tenant: Tenant, ticket_number: str) -> dict[str, Any]:
     status. Raises NotFound."""
     ticket = (
         Ticket.objects.filter(tenant=tenant, ticket_number=ticket_number).first()
-        if _storable(ticket_number)
+        if storable(ticket_number)
         else None
     )
     if ticket is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.utils import timezone
 from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 
@@ -248,6 +249,12 @@ class ManagementTokenForm(forms.ModelForm):
     class Meta:
         model = ManagementToken
         fields = ["tenant", "role", "name", "expires_at"]
+
+    def clean_expires_at(self):
+        expires_at = self.cleaned_data.get("expires_at")
+        if expires_at is not None and expires_at <= timezone.now():
+            raise forms.ValidationError(_("Must be in the future."))
+        return expires_at
 
 
 @admin.register(ManagementToken)

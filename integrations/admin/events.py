@@ -224,6 +224,7 @@ class DeliveryAdmin(LogAdmin):
         return self._allowed(request, "operate")
 
     role_permissions = {ADMIN: {"view", "operate"}, SUPPORT: {"view"}}
+    action_permissions = {"redeliver": "view", "cancel": "operate"}
 
     def _run(self, request, queryset, service, done: str) -> None:
         count, refused = 0, 0

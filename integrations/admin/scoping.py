@@ -8,6 +8,7 @@ autocomplete and raw-id popups (all built on `get_queryset`) and their URLs answ
 from __future__ import annotations
 
 import re
+from functools import wraps
 
 from django.contrib import admin
 from django.core.paginator import Paginator
@@ -67,6 +68,45 @@ class TenantScopedAdmin(admin.ModelAdmin):
             if value is None:
                 return None
         return value.pk if hasattr(value, "pk") else value
+
+    # --- actions: only on rows of tenants where the user's role allows them ---------------
+    def get_actions(self, request):
+        """Each action runs on the selected rows of the tenants where the user's role has the
+        action's permissions: Django checks them without an object (true when the user has
+        them in any tenant), so a user who is admin in one tenant and support in another
+        must not act as admin on the second's rows."""
+        actions = super().get_actions(request)
+        return {
+            name: (self._narrowed(func), name, description)
+            for name, (func, _, description) in actions.items()
+        }
+
+    def _narrowed(self, func):
+        permissions = getattr(func, "allowed_permissions", ())
+
+        @wraps(func)
+        def run(modeladmin, request, queryset):
+            for permission in permissions:
+                queryset = modeladmin.rows_allowed(request, queryset, permission)
+            return func(modeladmin, request, queryset)
+
+        return run
+
+    # An action's own permission names and the role permission each stands for.
+    action_permissions: dict[str, str] = {}
+
+    def rows_allowed(self, request, queryset, permission: str):
+        """`queryset` narrowed to the tenants where the user's role has `permission`."""
+        if request.user.is_superuser:
+            return queryset
+        permission = self.action_permissions.get(permission, permission)
+        tenants = [
+            tenant_id
+            for tenant_id, role in tenant_roles(request).items()
+            if permission in self.role_permissions.get(role, set())
+        ]
+        lookup = f"{self.tenant_path}__in" if self.tenant_path else "pk__in"
+        return queryset.filter(**{lookup: tenants})
 
     # --- what is allowed ----------------------------------------------------------------
     def _allowed(self, request, action: str, obj=None) -> bool:

@@ -23,12 +23,18 @@ from integrations import payloads, selectors
 from integrations.api import manage_schemas as schemas
 from integrations.api.auth import ManagementTokenAuthentication
 from integrations.api.schemas import ErrorSerializer
+from integrations.delivery import redact_url
 from integrations.errors import PortalError
 from integrations.models import ApiKey, Delivery, Partner, SigningSecret
 from integrations.services import operations
 from integrations.services.accounts import api_key_create, api_key_revoke, tenant_update
 from integrations.services.management import ADDITION, Manager, change_record, owned
-from integrations.services.partners import partner_create, partner_update, signing_secret_rotate
+from integrations.services.partners import (
+    keep_stored_password,
+    partner_create,
+    partner_update,
+    signing_secret_rotate,
+)
 from integrations.services.portal import portal_link_create
 
 TAG = ["management"]
@@ -82,6 +88,9 @@ def _typed(body: dict[str, Any], fields: dict[str, tuple[str, type]]) -> dict[st
             ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
         else:
             ok = isinstance(value, kind)
+        if ok and _unstorable(value):
+            errors[name] = ["May not contain NUL characters or unpaired surrogates."]
+            continue
         if not ok:
             expected = {float: "a number", list: "a list of strings", str: "a string"}[kind]
             errors[name] = [f"Must be {expected}."]
@@ -90,6 +99,13 @@ def _typed(body: dict[str, Any], fields: dict[str, tuple[str, type]]) -> dict[st
     if errors:
         raise _invalid(errors)
     return values
+
+
+def _unstorable(value: Any) -> bool:
+    """Text no database column takes (NUL, an unpaired surrogate), anywhere in `value`."""
+    if isinstance(value, str):
+        return bool(payloads.UNSTORABLE_RE.search(value))
+    return isinstance(value, list) and any(_unstorable(v) for v in value)
 
 
 def _when(value: Any, name: str) -> datetime:
@@ -107,7 +123,7 @@ def _when(value: Any, name: str) -> datetime:
 
 def _limit(request: Request) -> int:
     raw = request.query_params.get("limit", str(selectors.MANAGE_DEFAULT_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= selectors.MANAGE_MAX_LIMIT:
+    if not payloads.whole(raw) or not 1 <= int(raw) <= selectors.MANAGE_MAX_LIMIT:
         raise _invalid({"limit": [f"A whole number from 1 to {selectors.MANAGE_MAX_LIMIT}."]})
     return int(raw)
 
@@ -165,7 +181,7 @@ class PartnersView(ManageView):
         partners = Partner.objects.filter(tenant=self.manager(request).tenant).order_by("-id")
         cursor = request.query_params.get("cursor", "")
         if cursor:
-            if not cursor.isdigit():
+            if not payloads.whole(cursor):
                 raise _invalid({"cursor": ["Use the `next` URL of the previous page."]})
             partners = partners.filter(pk__lt=int(cursor))
         page = list(partners[: limit + 1])
@@ -356,7 +372,11 @@ class KeyView(ManageView):
     )
     def delete(self, request: Request, partner_id: int, prefix: str) -> Response:
         partner = self.partner(request, partner_id)
-        key = ApiKey.objects.filter(partner=partner, prefix=prefix).first()
+        key = (
+            ApiKey.objects.filter(partner=partner, prefix=prefix).first()
+            if selectors.storable(prefix)
+            else None
+        )
         if key is None:
             raise PortalError(f"No key {prefix!r}.", code="key_not_found").with_status(404)
         api_key_revoke(key=key)
@@ -534,7 +554,7 @@ class DeliveriesView(ManageView):
         if status and status not in Delivery.Status.values:
             errors["status"] = [f"One of {', '.join(Delivery.Status.values)}."]
         partner_id = q.get("partnerId", "")
-        if partner_id and not partner_id.isdigit():
+        if partner_id and not payloads.whole(partner_id):
             errors["partnerId"] = ["A partner id (a whole number)."]
         event_id = None
         if q.get("eventId"):
@@ -543,7 +563,7 @@ class DeliveriesView(ManageView):
             except ValueError:
                 errors["eventId"] = ["An event id (a UUID)."]
         cursor = q.get("cursor", "")
-        if cursor and not cursor.isdigit():
+        if cursor and not payloads.whole(cursor):
             errors["cursor"] = ["Use the `next` URL of the previous page."]
         if errors:
             raise _invalid(errors)
@@ -639,7 +659,7 @@ class TenantView(ManageView):
             "owner": tenant.owner,
             "name": tenant.name,
             "timeZone": tenant.time_zone,
-            "operationsUrl": tenant.operations_url,
+            "operationsUrl": redact_url(tenant.operations_url),
             "role": manager.role,
         }
 
@@ -668,6 +688,10 @@ class TenantView(ManageView):
         manager = self.manager(request)
         values = _typed(_body(request), {"operationsUrl": ("operations_url", str)})
         tenant = manager.tenant
+        if "operations_url" in values:  # the URL as GET shows it keeps its stored password
+            values["operations_url"] = keep_stored_password(
+                values["operations_url"], tenant.operations_url
+            )
         had_secret = bool(tenant.operations_signing_secret)
         shown: dict[str, Any] = {}
         if values:

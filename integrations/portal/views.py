@@ -20,11 +20,14 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from integrations.delivery import redact_url
 from integrations.errors import Conflict, PortalError
 from integrations.models import Delivery, Partner
-from integrations.selectors import partner_health
+from integrations.payloads import whole
+from integrations.selectors import partner_health, storable
 from integrations.services import operations
 from integrations.services.partners import signing_secret_rotate
 from integrations.services.portal import (
@@ -43,6 +46,7 @@ def partner_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRes
     explanation (no session, expired, or the partner disabled since)."""
 
     @wraps(view)
+    @never_cache  # nothing of a partner's pages (a secret shown once) stays in a cache
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         held = request.session.get(SESSION_KEY) or {}
         until = parse_datetime(held.get("until", "")) if held else None
@@ -53,6 +57,7 @@ def partner_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRes
         )
         if (
             partner is None
+            or request.user.is_authenticated  # someone logged in to the admin since
             or until is None
             or until <= timezone.now()
             or partner.state == Partner.State.DISABLED
@@ -65,6 +70,7 @@ def partner_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRes
     return wrapped
 
 
+@never_cache
 @require_http_methods(["GET", "POST"])
 def sign_in(request: HttpRequest, token: str) -> HttpResponse:
     """GET asks to sign in (a link previewer does not use the link up); POST uses it."""
@@ -117,12 +123,15 @@ def overview(request: HttpRequest, partner: Partner) -> HttpResponse:
     )
 
 
-def _when(value: str) -> datetime | None:
-    """A date (YYYY-MM-DD, the day's start) or time from a filter field, in UTC; None."""
+def _when(value: str, *, end: bool = False) -> datetime | None:
+    """A date (YYYY-MM-DD: the day's start, or with `end` the next day's, so a "to" day is
+    included) or a time from a filter field, in UTC; None."""
     if not value:
         return None
     try:
         parsed = parse_datetime(value if "T" in value else f"{value}T00:00:00")
+        if parsed is not None and end and "T" not in value:
+            parsed += timedelta(days=1)
         if parsed is None:
             return None
         return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
@@ -140,14 +149,14 @@ def deliveries(request: HttpRequest, partner: Partner) -> HttpResponse:
         rows = rows.filter(status=status)
     ticket = q.get("ticket", "").strip()
     if ticket:
-        rows = rows.filter(ticket__ticket_number=ticket)
-    since, until = _when(q.get("since", "")), _when(q.get("until", ""))
+        rows = rows.filter(ticket__ticket_number=ticket) if storable(ticket) else rows.none()
+    since, until = _when(q.get("since", "")), _when(q.get("until", ""), end=True)
     if since:
         rows = rows.filter(created_at__gte=since)
     if until:
         rows = rows.filter(created_at__lt=until)
     before = q.get("before", "")
-    if before.isdigit():
+    if whole(before):
         rows = rows.filter(pk__lt=int(before))
     page = list(rows.order_by("-id")[: PAGE + 1])
     older = page[PAGE - 1].pk if len(page) > PAGE else None
@@ -208,7 +217,8 @@ def resend(request: HttpRequest, partner: Partner, delivery_id: int) -> HttpResp
 @require_POST
 @partner_required
 def recover(request: HttpRequest, partner: Partner) -> HttpResponse:
-    since, until = _when(request.POST.get("since", "")), _when(request.POST.get("until", ""))
+    since = _when(request.POST.get("since", ""))
+    until = _when(request.POST.get("until", ""), end=True)
     if since is None or until is None or since >= until:
         messages.error(request, _("Give a start and an end, the end after the start."))
     else:
@@ -263,6 +273,7 @@ def settings_page(request: HttpRequest, partner: Partner) -> HttpResponse:
         "partner_portal/settings.html",
         {
             "partner": partner,
+            "base_url": redact_url(partner.base_url),
             "errors": errors,
             "probe": probe,
             "values": request.POST if action == "paths" else None,

@@ -19,7 +19,7 @@ from django.core.validators import URLValidator
 
 from integrations.errors import PortalError
 from integrations.outbox.targets import outbound_policy
-from integrations.payloads import CHANNEL_PATTERN, MAX_CHANNEL
+from integrations.payloads import CHANNEL_PATTERN, MAX_CHANNEL, UNSTORABLE_RE
 
 _CHANNEL_RE = re.compile(CHANNEL_PATTERN)
 
@@ -68,6 +68,14 @@ def endpoint_url_clean(url: str, *, max_length: int = 2048) -> str:
     return outbound_url_check(url.strip())
 
 
+def storable_text(value: str) -> str:
+    """`value` unless it holds what no database column takes (NUL, an unpaired surrogate):
+    then ValueError."""
+    if UNSTORABLE_RE.search(value):
+        raise ValueError("May not contain NUL characters or unpaired surrogates.")
+    return value
+
+
 def path_clean(path: str, *, leading_slash: bool = True) -> str:
     """A URL path: no white space, at most 500 characters, starting with '/' unless
     `leading_slash` is False. Raises ValueError."""
@@ -79,7 +87,7 @@ def path_clean(path: str, *, leading_slash: bool = True) -> str:
     ):
         must = "Must start with '/', contain" if leading_slash else "Must contain"
         raise ValueError(f"{must} no spaces and have at most 500 characters.")
-    return path
+    return storable_text(path)
 
 
 def required_text(limit: int) -> Callable[[str], str]:
@@ -89,7 +97,7 @@ def required_text(limit: int) -> Callable[[str], str]:
         value = value.strip()
         if not value or len(value) > limit:
             raise ValueError(f"Required, at most {limit} characters.")
-        return value
+        return storable_text(value)
 
     return clean
 
@@ -100,7 +108,7 @@ def text(limit: int) -> Callable[[str], str]:
     def clean(value: str) -> str:
         if len(value) > limit:
             raise ValueError(f"At most {limit} characters.")
-        return value
+        return storable_text(value)
 
     return clean
 

@@ -47,7 +47,7 @@ SETTINGS = (
 def _timeout_clean(value: Any, *, low: float, high: float) -> float:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError("Must be a number of seconds.") from None
     if not low <= number <= high:
         raise ValueError(f"Must be from {low:g} to {high:g} seconds.")

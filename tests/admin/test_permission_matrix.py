@@ -233,3 +233,43 @@ def test_admin_channel_filter_offers_only_own_tenants_channels(world):
     for model in ("event", "delivery"):
         page = client.get(reverse(f"admin:integrations_{model}_changelist")).content.decode()
         assert "whatsapp" in page and "secretchannel" not in page
+
+
+def test_actions_run_only_where_the_role_allows_them(db):
+    """A user who is admin in one tenant and support in another must not act as admin on the
+    second's rows through a list action (Django checks an action's permission without an
+    object)."""
+    from integrations.models import ManagementToken, PartnerPortalLink
+    from integrations.services.management import management_token_create
+
+    mine, theirs = TenantFactory(owner="mixed-a"), TenantFactory(owner="mixed-b")
+    user = get_user_model().objects.create_user("mixed", is_staff=True)
+    TenantMembership.objects.create(user=user, tenant=mine, role="admin")
+    TenantMembership.objects.create(user=user, tenant=theirs, role="support")
+    partners = {}
+    for tenant in (mine, theirs):
+        partners[tenant.owner], _, _ = partner_create(
+            tenant=tenant,
+            name=f"P-{tenant.owner}",
+            base_url="http://127.0.0.1:9",
+            incoming_message_path="/i",
+            send_message_path="/s",
+        )
+    tokens = {t.owner: management_token_create(tenant=t, role="support")[0] for t in (mine, theirs)}
+    client = Client()
+    client.force_login(user)
+    client.post(
+        reverse("admin:integrations_partner_changelist"),
+        {"action": "portal_links", "_selected_action": [p.pk for p in partners.values()]},
+    )
+    client.post(
+        reverse("admin:integrations_managementtoken_changelist"),
+        {"action": "revoke_tokens", "_selected_action": [t.pk for t in tokens.values()]},
+    )
+    linked = set(PartnerPortalLink.objects.values_list("partner__tenant__owner", flat=True))
+    revoked = set(
+        ManagementToken.objects.filter(revoked_at__isnull=False).values_list(
+            "tenant__owner", flat=True
+        )
+    )
+    assert linked == {"mixed-a"} and revoked == {"mixed-a"}

@@ -428,3 +428,55 @@ def test_a_partner_url_the_outbound_policy_blocks_is_refused(admin_token, partne
     # (the allowlisted loopback of the tests is accepted)
     ok = admin_token.call("PATCH", f"{M}/partners/{partner.pk}", {"baseUrl": "http://127.0.0.1:9"})
     assert ok.status_code == 200
+
+
+# --- found by review: inputs that must be a 400 (or nothing), never a 500 -------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["limit=²", "cursor=²", "partnerId=²", f"cursor={'9' * 5000}", f"partnerId={'9' * 30}"],
+)
+def test_numbers_python_would_not_take_are_a_400(support_token, query):
+    answer = support_token.call("GET", f"{M}/deliveries", QUERY_STRING=query)
+    assert answer.status_code == 400, answer.content
+
+
+def test_nul_and_surrogates_are_refused_or_match_nothing(admin_token, support_token, partner):
+    assert (
+        support_token.call("GET", f"{M}/deliveries", QUERY_STRING="ticketNumber=a%00b").json()[
+            "results"
+        ]
+        == []
+    )
+    assert admin_token.call("DELETE", f"{M}/partners/{partner.pk}/keys/prt%00x").status_code == 404
+    for body in ({"name": "a\x00b"}, {"sendMessagePath": "/a\x00"}, {"name": "\ud800x"}):
+        raw = json.dumps(body)  # (json escapes them: \\u0000, \\ud800)
+        answer = admin_token.client.patch(
+            f"{M}/partners/{partner.pk}",
+            data=raw,
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {admin_token.raw}",
+        )
+        assert answer.status_code == 400, (body, answer.content)
+
+
+def test_a_huge_timeout_is_a_400(admin_token, partner):
+    answer = admin_token.client.patch(
+        f"{M}/partners/{partner.pk}",
+        data='{"timeout": ' + "9" * 400 + "}",
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {admin_token.raw}",
+    )
+    assert answer.status_code == 400 and "timeout" in answer.json()["errors"]
+
+
+def test_the_operations_url_password_is_never_answered(admin_token, support_token, tenant):
+    admin_token.call("PATCH", f"{M}/tenant", {"operationsUrl": "https://ops:s3cr3t@ops.example/h"})
+    for token in (admin_token, support_token):
+        shown = token.call("GET", f"{M}/tenant").json()["operationsUrl"]
+        assert shown == "https://ops:***@ops.example/h"
+    # sending back what GET shows keeps the password
+    admin_token.call("PATCH", f"{M}/tenant", {"operationsUrl": "https://ops:***@ops.example/h"})
+    tenant.refresh_from_db()
+    assert tenant.operations_url == "https://ops:s3cr3t@ops.example/h"

@@ -236,3 +236,33 @@ def test_the_admin_and_the_management_api_give_links(partner, tenant):
         follow=True,
     )
     assert "/partner/sign-in/" in response.content.decode()
+
+
+# --- found by review -------------------------------------------------------------------------
+
+
+def test_pages_are_never_cached_and_hide_a_url_password(partner):
+    Partner.objects.filter(pk=partner.pk).update(base_url="https://desk:pa55@desk.example")
+    client = _signed_in(partner)
+    page = client.get(reverse("partner-portal:settings"))
+    assert "pa55" not in page.content.decode() and "desk:***@desk.example" in page.content.decode()
+    assert "no-store" in page["Cache-Control"]
+
+
+def test_a_later_admin_login_ends_the_partner_session(partner):
+    client = _signed_in(partner)
+    client.force_login(get_user_model().objects.create_superuser("late"))
+    assert client.get(reverse("partner-portal:overview")).status_code == 403
+
+
+def test_a_one_day_window_includes_that_day(partner, traffic):
+    client = _signed_in(partner)
+    today = f"{timezone.now().date()}"
+    response = client.post(
+        reverse("partner-portal:recover"), {"since": today, "until": today}, follow=True
+    )
+    assert "1 dead deliveries are sent again" in response.content.decode()
+    listed = client.get(reverse("partner-portal:deliveries") + f"?since={today}&until={today}")
+    assert f"#{traffic['ok'].pk}<" in listed.content.decode()
+    odd = client.get(reverse("partner-portal:deliveries") + "?ticket=a%00b&before=²")
+    assert odd.status_code == 200
