@@ -135,10 +135,10 @@ def change_record(
     the token's creator (or the management-api user), now, and what changed."""
     user = manager.token.created_by
     if user is None:
-        user, _ = get_user_model().objects.get_or_create(
+        user, created = get_user_model().objects.get_or_create(
             username=API_USER, defaults={"is_active": False}
         )
-        if user.has_usable_password():
+        if created:  # (a person who took this name first keeps their password)
             user.set_unusable_password()
             user.save(update_fields=["password"])
     LogEntry.objects.create(
