@@ -10,6 +10,7 @@ from django.utils.translation import gettext_lazy as _
 
 from integrations.admin.forms import (
     ServiceCleanedForm,
+    confirm_first,
     copy_saved,
     fieldsets_swapped,
     service_values,
@@ -312,6 +313,15 @@ class ManagementTokenAdmin(TenantScopedAdmin):
 
     @admin.action(description=_("Revoke the selected tokens now"), permissions=["change"])
     def revoke_tokens(self, request, queryset):
+        asked = confirm_first(
+            self,
+            request,
+            queryset,
+            question=_("Revoke these management tokens?"),
+            consequence=_("A revoked token fails at once and cannot be used again."),
+        )
+        if asked is not None:
+            return asked
         for token in queryset:
             management_token_revoke(token=token)
             self.log_change(request, token, "Revoked.")

@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
+from integrations.admin.forms import confirm_first
 from integrations.admin.logs import (
     EventRecentFilter,
     LogAdmin,
@@ -248,6 +249,17 @@ class DeliveryAdmin(LogAdmin):
 
     @admin.action(description=_("Cancel the selected deliveries"), permissions=["cancel"])
     def cancel(self, request, queryset):
+        asked = confirm_first(
+            self,
+            request,
+            queryset,
+            question=_("Cancel these deliveries?"),
+            consequence=_(
+                "A cancelled delivery is never sent; the next message of its ticket goes on."
+            ),
+        )
+        if asked is not None:
+            return asked
         self._run(request, queryset, operations.delivery_cancel, "Cancelled.")
 
 

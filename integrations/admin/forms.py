@@ -66,3 +66,28 @@ def fieldsets_swapped(fieldsets, swaps: dict[str, str | None]) -> list:
         (name, {**opts, "fields": [swaps.get(f, f) for f in opts["fields"] if swaps.get(f, f)]})
         for name, opts in fieldsets
     ]
+
+
+CONFIRMED = "confirmed"
+
+
+def confirm_first(modeladmin, request, queryset, *, question: str, consequence: str):
+    """For an action that cannot be undone: None once the user confirmed it, else the page
+    that asks (the selected rows listed, Yes re-posts the action, No goes back)."""
+    if request.POST.get(CONFIRMED) == "yes":
+        return None
+    from django.contrib.admin import helpers
+    from django.template.response import TemplateResponse
+
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": question,
+        "question": question,
+        "consequence": consequence,
+        "objects": list(queryset),
+        "action": request.POST.get("action", ""),
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        "opts": modeladmin.model._meta,
+        "confirmed": CONFIRMED,
+    }
+    return TemplateResponse(request, "admin/integrations/confirm_action.html", context)

@@ -18,6 +18,7 @@ from django.utils.translation import gettext_lazy as _
 from integrations import selectors
 from integrations.admin.forms import (
     ServiceCleanedForm,
+    confirm_first,
     copy_saved,
     fieldsets_swapped,
     service_values,
@@ -245,6 +246,18 @@ class PartnerAdmin(TenantScopedAdmin):
     # --- actions ---------------------------------------------------------------------------
     @admin.action(description=_("Disable the selected partners"), permissions=["change"])
     def disable_partners(self, request, queryset):
+        asked = confirm_first(
+            self,
+            request,
+            queryset,
+            question=_("Disable these partners?"),
+            consequence=_(
+                "A disabled partner's API calls are refused and nothing is sent to it until "
+                "an admin resumes it."
+            ),
+        )
+        if asked is not None:
+            return asked
         for partner in queryset:
             operations.partner_disable(partner=partner)
             self.log_change(request, partner, "Disabled.")
@@ -352,6 +365,15 @@ class ApiKeyAdmin(TenantScopedAdmin):
 
     @admin.action(description=_("Revoke the selected keys now"), permissions=["change"])
     def revoke_keys(self, request, queryset):
+        asked = confirm_first(
+            self,
+            request,
+            queryset,
+            question=_("Revoke these API keys?"),
+            consequence=_("A revoked key fails at once and cannot be used again."),
+        )
+        if asked is not None:
+            return asked
         for key in queryset:
             api_key_revoke(key=key)
             self.log_change(request, key, "Revoked.")

@@ -19,6 +19,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -251,19 +252,25 @@ def settings_page(request: HttpRequest, partner: Partner) -> HttpResponse:
         secret = signing_secret_rotate(partner=partner)
         messages.warning(
             request,
-            _("New signing secret (copy it now, it is shown only once): %(secret)s")
-            % {"secret": secret.secret},
+            format_html(
+                "{} <code class='secret-once'>{}</code>",
+                _("New signing secret (copy it now, it is shown only once):"),
+                secret.secret,
+            ),
         )
         return redirect("partner-portal:settings")
     elif action == "roll":
         raw = partner_key_roll(partner=partner)
         messages.warning(
             request,
-            _(
-                "New API key (copy it now, it is shown only once; your other keys work for "
-                "24 more hours): %(key)s"
-            )
-            % {"key": raw},
+            format_html(
+                "{} <code class='secret-once'>{}</code>",
+                _(
+                    "New API key (copy it now, it is shown only once; your other keys work "
+                    "for 24 more hours):"
+                ),
+                raw,
+            ),
         )
         return redirect("partner-portal:settings")
     elif action == "test":

@@ -33,7 +33,8 @@ def support_client(tenant):
 def _action(client, model: str, action: str, ids: list[int]):
     return client.post(
         reverse(f"admin:integrations_{model}_changelist"),
-        {"action": action, "_selected_action": ids},
+        # (confirmed: an action that cannot be undone asks first; test_confirmations below)
+        {"action": action, "_selected_action": ids, "confirmed": "yes"},
         follow=True,
     )
 
@@ -225,3 +226,47 @@ def test_tenant_form_refuses_an_engine_url_without_scheme(admin_client_, tenant)
     assert "engine_base_url" in response.context["adminform"].form.errors
     tenant.refresh_from_db()
     assert tenant.engine_base_url == ""
+
+
+@pytest.mark.parametrize(
+    ("model", "action", "question"),
+    [
+        ("partner", "disable_partners", "Disable these partners?"),
+        ("apikey", "revoke_keys", "Revoke these API keys?"),
+        ("delivery", "cancel", "Cancel these deliveries?"),
+        ("managementtoken", "revoke_tokens", "Revoke these management tokens?"),
+    ],
+)
+def test_actions_that_cannot_be_undone_ask_first(
+    admin_client_, engine_api, partner, tenant, model, action, question
+):
+    """Issue #14.6: revoke, disable and cancel confirm first; Yes does it, nothing else."""
+    from integrations.models import ManagementToken
+    from integrations.services.management import management_token_create
+
+    engine_api.post("/api/v1/engine/incoming", incoming_body())
+    objects = {
+        "partner": partner,
+        "apikey": ApiKey.objects.filter(partner=partner).first(),
+        "delivery": Delivery.objects.get(),
+        "managementtoken": management_token_create(tenant=tenant, role="support")[0],
+    }
+    obj = objects[model]
+    url = reverse(f"admin:integrations_{model}_changelist")
+
+    def state():
+        fresh = type(obj).objects.get(pk=obj.pk)
+        return tuple(getattr(fresh, name, None) for name in ("state", "revoked_at", "status"))
+
+    before = state()
+    # when the action is chosen, a page asks, listing what it is about, and nothing happens yet
+    asked = admin_client_.post(url, {"action": action, "_selected_action": [obj.pk]})
+    page = asked.content.decode()
+    assert asked.status_code == 200 and question in page and str(obj) in page
+    assert 'name="confirmed" value="yes"' in page
+    assert state() == before
+    # and Yes does it
+    admin_client_.post(url, {"action": action, "_selected_action": [obj.pk], "confirmed": "yes"})
+    assert state() != before
+    if model == "managementtoken":
+        assert ManagementToken.objects.get(pk=obj.pk).revoked_at is not None

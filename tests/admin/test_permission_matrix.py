@@ -264,7 +264,11 @@ def test_actions_run_only_where_the_role_allows_them(db):
     )
     client.post(
         reverse("admin:integrations_managementtoken_changelist"),
-        {"action": "revoke_tokens", "_selected_action": [t.pk for t in tokens.values()]},
+        {
+            "action": "revoke_tokens",
+            "_selected_action": [t.pk for t in tokens.values()],
+            "confirmed": "yes",
+        },
     )
     linked = set(PartnerPortalLink.objects.values_list("partner__tenant__owner", flat=True))
     revoked = set(

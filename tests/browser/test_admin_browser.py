@@ -54,6 +54,13 @@ def test_tenant_admin_creates_partner_and_sees_key_once(
     shown = page.locator(".secret-once").all_inner_texts()
     assert len(shown) == 2
     key_text = next(t for t in shown if t.startswith("prt_"))
+    # each with a Copy button that puts it on the clipboard (issue #14.7)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    assert page.locator("button.copy-secret").count() == 2
+    button = page.locator("button.copy-secret").nth(shown.index(key_text))
+    button.click()
+    button.filter(has_text="Copied").wait_for()  # (the clipboard takes it asynchronously)
+    assert page.evaluate("navigator.clipboard.readText()") == key_text
     partner = Partner.objects.get(name="Helpdesk")
     assert partner.channels == ["telegram", "whatsapp"]
     assert ApiKey.objects.get(partner=partner).prefix == key_text.split(".")[0]

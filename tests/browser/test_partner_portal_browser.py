@@ -62,6 +62,12 @@ def test_partner_finds_a_dead_delivery_resends_it_and_rotates_its_secret(
         page.click("text=Rotate the signing secret")
     newest = SigningSecret.objects.filter(partner=partner).order_by("-created_at").first()
     assert newest.secret in page.locator(".messages").inner_text()
+    # with a Copy button that puts it on the clipboard (issue #14.7)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    page.click("button.copy-secret")
+    # (the button says so once the clipboard has taken it: asynchronously)
+    page.wait_for_function("document.querySelector('button.copy-secret').textContent === 'Copied'")
+    assert page.evaluate("navigator.clipboard.readText()") == newest.secret
     page.reload()
     assert newest.secret not in page.content()
     # and signs out

@@ -303,7 +303,12 @@ def test_isolation_cross_tenant_attempts_never_succeed(size, db, settings, figur
                 role,
                 "POST",
                 url,
-                {"action": action, "_selected_action": [str(pk) for pk in pks], "index": 0},
+                {
+                    "action": action,
+                    "_selected_action": [str(pk) for pk in pks],
+                    "index": 0,
+                    "confirmed": "yes",  # (past the confirmation page, to the action itself)
+                },
             )
         # add forms that name the victim's tenant or partner
         admin(
