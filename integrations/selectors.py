@@ -10,9 +10,9 @@ from django.db.models import Prefetch
 
 from integrations.errors import NotFound
 from integrations.models import Contact, Delivery, Event, Tenant, Ticket
+from integrations.outbox.notices import OPERATIONS_CHANNEL
 from integrations.services.accounts import Principal
 
-OPERATIONS_CHANNEL = "operations"  # the tenant's operations ticket (outbox/notices.py)
 HISTORY_MAX_LIMIT = 100
 HISTORY_DEFAULT_LIMIT = 50
 

@@ -143,15 +143,6 @@ def tracing_start(service: str, exporter: Any = None) -> bool:
     return True
 
 
-def tracing_flush() -> None:
-    """Export what is buffered (a process about to exit)."""
-    from opentelemetry import trace
-
-    flush = getattr(trace.get_tracer_provider(), "force_flush", None)
-    if flush is not None:
-        flush()
-
-
 # --- errors -------------------------------------------------------------------------------
 
 FILTERED = "[Filtered]"

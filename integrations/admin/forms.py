@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import messages
+from django.contrib.admin import helpers
+from django.template.response import TemplateResponse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
@@ -76,9 +78,6 @@ def confirm_first(modeladmin, request, queryset, *, question: str, consequence: 
     that asks (the selected rows listed, Yes re-posts the action, No goes back)."""
     if request.POST.get(CONFIRMED) == "yes":
         return None
-    from django.contrib.admin import helpers
-    from django.template.response import TemplateResponse
-
     context = {
         **modeladmin.admin_site.each_context(request),
         "title": question,

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
+from django.contrib.admin.models import ADDITION
 from django.db.models import Max
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -23,12 +24,13 @@ from integrations import payloads, selectors
 from integrations.api import manage_schemas as schemas
 from integrations.api.auth import ManagementTokenAuthentication
 from integrations.api.schemas import ErrorSerializer
+from integrations.api.views import read_json_body
 from integrations.delivery import redact_url
 from integrations.errors import PortalError
 from integrations.models import ApiKey, Delivery, Partner, SigningSecret
 from integrations.services import operations
 from integrations.services.accounts import api_key_create, api_key_revoke, tenant_update
-from integrations.services.management import ADDITION, Manager, change_record, owned
+from integrations.services.management import Manager, change_record, owned
 from integrations.services.partners import (
     keep_stored_password,
     partner_create,
@@ -65,11 +67,9 @@ def _invalid(
 def _body(request: Request, *, required: bool = True) -> dict[str, Any]:
     """The JSON object sent (SPEC §3.4 checks: 415, 413, 411, 400); {} for an empty body
     when the operation takes none."""
-    from integrations.api.views import _read_json_body
-
     if not required and not int(request.META.get("CONTENT_LENGTH") or 0):
         return {}
-    return payloads.parse_json_object(_read_json_body(request))
+    return payloads.parse_json_object(read_json_body(request))
 
 
 def _typed(body: dict[str, Any], fields: dict[str, tuple[str, type]]) -> dict[str, Any]:

@@ -54,7 +54,7 @@ class _IngestView(PortalView):
         raise NotImplementedError
 
     def post(self, request: Request) -> Response:
-        raw = _read_json_body(request)
+        raw = read_json_body(request)
         key = request.META.get("HTTP_IDEMPOTENCY_KEY", "")
         if len(key) > payloads.MAX_IDEMPOTENCY_KEY:
             raise PortalError(
@@ -82,7 +82,7 @@ class _IngestView(PortalView):
         return Response(answer.body, status=answer.status, headers=headers)
 
 
-def _read_json_body(request: Request) -> bytes:
+def read_json_body(request: Request) -> bytes:
     """The raw body, after the checks SPEC §3.4 answers with 415 and 413."""
     content_type = request.META.get("CONTENT_TYPE", "")
     media_type, _, params = content_type.partition(";")

@@ -216,35 +216,54 @@ class Principal:
         return tenant
 
 
+def credential_lookup(queryset: Any, raw: str, *, hash_field: str, noun: str, code: str) -> Any:
+    """The row of `queryset` (API keys, management tokens: a `prefix`, a SHA-256 in
+    `hash_field`, `revoked_at`, `expires_at`) that the bearer credential `raw` is.
+
+    Hashes are compared in constant time even when the prefix is unknown. Raises
+    Unauthorized naming `noun`: `invalid_<code>` (unknown or malformed), `<code>_revoked`,
+    `<code>_expired`.
+    """
+    prefix, dot, _ = raw.partition(".")
+    row = queryset.filter(prefix=prefix).first() if dot and len(prefix) <= 32 else None
+    expected = getattr(row, hash_field) if row is not None else "0" * 64
+    if not hmac.compare_digest(expected, hash_credential(raw)) or row is None:
+        raise Unauthorized(f"The {noun} is not valid.", code=f"invalid_{code}")
+    if row.revoked_at is not None:
+        raise Unauthorized(f"The {noun} has been revoked.", code=f"{code}_revoked")
+    if row.expires_at is not None and row.expires_at <= timezone.now():
+        raise Unauthorized(f"The {noun} has expired.", code=f"{code}_expired")
+    return row
+
+
+def credential_used(row: Any) -> None:
+    """Note that a credential let a call in. Only one that is let in counts as used (a
+    revoked key's "last used" must not move when a refused call arrives); at most one write
+    a minute: enough to spot unused ones, cheap on hot paths."""
+    now = timezone.now()
+    if row.last_used_at is None or row.last_used_at < now - timedelta(seconds=60):
+        type(row).objects.filter(pk=row.pk).update(last_used_at=now)
+
+
 def principal_authenticate(raw: str) -> Principal:
     """Resolve a bearer key to its principal.
 
     Raises Unauthorized (unknown, malformed, revoked or expired key) and Forbidden (the
     partner is disabled by an admin, or its tenant is inactive).
     """
-    prefix, dot, _ = raw.partition(".")
-    if not dot or len(prefix) > 32:
-        raise Unauthorized("The API key is not valid.", code="invalid_key")
-    key = ApiKey.objects.select_related("partner__tenant").filter(prefix=prefix).first()
-    # Compare hashes in constant time even when the prefix is unknown.
-    expected = key.key_hash if key else "0" * 64
-    if not hmac.compare_digest(expected, hash_credential(raw)) or key is None:
-        raise Unauthorized("The API key is not valid.", code="invalid_key")
-    now = timezone.now()
-    if key.revoked_at is not None:
-        raise Unauthorized("The API key has been revoked.", code="key_revoked")
-    if key.expires_at is not None and key.expires_at <= now:
-        raise Unauthorized("The API key has expired.", code="key_expired")
+    key = credential_lookup(
+        ApiKey.objects.select_related("partner__tenant"),
+        raw,
+        hash_field="key_hash",
+        noun="API key",
+        code="key",
+    )
     if key.partner is not None:
         if key.partner.state == Partner.State.DISABLED:
             raise Forbidden("This partner is disabled by an admin.", code="partner_disabled")
         if not key.partner.tenant.is_active:
             raise Forbidden("This tenant is inactive.", code="tenant_inactive")
-    # Only a key that is let in counts as used (a revoked key's "last used" must not move
-    # when a refused call arrives). At most one write a minute per key: enough to spot
-    # unused keys, cheap on hot paths.
-    if key.last_used_at is None or key.last_used_at < now - timedelta(seconds=60):
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    credential_used(key)
     if key.partner is not None:
         return Principal(api_key=key, partner=key.partner, tenant_ids=None)
     if key.all_tenants:

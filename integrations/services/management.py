@@ -9,12 +9,11 @@ history as a change made in the admin (who, when, what).
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
@@ -22,7 +21,7 @@ from django.utils import timezone
 
 from integrations.errors import Forbidden, NotFound, PortalError, Unauthorized
 from integrations.models import ManagementToken, Tenant, TenantMembership
-from integrations.services.accounts import hash_credential
+from integrations.services.accounts import credential_lookup, credential_used, hash_credential
 
 TOKEN_PREFIX = "mgt"
 ADMIN, SUPPORT = TenantMembership.Role.ADMIN, TenantMembership.Role.SUPPORT
@@ -108,23 +107,16 @@ def manager_authenticate(raw: str) -> Manager:
             "The management API takes management tokens (mgt_…), not partner or engine keys.",
             code="management_token_required",
         )
-    token = (
-        ManagementToken.objects.select_related("tenant").filter(prefix=prefix).first()
-        if dot and len(prefix) <= 32
-        else None
+    token = credential_lookup(
+        ManagementToken.objects.select_related("tenant"),
+        raw,
+        hash_field="token_hash",
+        noun="management token",
+        code="token",
     )
-    expected = token.token_hash if token else "0" * 64
-    if not hmac.compare_digest(expected, hash_credential(raw)) or token is None:
-        raise Unauthorized("The management token is not valid.", code="invalid_token")
-    now = timezone.now()
-    if token.revoked_at is not None:
-        raise Unauthorized("The management token has been revoked.", code="token_revoked")
-    if token.expires_at is not None and token.expires_at <= now:
-        raise Unauthorized("The management token has expired.", code="token_expired")
     if not token.tenant.is_active:
         raise Forbidden("This tenant is inactive.", code="tenant_inactive")
-    if token.last_used_at is None or token.last_used_at < now - timedelta(seconds=60):
-        ManagementToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    credential_used(token)
     return Manager(token=token, tenant=token.tenant)
 
 
@@ -158,18 +150,3 @@ def owned(queryset: models.QuerySet, manager: Manager, pk: object, what: str) ->
         return queryset.get(tenant=manager.tenant, pk=pk)
     except (queryset.model.DoesNotExist, ValueError, TypeError):
         raise NotFound(f"No {what} {pk}.", code=f"{what}_not_found") from None
-
-
-__all__ = [
-    "ADDITION",
-    "ADMIN",
-    "CHANGE",
-    "DELETION",
-    "SUPPORT",
-    "Manager",
-    "change_record",
-    "management_token_create",
-    "management_token_revoke",
-    "manager_authenticate",
-    "owned",
-]
