@@ -53,6 +53,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 import harness
 from harness import Bench, log, percentile, rnd
@@ -70,10 +71,21 @@ ADMIN_PAGES = [
     ("event_list_plain", "/admin/integrations/event/", ""),
     ("event_list_filtered", "/admin/integrations/event/", "kind__exact=incoming&recent=24h"),
     ("event_list_search", "/admin/integrations/event/", "q={ticket}"),
+    # Partial search (issue 14, item 3): 6 characters from the middle of a ticket number, a
+    # customer's name in lower case, two words of a message (a common one and the ticket's
+    # 8-digit prefix: about 10 events) and a word in about 90 % of them.
+    ("event_list_search_ticket_part", "/admin/integrations/event/", "q={ticket_part}"),
+    ("event_list_search_customer", "/admin/integrations/event/", "q={customer}"),
+    ("event_list_search_words_rare", "/admin/integrations/event/", "q={words_rare}"),
+    ("event_list_search_word_common", "/admin/integrations/event/", "q={word_common}"),
     ("event_list_deep", "/admin/integrations/event/", "p={deep_page}"),
     ("delivery_list_plain", "/admin/integrations/delivery/", ""),
     ("delivery_list_dead", "/admin/integrations/delivery/", "status__exact=dead"),
     ("delivery_list_search", "/admin/integrations/delivery/", "q={ticket}"),
+    ("delivery_list_search_ticket_part", "/admin/integrations/delivery/", "q={ticket_part}"),
+    ("delivery_list_search_customer", "/admin/integrations/delivery/", "q={customer}"),
+    ("delivery_list_search_words_rare", "/admin/integrations/delivery/", "q={words_rare}"),
+    ("delivery_list_search_word_common", "/admin/integrations/delivery/", "q={word_common}"),
     ("ticket_timeline", "/admin/integrations/ticket/{heavy_id}/timeline/", ""),
     ("dashboard", "/admin/", ""),
 ]
@@ -549,7 +561,19 @@ def page_targets(shape: Shape, accounts: dict[str, Any], deep_page: int) -> list
     middle = (shape.tickets // 2) // 2 * 2
     ticket = _md5(f"ticket-{middle}")
     event = Event.objects.filter(ticket=heavy, kind="incoming").order_by("-sequence").first()
-    values = {"ticket": ticket, "heavy_id": heavy.pk, "deep_page": deep_page}
+    # A customer of the first tenant (even contact index) with a number of several digits.
+    customer = (shape.contacts // 3) // 2 * 2
+    values = {
+        "ticket": ticket,
+        "heavy_id": heavy.pk,
+        "deep_page": deep_page,
+        "ticket_part": ticket[10:16],
+        "customer": quote_plus(f"customer {customer}"),
+        # Message text is 'Halo, ini pesan N tentang pesanan <ticket[:8]>, mohon dibantu ya.'
+        # (10 % are 'foto-N.jpg' instead).
+        "words_rare": quote_plus(f"Pesanan {ticket[:8].upper()}"),
+        "word_common": "pesanan",
+    }
     targets = []
     for name, path, query in ADMIN_PAGES:
         url = path.format(**values) + ("?" + query.format(**values) if query else "")
