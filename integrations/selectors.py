@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db.models import Prefetch
+from django.db import connections
+from django.db.models import (
+    Aggregate,
+    Case,
+    Count,
+    FloatField,
+    IntegerField,
+    Prefetch,
+    Value,
+    When,
+)
+from django.db.models.functions import Mod, TruncHour
+from django.utils import timezone
 
 from integrations.errors import NotFound
-from integrations.models import Contact, Delivery, Event, Tenant, Ticket
+from integrations.models import (
+    Contact,
+    Delivery,
+    Event,
+    Partner,
+    Tenant,
+    Ticket,
+)
 from integrations.outbox.notices import OPERATIONS_CHANNEL
 from integrations.services.accounts import Principal
 
@@ -201,49 +222,289 @@ def partner_health(*, partner, now=None) -> dict[str, Any]:
     }
 
 
-def dashboard_stats(*, tenant_ids: list[int] | None, now=None) -> dict[str, Any]:
-    """Per-partner volume and success rate over 24 h, and the queue depth, for the index."""
-    from datetime import timedelta
+# --- the dashboard (the admin index) ------------------------------------------------------
 
-    from django.db.models import Count, Q
-    from django.utils import timezone
+# Window -> (span, hours per bar): hourly bars for a day, 6-hour bars for a week.
+DASHBOARD_WINDOWS: dict[str, tuple[timedelta, int]] = {
+    "24h": (timedelta(hours=24), 1),
+    "7d": (timedelta(days=7), 6),
+}
+DASHBOARD_DEFAULT_WINDOW = "24h"
+# What each delivery status counts as on the chart, in stacking order (bottom first).
+DASHBOARD_OUTCOMES: dict[str, tuple[str, ...]] = {
+    "succeeded": (Delivery.Status.SUCCEEDED,),
+    "waiting": (Delivery.Status.PENDING, Delivery.Status.DELIVERING, Delivery.Status.RETRYING),
+    "dead": (Delivery.Status.DEAD,),
+    "cancelled": (Delivery.Status.CANCELLED,),
+    "not_configured": (Delivery.Status.NOT_CONFIGURED,),
+}
+_OUTCOME_OF = {status: outcome for outcome, ss in DASHBOARD_OUTCOMES.items() for status in ss}
+DASHBOARD_TARGETS = 25  # rows of the per-partner table, busiest first
+# Latency percentiles of a target read the attempts of at most about this many of its
+# deliveries of the window (every n-th by id): a week of a busy partner would otherwise be
+# 100,000 index probes into the attempts (bench/logscale.py at 1,000,000 events).
+LATENCY_SAMPLE_DELIVERIES = 1000
 
+
+class PercentileCont(Aggregate):
+    """PostgreSQL's `percentile_cont(fraction) WITHIN GROUP (ORDER BY expression)`: the
+    value at `fraction` of the ordered group, interpolated between neighbours."""
+
+    function = "percentile_cont"
+    template = "%(function)s(%(fraction)r) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression: str, fraction: float, **extra: Any) -> None:
+        if not 0 <= fraction <= 1:
+            raise ValueError("fraction must be in [0, 1]")
+        super().__init__(expression, fraction=float(fraction), **extra)
+
+
+def percentile_cont(sorted_values: list[int] | list[float], fraction: float) -> float | None:
+    """As PostgreSQL's percentile_cont: linear interpolation between the closest ranks of
+    ascending `sorted_values`; None for none."""
+    if not sorted_values:
+        return None
+    position = fraction * (len(sorted_values) - 1)
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def dashboard_partner_choices(*, tenant_ids: list[int] | None) -> list[dict[str, Any]]:
+    """The partners the dashboard can be narrowed to: those of `tenant_ids` (None: all),
+    by tenant name, then name."""
+    partners = Partner.objects.order_by("tenant__name", "tenant_id", "name", "pk")
+    if tenant_ids is not None:
+        partners = partners.filter(tenant_id__in=tenant_ids)
+    return [
+        {"id": pk, "name": name, "tenant_id": tenant_id, "tenant": tenant}
+        for pk, name, tenant_id, tenant in partners.values_list(
+            "pk", "name", "tenant_id", "tenant__name"
+        )
+    ]
+
+
+def _bar_start(moment: datetime, hours: int) -> datetime:
+    """The start of the bar `moment` falls in, in UTC: a whole hour of the current time zone
+    whose hour of the day is a multiple of `hours`."""
+    local = timezone.localtime(moment)
+    start = local.replace(hour=local.hour - local.hour % hours, minute=0, second=0, microsecond=0)
+    return start.astimezone(UTC)
+
+
+def dashboard_bar_starts(*, now: datetime, window: str) -> list[datetime]:
+    """The starts (UTC) of the window's bars, oldest first: from the bar that holds
+    `now - span` to the one that holds `now` (which is still filling up).
+
+    Bars follow the wall clock of the current time zone (a zone 5:30 from UTC gets bars from
+    :30 UTC); a day with a DST change has one bar more or fewer.
+    """
+    span, hours = DASHBOARD_WINDOWS[window]
+    starts: list[datetime] = []
+    # Hour by hour in UTC (a comparison of two local times ignores the fold of a DST change).
+    moment = _bar_start(now - span, hours)
+    while moment <= now:
+        start = _bar_start(moment, hours)
+        if not starts or start != starts[-1]:
+            starts.append(start)
+        moment += timedelta(hours=1)
+    return starts
+
+
+def dashboard_stats(
+    *,
+    tenant_ids: list[int] | None,
+    window: str = DASHBOARD_DEFAULT_WINDOW,
+    partner_id: int | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The admin index's figures for `tenant_ids` (None: all), optionally one partner's.
+
+    Returns the queue depth (now), and for the window (DASHBOARD_WINDOWS; an unknown one is
+    the default): deliveries per bar and outcome (DASHBOARD_OUTCOMES) with bar starts in the
+    current time zone, totals per outcome, and per target (partner, engine relay,
+    operations URL; the busiest DASHBOARD_TARGETS) volume, success rate and p50/p95 latency
+    of the attempts that got an HTTP response (LATENCY_SAMPLE_DELIVERIES); whether there
+    were deliveries before the window. A delivery counts in the bar and window of its
+    creation, with its status now. `partner_id` narrows everything to that partner, and
+    only within `tenant_ids`: another tenant's partner yields nothing.
+    """
+    if window not in DASHBOARD_WINDOWS:
+        window = DASHBOARD_DEFAULT_WINDOW
     now = now or timezone.now()
+    everyone = tenant_ids is None
     if tenant_ids is None:
-        # Naming every tenant lets (tenant, -created_at) serve the 24 h window: 19 ms instead
+        # Naming every tenant lets (tenant, -created_at) serve the window: 19 ms instead
         # of a whole-table read at 1,000,000 events (bench/logscale.py).
         tenant_ids = list(Tenant.objects.values_list("pk", flat=True))
-    deliveries = Delivery.objects.filter(tenant_id__in=tenant_ids)
-    recent = deliveries.filter(created_at__gte=now - timedelta(hours=24))
-    rows = (
-        recent.values("target", "partner__name", "tenant__name")
-        .annotate(
-            total=Count("id"),
-            ok=Count("id", filter=Q(status="succeeded")),
-            dead=Count("id", filter=Q(status="dead")),
-        )
-        .order_by("-total")[:20]
+    # The queue counts of every tenant need no tenant filter: the status indexes alone
+    # answer them (index-only), where a tenant list would read each row.
+    queue = (
+        Delivery.objects.all() if everyone else Delivery.objects.filter(tenant_id__in=tenant_ids)
     )
-    partners = [
-        {
-            "name": r["partner__name"]
-            or ("Operations URL" if r["target"] == Delivery.OPERATIONS_TARGET else "Engine relay"),
-            "tenant": r["tenant__name"],
-            "total": r["total"],
-            "succeeded": r["ok"],
-            "dead": r["dead"],
-            "rate": r["ok"] / r["total"] if r["total"] else None,
-        }
-        for r in rows
-    ]
-    waiting = deliveries.filter(status__in=Delivery.WAITING_STATUSES)
+    deliveries = Delivery.objects.filter(tenant_id__in=tenant_ids)
+    if partner_id is not None:
+        queue = queue.filter(partner_id=partner_id)
+        deliveries = deliveries.filter(partner_id=partner_id)
+    hours = DASHBOARD_WINDOWS[window][1]
+    starts = dashboard_bar_starts(now=now, window=window)
+    # The window starts with its first bar: every bar holds whole hours.
+    recent = deliveries.filter(created_at__gte=starts[0])
+    bars, totals, targets = _window_figures(recent, starts=starts, hours=hours)
+    latencies = _latencies(recent, targets)
+    for row in targets:
+        row.update(latencies.get((row["target"], row["tenant_id"]), {}))
+    waiting = queue.filter(status__in=Delivery.WAITING_STATUSES)
+    total = sum(totals.values())
     return {
-        "partners": partners,
-        "max_total": max((p["total"] for p in partners), default=0),
+        "window": window,
+        "tenant_count": len(tenant_ids),
+        "since": timezone.localtime(starts[0]),
+        "now": timezone.localtime(now),
+        "bars": bars,
+        "max_bar_total": max((bar["total"] for bar in bars), default=0),
+        "totals": totals,
+        "total": total,
+        # (for the empty state: a quiet window, or nothing yet)
+        "any_deliveries": total > 0 or deliveries.filter(created_at__lt=starts[0]).exists(),
+        "partners": targets,
+        "max_total": max((row["total"] for row in targets), default=0),
         "pending": waiting.count(),
         "due_now": waiting.filter(next_attempt_at__lte=now).count(),
-        "dead": deliveries.filter(status=Delivery.Status.DEAD).count(),
+        "dead": queue.filter(status=Delivery.Status.DEAD).count(),
     }
+
+
+def _window_figures(
+    recent, *, starts: list[datetime], hours: int
+) -> tuple[list[dict[str, Any]], dict[str, int], list[dict[str, Any]]]:
+    """Bars, totals per outcome and per-target figures from one read of the window's
+    deliveries: counted in SQL per hour of the current zone, status and target (about
+    25 x 5 x targets rows a day; one expression to group by keeps it a hash aggregate),
+    added up into bars here. (The hour a DST change repeats comes back from SQL as one
+    wall-clock hour: it counts in the first of its two hourly bars.)"""
+    rows = (
+        recent.annotate(hour=TruncHour("created_at", tzinfo=timezone.get_current_timezone()))
+        .values("hour", "status", "target", "tenant_id", "partner_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    index = {start: i for i, start in enumerate(starts)}
+    counts = [dict.fromkeys(DASHBOARD_OUTCOMES, 0) for _ in starts]
+    per_target: dict[tuple[str, int, int | None], dict[str, int]] = {}
+    for row in rows:
+        outcome = _OUTCOME_OF.get(row["status"])
+        i = index.get(_bar_start(row["hour"], hours))
+        if outcome is None or i is None:  # (i: made after `now`, the next bar's)
+            continue
+        counts[i][outcome] += row["n"]
+        key = (row["target"], row["tenant_id"], row["partner_id"])
+        figures = per_target.setdefault(key, dict.fromkeys(DASHBOARD_OUTCOMES, 0))
+        figures[outcome] += row["n"]
+    ends = [*starts[1:], starts[-1] + timedelta(hours=hours)]
+    bars = [
+        {
+            "start": timezone.localtime(start),
+            "end": timezone.localtime(end),
+            "counts": bar,
+            "total": sum(bar.values()),
+        }
+        for start, end, bar in zip(starts, ends, counts, strict=True)
+    ]
+    totals = {outcome: sum(bar[outcome] for bar in counts) for outcome in DASHBOARD_OUTCOMES}
+    return bars, totals, _target_rows(per_target)
+
+
+def _target_rows(per_target: dict[tuple[str, int, int | None], dict[str, int]]):
+    """The busiest DASHBOARD_TARGETS targets with their partner's and tenant's names."""
+    busiest = sorted(per_target.items(), key=lambda kv: (-sum(kv[1].values()), kv[0][:2]))
+    busiest = busiest[:DASHBOARD_TARGETS]
+    partner_names = dict(
+        Partner.objects.filter(pk__in={k[2] for k, _ in busiest if k[2]}).values_list("pk", "name")
+    )
+    tenant_names = dict(
+        Tenant.objects.filter(pk__in={k[1] for k, _ in busiest}).values_list("pk", "name")
+    )
+    rows = []
+    for (target, tenant_id, partner_id), figures in busiest:
+        total = sum(figures.values())
+        rows.append(
+            {
+                "target": target,
+                "tenant_id": tenant_id,
+                "partner_id": partner_id,
+                # None for the engine relay and the operations URL
+                "name": partner_names.get(partner_id) if partner_id else None,
+                "tenant": tenant_names.get(tenant_id),
+                "total": total,
+                "succeeded": figures["succeeded"],
+                "waiting": figures["waiting"],
+                "dead": figures["dead"],
+                "rate": figures["succeeded"] / total if total else None,
+                "responses": 0,
+                "sampled": total > LATENCY_SAMPLE_DELIVERIES,
+                "p50_ms": None,
+                "p95_ms": None,
+            }
+        )
+    return rows
+
+
+def _latencies(recent, targets: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """{(target, tenant id): responses, p50_ms, p95_ms} over the attempts that got an HTTP
+    response (a timeout or a refused connection says nothing about the partner's speed) of
+    the window's deliveries to `targets`; of a target with more than
+    LATENCY_SAMPLE_DELIVERIES of them, of every n-th by id (n chosen per target)."""
+    if not targets:
+        return {}
+    deliveries = recent.filter(
+        target__in=sorted({row["target"] for row in targets}),
+        attempts_log__response_status__isnull=False,
+    )
+    strides = [
+        When(target=row["target"], tenant_id=row["tenant_id"], then=Value(stride))
+        for row in targets
+        if (stride := math.ceil(row["total"] / LATENCY_SAMPLE_DELIVERIES)) > 1
+    ]
+    if strides:
+        # On the delivery's own columns, so it thins the deliveries before their attempts
+        # are looked up.
+        deliveries = deliveries.alias(
+            sample=Mod("id", Case(*strides, default=Value(1), output_field=IntegerField()))
+        ).filter(sample=0)
+    figures: dict[tuple[str, int], dict[str, Any]] = {}
+    if connections[deliveries.db].vendor == "postgresql":
+        rows = (
+            deliveries.values("target", "tenant_id")
+            .annotate(
+                responses=Count("attempts_log"),
+                p50=PercentileCont("attempts_log__duration_ms", 0.50),
+                p95=PercentileCont("attempts_log__duration_ms", 0.95),
+            )
+            .order_by()
+        )
+        for r in rows:
+            figures[(r["target"], r["tenant_id"])] = {
+                "responses": r["responses"],
+                "p50_ms": round(r["p50"]),
+                "p95_ms": round(r["p95"]),
+            }
+        return figures
+    # Without percentile_cont (SQLite, the embedded default): the same figures, here.
+    durations: dict[tuple[str, int], list[int]] = {}
+    answered = deliveries.values_list("target", "tenant_id", "attempts_log__duration_ms")
+    for target, tenant_id, duration_ms in answered:
+        durations.setdefault((target, tenant_id), []).append(duration_ms)
+    for key, values in durations.items():
+        values.sort()
+        p50, p95 = percentile_cont(values, 0.50), percentile_cont(values, 0.95)
+        figures[key] = {
+            "responses": len(values),
+            "p50_ms": None if p50 is None else round(p50),
+            "p95_ms": None if p95 is None else round(p95),
+        }
+    return figures
 
 
 def ticket_timeline(*, ticket) -> list[dict[str, Any]]:
