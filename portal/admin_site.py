@@ -28,6 +28,15 @@ class PortalAdminSite(admin.AdminSite):
     # Lists get the width (a 1366-px laptop): the dashboard and breadcrumbs lead everywhere.
     enable_nav_sidebar = False
 
+    def get_urls(self):
+        from django.urls import path
+
+        from integrations.admin.zones import switch_time_zone
+
+        return [
+            path("time-zone/", self.admin_view(switch_time_zone), name="time_zone"),
+        ] + super().get_urls()
+
     def index(self, request, extra_context=None):
         from integrations.admin.scoping import tenant_ids_for
 

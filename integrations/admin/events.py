@@ -6,10 +6,19 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin, messages
-from django.urls import reverse
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseNotAllowed
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.text import Truncator
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
+from integrations import explain
+from integrations.admin import display
 from integrations.admin.forms import confirm_first
 from integrations.admin.logs import (
     EventRecentFilter,
@@ -27,6 +36,7 @@ from integrations.admin.scoping import (
     ADMIN,
     SUPPORT,
     ReadOnlyScopedInline,
+    tenant_ids_for,
 )
 from integrations.errors import Conflict
 from integrations.models import (
@@ -39,14 +49,35 @@ from integrations.models import (
 from integrations.services import operations
 
 
+def refusal(exc: Conflict) -> str:
+    """Why a resend or cancel was refused, in the user's language."""
+    reasons = {
+        "not_final": gettext("It is still on its way: only a finished delivery can be resent."),
+        "not_cancellable": gettext(
+            "Only a pending or retrying delivery can be cancelled (this one is finished or "
+            "being sent right now)."
+        ),
+        "not_configured": gettext(
+            "Its target is not configured yet (engine relay or operations URL): set it first."
+        ),
+    }
+    return reasons.get(exc.code, str(exc))
+
+
+def several_tenants(request) -> bool:
+    """Whether the user sees more than one tenant's rows (then lists name the tenant)."""
+    tenant_ids = tenant_ids_for(request)
+    return tenant_ids is None or len(tenant_ids) > 1
+
+
 class DeliveryInline(ReadOnlyScopedInline):
     model = Delivery
     fields = [
         "target_link",
-        "status",
+        "status_badge",
         "attempts",
         "last_status_code",
-        "last_error",
+        "error",
         "next_attempt_at",
         "delivered_at",
     ]
@@ -55,14 +86,28 @@ class DeliveryInline(ReadOnlyScopedInline):
     @admin.display(description=_("delivery"))
     def target_link(self, obj):
         url = reverse("admin:integrations_delivery_change", args=[obj.pk])
-        return format_html(
-            '<a href="{}">{}</a>', url, obj.partner.name if obj.partner else _("Engine relay")
-        )
+        return format_html('<a href="{}">{}</a>', url, target_label(obj))
+
+    @admin.display(description=_("status"))
+    def status_badge(self, obj):
+        return display.status_badge(obj)
+
+    @admin.display(description=_("last error"))
+    def error(self, obj):
+        return display.delivery_error(obj)
+
+
+def target_label(delivery: Delivery) -> str:
+    if delivery.partner_id:
+        return delivery.partner.name
+    if delivery.target == Delivery.OPERATIONS_TARGET:
+        return gettext("Operations URL")
+    return gettext("Engine relay")
 
 
 @admin.register(Event)
 class EventAdmin(LogAdmin):
-    list_display = ["id", "kind", "source", "ticket_number", "channel", "tenant", "received_at"]
+    list_display = ["short", "kind", "source", "ticket", "message", "channel", "received_at"]
     list_filter = [
         EventRecentFilter,
         "kind",
@@ -72,7 +117,7 @@ class EventAdmin(LogAdmin):
     ]
     # (shows the search box; get_search_results implements the search: whole ids and parts)
     search_fields = ["ticket_number", "ticket__contact__contact_id", "id"]
-    list_select_related = ["tenant", "ticket"]
+    list_select_related = ["ticket", "partner"]
     fields = [
         "id",
         "kind",
@@ -108,6 +153,42 @@ class EventAdmin(LogAdmin):
             queryset = queryset.filter(event_search(request, words))
         return queryset, False
 
+    def get_list_display(self, request):
+        shown = list(super().get_list_display(request))
+        if several_tenants(request):
+            shown.insert(shown.index("channel"), "tenant")
+        return shown
+
+    def get_list_select_related(self, request):
+        related = list(super().get_list_select_related(request))
+        return related + ["tenant"] if several_tenants(request) else related
+
+    @admin.display(description=_("event"), ordering="received_at")
+    def short(self, obj):
+        return display.short_id(
+            obj.pk, url=reverse("admin:integrations_event_change", args=[obj.pk])
+        )
+
+    @admin.display(description=_("ticket"), ordering="ticket_number")
+    def ticket(self, obj):
+        return display.short_id(
+            obj.ticket_number,
+            url=reverse("admin:integrations_ticket_timeline", args=[obj.ticket_id]),
+        )
+
+    @admin.display(description=_("message"))
+    def message(self, obj):
+        payload = obj.payload if isinstance(obj.payload, dict) else {}
+        if obj.kind == Event.Kind.COMMAND:  # the engine's command word, as sent
+            return format_html("<code>{}</code>", str(payload.get("event", "")))
+        text = payload.get("message") or ""
+        if not isinstance(text, str):
+            text = ""
+        kind = payload.get("messageType")
+        if kind and kind != "text" and isinstance(kind, str):
+            text = f"[{display.message_type_label(kind)}] {text}".strip()
+        return Truncator(text).chars(60) or "—"
+
     @admin.display(description=_("channel"))
     def channel(self, obj):
         return obj.ticket.channel
@@ -136,12 +217,44 @@ class AttemptInline(ReadOnlyScopedInline):
         "created_at",
         "response_status",
         "duration_ms",
-        "outcome",
-        "error_class",
-        "error_message",
+        "outcome_label",
+        "error",
         "response_excerpt",
+        "resend",
     ]
     readonly_fields = fields
+
+    @admin.display(description="")
+    def resend(self, obj):
+        """A Resend button on every attempt of a finished delivery; it submits the page's own
+        form (its CSRF token) to the delivery's resend URL."""
+        if not obj.delivery.is_final:
+            return ""
+        url = reverse("admin:integrations_delivery_resend", args=[obj.delivery_id])
+        return format_html(
+            '<button type="submit" formaction="{}" class="resend-attempt">{}</button>',
+            url,
+            gettext("Resend"),
+        )
+
+    @admin.display(description=_("outcome"))
+    def outcome_label(self, obj):
+        return format_html(
+            '<span class="outcome outcome-{}">{}</span>',
+            obj.outcome,
+            explain.attempt_outcome(obj, obj.delivery),
+        )
+
+    @admin.display(description=_("error"))
+    def error(self, obj):
+        technical = obj.error_message or (
+            f"HTTP {obj.response_status}"
+            if obj.outcome != "success" and obj.response_status
+            else ""
+        )
+        if obj.outcome == "success":
+            return "—"
+        return display.readable_error(explain.attempt_summary(obj), technical)
 
     @admin.display(description=_("response"))
     def response_excerpt(self, obj):
@@ -151,17 +264,18 @@ class AttemptInline(ReadOnlyScopedInline):
 @admin.register(Delivery)
 class DeliveryAdmin(LogAdmin):
     tenant_path = "tenant"
+    change_form_template = "admin/integrations/delivery/change_form.html"
+    # What answers "did it arrive?" first; full ids on hover and copy.
     list_display = [
-        "id",
-        "event_link",
-        "ticket_number",
+        "status_badge",
         "target_name",
-        "status",
+        "ticket_number",
+        "result",
         "attempts",
-        "next_attempt_at",
-        "last_status_code",
         "created_at",
+        "event_short",
     ]
+    list_display_links = None
     list_filter = [
         RecentFilter,
         "status",
@@ -173,15 +287,15 @@ class DeliveryAdmin(LogAdmin):
     search_fields = ["ticket__ticket_number", "ticket__contact__contact_id", "event__id"]
     list_select_related = ["partner", "ticket", "event"]
     fields = [
-        "event_link",
-        "ticket_number",
+        "state",
         "target_name",
+        "ticket_number",
+        "event_link",
         "endpoint",
-        "status",
         "attempts",
         "next_attempt_at",
         "last_status_code",
-        "last_error",
+        "error",
         "delivered_at",
         "created_at",
     ]
@@ -202,18 +316,144 @@ class DeliveryAdmin(LogAdmin):
             queryset = queryset.filter(delivery_search(request, words))
         return queryset, False
 
+    @admin.display(description=_("status"), ordering="status")
+    def status_badge(self, obj):
+        url = reverse("admin:integrations_delivery_change", args=[obj.pk])
+        return format_html('<a href="{}">{}</a>', url, display.status_badge(obj))
+
+    @admin.display(description=_("status"))
+    def state(self, obj):
+        """The status badge and, for a waiting delivery, what it waits for."""
+        badge = display.status_badge(obj)
+        held = explain.holdup(obj, now=timezone.now())
+        if held is None:
+            return badge
+        if held.blocker is not None:
+            url = reverse("admin:integrations_delivery_change", args=[held.blocker.pk])
+            return format_html(
+                '{} <span class="holdup">{} <a href="{}" id="blocking-delivery">{}</a></span>',
+                badge,
+                held.text,
+                url,
+                gettext("Open it"),
+            )
+        return format_html('{} <span class="holdup">{}</span>', badge, held.text)
+
+    @admin.display(description=_("result"))
+    def result(self, obj):
+        """HTTP status or the error in words; for a held delivery, what it waits for."""
+        if obj.status in Delivery.WAITING_STATUSES:
+            blocker = explain.blocking_delivery(obj)
+            if blocker is not None:
+                url = reverse("admin:integrations_delivery_change", args=[blocker.pk])
+                return format_html(
+                    '<a href="{}" class="holdup">{}</a>',
+                    url,
+                    gettext("Waiting for message #%(n)s") % {"n": blocker.event.sequence},
+                )
+        if obj.status == Delivery.Status.SUCCEEDED:
+            return f"HTTP {obj.last_status_code}" if obj.last_status_code else "—"
+        return display.delivery_error(obj)
+
+    @admin.display(description=_("last error"))
+    def error(self, obj):
+        return display.delivery_error(obj)
+
     @admin.display(description=_("event"))
     def event_link(self, obj):
         url = reverse("admin:integrations_event_change", args=[obj.event_id])
-        return format_html('<a href="{}">{}</a>', url, obj.event_id)
+        return format_html(
+            "{} · {}",
+            display.short_id(obj.event_id, url=url),
+            gettext("message #%(n)s of the ticket") % {"n": obj.event.sequence},
+        )
+
+    @admin.display(description=_("event"))
+    def event_short(self, obj):
+        url = reverse("admin:integrations_event_change", args=[obj.event_id])
+        return display.short_id(obj.event_id, url=url)
 
     @admin.display(description=_("ticket"))
     def ticket_number(self, obj):
-        return timeline_link(obj.ticket_id, obj.ticket.ticket_number)
+        return display.short_id(
+            obj.ticket.ticket_number,
+            url=reverse("admin:integrations_ticket_timeline", args=[obj.ticket_id]),
+        )
 
     @admin.display(description=_("target"))
     def target_name(self, obj):
-        return obj.partner.name if obj.partner else _("Engine relay")
+        return target_label(obj)
+
+    def get_urls(self):
+        return [
+            path(
+                "<path:object_id>/resend/",
+                self.admin_site.admin_view(self.resend_view),
+                name="integrations_delivery_resend",
+            ),
+            path(
+                "<path:object_id>/cancel/",
+                self.admin_site.admin_view(self.cancel_view),
+                name="integrations_delivery_cancel",
+            ),
+        ] + super().get_urls()
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        delivery = self.get_object(request, object_id)
+        extra_context = extra_context or {}
+        if delivery is not None:
+            extra_context["can_resend"] = delivery.is_final and self._allowed(
+                request, "view", delivery
+            )
+            extra_context["can_cancel"] = (
+                delivery.status in Delivery.WAITING_STATUSES
+                and self._allowed(request, "operate", delivery)
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def _one(self, request, object_id, permission: str):
+        delivery = self.get_object(request, object_id)
+        if delivery is None or not self._allowed(request, permission, delivery):
+            raise PermissionDenied
+        return delivery
+
+    def resend_view(self, request, object_id):
+        """Resend one delivery from its page (or one of its attempts' rows); POST only."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        delivery = self._one(request, object_id, "view")
+        try:
+            operations.delivery_redeliver(delivery=delivery)
+        except Conflict as exc:
+            messages.error(request, refusal(exc))
+        else:
+            self.log_change(request, delivery, "Redelivered.")
+            messages.success(
+                request,
+                gettext("Resent: it goes out within seconds. Reload to see the new attempt."),
+            )
+        return redirect("admin:integrations_delivery_change", delivery.pk)
+
+    def cancel_view(self, request, object_id):
+        """Cancel one waiting delivery: a confirmation page first (GET), then the POST."""
+        delivery = self._one(request, object_id, "operate")
+        if request.method == "POST" and request.POST.get("confirmed") == "yes":
+            try:
+                operations.delivery_cancel(delivery=delivery)
+            except Conflict as exc:
+                messages.error(request, refusal(exc))
+            else:
+                self.log_change(request, delivery, "Cancelled.")
+                messages.success(request, gettext("Cancelled: it will not be sent."))
+            return redirect("admin:integrations_delivery_change", delivery.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": gettext("Cancel this delivery?"),
+            "delivery": delivery,
+            "target": target_label(delivery),
+        }
+        return TemplateResponse(request, "admin/integrations/delivery/cancel_confirm.html", context)
 
     # Support staff may redeliver; cancelling is for tenant admins.
     def has_redeliver_permission(self, request):
@@ -261,6 +501,21 @@ class DeliveryAdmin(LogAdmin):
         self._run(request, queryset, operations.delivery_cancel, "Cancelled.")
 
 
+class OutcomeFilter(admin.SimpleListFilter):
+    """Attempt outcomes in words (the stored values are the webhook classifier's)."""
+
+    title = _("outcome")
+    parameter_name = "outcome"
+
+    def lookups(self, request, model_admin):
+        return [(key, explain.outcome_label(key)) for key in explain.OUTCOME_LABELS]
+
+    def queryset(self, request, queryset):
+        if self.value() in explain.OUTCOME_LABELS:
+            return queryset.filter(outcome=self.value())
+        return queryset
+
+
 @admin.register(DeliveryAttempt)
 class DeliveryAttemptAdmin(LogAdmin):
     tenant_path = "delivery__tenant"
@@ -269,28 +524,50 @@ class DeliveryAttemptAdmin(LogAdmin):
         "number",
         "response_status",
         "duration_ms",
-        "outcome",
+        "outcome_text",
         "error_class",
         "created_at",
     ]
-    list_filter = ["outcome"]
+    list_filter = [OutcomeFilter]
     list_select_related = ["delivery"]
     fields = [
         "delivery",
         "number",
-        "url",
-        "request_headers",
+        "url_code",
+        "request_headers_pretty",
         "response_status",
-        "response_headers",
+        "response_headers_pretty",
         "response_body",
         "duration_ms",
-        "outcome",
-        "error_class",
-        "error_message",
+        "outcome_text",
+        "error",
         "created_at",
     ]
     readonly_fields = fields
     ordering = ["-id"]
+
+    @admin.display(description=_("outcome"), ordering="outcome")
+    def outcome_text(self, obj):
+        return explain.outcome_label(obj.outcome)
+
+    @admin.display(description=_("URL"))
+    def url_code(self, obj):
+        return format_html("<code>{}</code>", obj.url)
+
+    @admin.display(description=_("request headers"))
+    def request_headers_pretty(self, obj):
+        return pretty_json(obj.request_headers)
+
+    @admin.display(description=_("response headers"))
+    def response_headers_pretty(self, obj):
+        return pretty_json(obj.response_headers)
+
+    @admin.display(description=_("error"))
+    def error(self, obj):
+        if obj.outcome == "success":
+            return "—"
+        status = f"HTTP {obj.response_status}" if obj.response_status else ""
+        return display.readable_error(explain.attempt_summary(obj), obj.error_message or status)
 
 
 class SuperuserOnlyAdmin(admin.ModelAdmin):

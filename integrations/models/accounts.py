@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from integrations.encryption import EncryptedTextField
@@ -70,7 +71,11 @@ class TenantMembership(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.user} — {self.role} of {self.tenant.owner}"
+        return gettext("%(user)s: %(role)s of %(tenant)s") % {
+            "user": self.user,
+            "role": self.get_role_display(),
+            "tenant": self.tenant.name,
+        }
 
 
 class Partner(models.Model):
@@ -106,13 +111,19 @@ class Partner(models.Model):
         _("retry schedule override"),
         max_length=500,
         blank=True,
-        help_text=_("Comma-separated seconds; empty uses PORTAL_RETRY_SCHEDULE."),
+        help_text=_(
+            "Seconds to wait before each retry, comma-separated, such as <code>0,5,300</code>; "
+            "empty: the portal's default schedule, set by its operators."
+        ),
     )
     rate_limit = models.CharField(
         _("rate limit override"),
         max_length=32,
         blank=True,
-        help_text=_("Such as 100/second; empty uses PORTAL_PARTNER_RATE."),
+        help_text=_(
+            "Calls allowed per second or per minute, written <code>100/second</code> or "
+            "<code>600/minute</code>; empty: the portal's default, set by its operators."
+        ),
     )
     state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.ACTIVE)
     state_reason = models.CharField(_("state reason"), max_length=500, blank=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from integrations.models.accounts import Partner, Tenant
@@ -144,7 +145,7 @@ class Event(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.id}"
+        return f"{self.get_kind_display()} {str(self.id)[:8]}"
 
 
 class Delivery(models.Model):
@@ -231,7 +232,7 @@ class Delivery(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.event_id} → {self.target}"
+        return gettext("Delivery #%(id)s") % {"id": self.pk}
 
     @property
     def is_final(self) -> bool:
@@ -267,7 +268,10 @@ class DeliveryAttempt(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"attempt {self.number} of delivery {self.delivery_id}"
+        return gettext("Attempt %(n)s of delivery #%(id)s") % {
+            "n": self.number,
+            "id": self.delivery_id,
+        }
 
 
 class IdempotencyRecord(models.Model):

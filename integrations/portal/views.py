@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 from django.contrib import messages
@@ -24,6 +25,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from integrations import explain
 from integrations.delivery import redact_url
 from integrations.errors import Conflict, PortalError
 from integrations.models import Delivery, Partner
@@ -66,7 +68,13 @@ def partner_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRes
         ):
             request.session.pop(SESSION_KEY, None)
             return render(request, "partner_portal/signed_out.html", status=403)
-        return view(request, partner, *args, **kwargs)
+        # times in the tenant's zone, with its name (issue 14)
+        try:
+            zone = ZoneInfo(partner.tenant.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            zone = ZoneInfo("UTC")
+        with timezone.override(zone):
+            return view(request, partner, *args, **kwargs)
 
     return wrapped
 
@@ -195,7 +203,10 @@ def _delivery(partner: Partner, delivery_id: int) -> Delivery:
 @partner_required
 def delivery(request: HttpRequest, partner: Partner, delivery_id: int) -> HttpResponse:
     found = _delivery(partner, delivery_id)
-    attempts = found.attempts_log.order_by("number")
+    attempts = list(found.attempts_log.order_by("number"))
+    for attempt in attempts:
+        attempt.summary = explain.attempt_summary(attempt)  # type: ignore[attr-defined]
+        attempt.outcome_label = explain.attempt_outcome(attempt, found)  # type: ignore[attr-defined]
     return render(
         request,
         "partner_portal/delivery.html",

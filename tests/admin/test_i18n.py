@@ -65,6 +65,10 @@ def parse_po(path: Path) -> list[dict]:
             entry["flags"] |= {f.strip() for f in line[2:].split(",")}
         elif line.startswith("#"):
             continue
+        elif line.startswith("msgctxt "):
+            start()
+            entry["msgctxt"] = _unquote(line[len("msgctxt ") :])
+            field = ("msgctxt", 0)
         elif line.startswith("msgid_plural "):
             entry["msgid_plural"] = _unquote(line[len("msgid_plural ") :])
             field = ("msgid_plural", 0)
@@ -240,6 +244,8 @@ def test_compiled_catalog_translates_our_strings():
         for entry in our_entries():
             if "msgid_plural" in entry:
                 got = translation.ngettext(entry["msgid"], entry["msgid_plural"], 1)
+            elif "msgctxt" in entry:
+                got = translation.pgettext(entry["msgctxt"], entry["msgid"])
             else:
                 got = translation.gettext(entry["msgid"])
             if got != entry["msgstr"][0]:
