@@ -128,19 +128,23 @@ def _claim(candidates: str, params: list[Any], token: uuid.UUID, now: datetime) 
     skip_locked = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
     at = db_value(Delivery, "updated_at", now)
     lease = timedelta(seconds=settings.PORTAL_DELIVERY_LEASE_SECONDS)
+    # The candidates are picked once (MATERIALIZED): as a subquery of the UPDATE, a plan
+    # could run them again for each row, and each run, skipping the rows this statement had
+    # already changed, picked (and took) the next ones: a LIMIT 2 once claimed 6 rows.
     sql = f"""
+        WITH picked AS MATERIALIZED ({candidates}{skip_locked})
         UPDATE {Delivery._meta.db_table} AS d
         SET status = %s, lease_token = %s, lease_expires_at = %s,
             attempts = attempts + 1, updated_at = %s
-        WHERE d.id IN ({candidates}{skip_locked}) AND {_claimable_sql()}
+        WHERE d.id IN (SELECT id FROM picked) AND {_claimable_sql()}
         RETURNING id, partner_id
     """  # noqa: S608
     values = [
+        *params,
         Delivery.Status.DELIVERING.value,
         db_value(Delivery, "lease_token", token),
         db_value(Delivery, "lease_expires_at", now + lease),
         at,
-        *params,
         *_claimable_params(now, token),
     ]
     with connection.cursor() as cursor:

@@ -4,6 +4,7 @@ top-up, hand-back, per-ticket order, the dispatcher's query."""
 import uuid
 from datetime import timedelta
 
+import pytest
 from django.utils import timezone
 
 from integrations.models import Delivery
@@ -149,3 +150,32 @@ def test_a_failing_engine_relay_gets_one_attempt_at_a_time(
     # and once the engine has no retrying delivery left, the relay is not limited
     Delivery.objects.filter(pk=retrying.pk).update(status="succeeded")
     assert queue.deliveries_claim(delivery_ids=[waiting.pk], token=uuid.uuid4(), now=now) != []
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        {},
+        # the plan that once took 3 rows for a limit of 2 in a full run: the candidates
+        # rescanned per row of a nested loop, each rescan skipping the rows the UPDATE had
+        # already changed and locking the next ones
+        {
+            "enable_hashjoin": "off",
+            "enable_mergejoin": "off",
+            "enable_material": "off",
+            "enable_hashagg": "off",
+            "enable_sort": "off",
+        },
+    ],
+)
+def test_claim_more_never_takes_more_than_its_limit_whatever_the_plan(engine_api, partner, plan):
+    from django.db import connection, transaction
+
+    deliveries = [_ingest(engine_api, ticketNumber=f"t{i}") for i in range(6)]
+    now, token = timezone.now(), uuid.uuid4()
+    with transaction.atomic(), connection.cursor() as cursor:
+        for name, value in plan.items():
+            cursor.execute(f"SET LOCAL {name} = {value}")
+        more = queue.deliveries_claim_more(partner_id=partner.pk, limit=2, token=token, now=now)
+    assert more == [deliveries[0].pk, deliveries[1].pk]
+    assert Delivery.objects.filter(status="delivering").count() == 2
