@@ -88,6 +88,7 @@ ADMIN_PAGES = [
     ("delivery_list_search_word_common", "/admin/integrations/delivery/", "q={word_common}"),
     ("ticket_timeline", "/admin/integrations/ticket/{heavy_id}/timeline/", ""),
     ("dashboard", "/admin/", ""),
+    ("dashboard_7d", "/admin/", "window=7d"),
 ]
 # The goal covers these (admin lists, the timeline, the history API, the management API's
 # deliveries list, issue #13).

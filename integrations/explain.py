@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+from django.db.models import Q
+from django.utils.formats import date_format
+from django.utils.timezone import localtime
 from django.utils.translation import get_language, gettext_noop
 from django.utils.translation import gettext as _
 
@@ -107,8 +110,15 @@ def error_summary(
         "unexpected_error": _("An unexpected error stopped the request (details below)."),
     }
     if error_class == "timeout":
+        if not duration_ms:  # (a delivery's stored error: its attempt's time is not at hand)
+            return _("No answer: the request timed out.")
         return _("No answer: the request timed out after %(s)s s.") % {"s": _seconds(duration_ms)}
     if error_class == "deadline_exceeded":
+        if not duration_ms:
+            return _(
+                "The partner did not finish answering within the response deadline. It may "
+                "be slow or overloaded."
+            )
         return _(
             "The partner did not finish answering within the response deadline "
             "(%(s)s s). It may be slow or overloaded."
@@ -223,17 +233,47 @@ def holdup(delivery: Delivery, *, now: Any) -> Holdup | None:
         )
     if delivery.next_attempt_at is None or delivery.next_attempt_at <= now:
         return Holdup(_("Due now: a worker sends it within seconds."))
-    return None
+    return Holdup(
+        _("Next attempt at %(time)s, on the retry schedule.")
+        % {"time": date_format(localtime(delivery.next_attempt_at), "DATETIME_FORMAT")}
+    )
 
 
-def held_by_order(deliveries: list[Delivery]) -> dict[int, Delivery]:
-    """For a page of deliveries, those held back by an earlier open delivery of their ticket
-    (to the same target): {delivery id: the earliest such delivery}. One query per waiting
-    row, each on (target, ticket, id)."""
-    held: dict[int, Delivery] = {}
-    for delivery in deliveries:
-        if delivery.status in Delivery.WAITING_STATUSES:
-            blocker = blocking_delivery(delivery)
-            if blocker is not None:
-                held[delivery.pk] = blocker
-    return held
+def blockers(deliveries: list[Delivery]) -> dict[int, Delivery]:
+    """For a page of deliveries, `blocking_delivery` of each waiting one, in one query:
+    {delivery id: the earliest open delivery before it to the same target, same ticket}."""
+    waiting = [d for d in deliveries if d.status in Delivery.WAITING_STATUSES]
+    if not waiting:
+        return {}
+    pairs = Q()
+    for d in waiting:
+        pairs |= Q(target=d.target, ticket_id=d.ticket_id, id__lt=d.id)
+    open_earlier = (
+        Delivery.objects.filter(pairs)
+        .exclude(status__in=Delivery.FINAL_STATUSES)
+        .select_related("event")
+        .order_by("id")
+    )
+    earliest: dict[tuple[str, int], list[Delivery]] = {}
+    for o in open_earlier:
+        earliest.setdefault((o.target, o.ticket_id), []).append(o)
+    found: dict[int, Delivery] = {}
+    for d in waiting:
+        earlier = [o for o in earliest.get((d.target, d.ticket_id), []) if o.id < d.id]
+        if earlier:
+            found[d.pk] = earlier[0]
+    return found
+
+
+def delivery_error_text(delivery: Delivery) -> tuple[str, str]:
+    """(the sentence, the stored detail) for a delivery's last error; ("", "") for none."""
+    if delivery.status == Delivery.Status.SUCCEEDED or not delivery.last_error:
+        return "", ""
+    own = portal_message(delivery.last_error)
+    if own is not None:
+        return own, ""
+    summary = error_summary(
+        message=delivery.last_error,
+        status_code=delivery.last_status_code if delivery.last_error.startswith("HTTP ") else None,
+    )
+    return summary, delivery.last_error

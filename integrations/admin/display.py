@@ -52,16 +52,8 @@ def readable_error(summary: str, technical: str):
 
 
 def delivery_error(delivery: Delivery):
-    if delivery.status == Delivery.Status.SUCCEEDED or not delivery.last_error:
-        return "—"
-    own = explain.portal_message(delivery.last_error)
-    if own is not None:
-        return format_html('<span class="error-summary">{}</span>', own)
-    summary = explain.error_summary(
-        message=delivery.last_error,
-        status_code=delivery.last_status_code if delivery.last_error.startswith("HTTP ") else None,
-    )
-    return readable_error(summary, delivery.last_error)
+    summary, technical = explain.delivery_error_text(delivery)
+    return readable_error(summary, technical)
 
 
 def message_type_label(kind: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseNotAllowed
 from django.shortcuts import redirect
@@ -117,7 +118,8 @@ class EventAdmin(LogAdmin):
     ]
     # (shows the search box; get_search_results implements the search: whole ids and parts)
     search_fields = ["ticket_number", "ticket__contact__contact_id", "id"]
-    list_select_related = ["ticket", "partner"]
+    list_display_links = None  # the short id is the link (no link inside a link)
+    list_select_related = ["ticket"]
     fields = [
         "id",
         "kind",
@@ -212,6 +214,10 @@ class EventAdmin(LogAdmin):
 
 class AttemptInline(ReadOnlyScopedInline):
     model = DeliveryAttempt
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("delivery")
+
     fields = [
         "number",
         "created_at",
@@ -261,6 +267,17 @@ class AttemptInline(ReadOnlyScopedInline):
         return format_html("<pre class='excerpt'>{}</pre>", obj.response_body[:500])
 
 
+class DeliveryChangeList(ChangeList):
+    """The delivery list's page, with what each waiting row waits for found in one query
+    (explain.blockers) instead of one per row."""
+
+    def get_results(self, request):
+        super().get_results(request)
+        found = explain.blockers(list(self.result_list))
+        for delivery in self.result_list:
+            delivery.blocker = found.get(delivery.pk)
+
+
 @admin.register(Delivery)
 class DeliveryAdmin(LogAdmin):
     tenant_path = "tenant"
@@ -285,7 +302,7 @@ class DeliveryAdmin(LogAdmin):
     ]
     # (shows the search box; get_search_results implements the search: whole ids and parts)
     search_fields = ["ticket__ticket_number", "ticket__contact__contact_id", "event__id"]
-    list_select_related = ["partner", "ticket", "event"]
+    list_select_related = ["partner", "ticket"]
     fields = [
         "state",
         "target_name",
@@ -343,7 +360,7 @@ class DeliveryAdmin(LogAdmin):
     def result(self, obj):
         """HTTP status or the error in words; for a held delivery, what it waits for."""
         if obj.status in Delivery.WAITING_STATUSES:
-            blocker = explain.blocking_delivery(obj)
+            blocker = getattr(obj, "blocker", None)  # (DeliveryChangeList, for the page)
             if blocker is not None:
                 url = reverse("admin:integrations_delivery_change", args=[blocker.pk])
                 return format_html(
@@ -383,6 +400,9 @@ class DeliveryAdmin(LogAdmin):
     @admin.display(description=_("target"))
     def target_name(self, obj):
         return target_label(obj)
+
+    def get_changelist(self, request, **kwargs):
+        return DeliveryChangeList
 
     def get_urls(self):
         return [

@@ -46,7 +46,7 @@ class TimeZoneMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         user = getattr(request, "user", None)
-        if not (request.path.startswith("/admin/") and user and user.is_staff):
+        if not (request.path_info.startswith("/admin/") and user and user.is_staff):
             return self.get_response(request)
         home = tenant_zone(user)
         chosen = UTC if request.session.get(SESSION_KEY) == "utc" else home

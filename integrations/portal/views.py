@@ -125,10 +125,18 @@ def overview(request: HttpRequest, partner: Partner) -> HttpResponse:
         .select_related("ticket")
         .order_by("-id")[:10]
     )
+    failures = list(failures)
+    health = partner_health(partner=partner)
+    if health["last_error"]:
+        health["last_error"] = (
+            explain.error_summary(message=health["last_error"]) or health["last_error"]
+        )
+    for failure in failures:  # in words, in the reader's language (issue 14)
+        failure.error_text = explain.delivery_error_text(failure)[0] or failure.last_error  # type: ignore[attr-defined]
     return render(
         request,
         "partner_portal/overview.html",
-        {"partner": partner, "health": partner_health(partner=partner), "failures": failures},
+        {"partner": partner, "health": health, "failures": failures},
     )
 
 
@@ -203,6 +211,7 @@ def _delivery(partner: Partner, delivery_id: int) -> Delivery:
 @partner_required
 def delivery(request: HttpRequest, partner: Partner, delivery_id: int) -> HttpResponse:
     found = _delivery(partner, delivery_id)
+    found.error_text = explain.delivery_error_text(found)[0] or found.last_error  # type: ignore[attr-defined]
     attempts = list(found.attempts_log.order_by("number"))
     for attempt in attempts:
         attempt.summary = explain.attempt_summary(attempt)  # type: ignore[attr-defined]

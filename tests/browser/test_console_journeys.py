@@ -100,7 +100,8 @@ def test_support_journey_part_of_a_ticket_number_timeline_resend_succeeded(
     assert "it refused the request, which is not retried" in page.inner_text("#content")
     assert "Failed: final attempt, not retried" in page.inner_text("#content")
     screenshot(page, "delivery")
-    page.click("#resend-delivery")
+    assert page.locator("#resend-delivery").count() == 1
+    page.click("button.resend-attempt")  # (the final attempt's own Resend)
     page.wait_for_selector("ul.messagelist")
     assert "Resent" in page.inner_text("ul.messagelist")
     # and once a worker has sent it, the page says it succeeded
