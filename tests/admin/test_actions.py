@@ -5,29 +5,10 @@ import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth import get_user_model
 from django.contrib.messages import get_messages
-from django.test import Client
 from django.urls import reverse
 
 from integrations.models import ApiKey, Delivery, Partner, SigningSecret, TenantMembership
 from tests.conftest import incoming_body
-
-
-def _client(tenant, role: str, name: str) -> Client:
-    user = get_user_model().objects.create_user(name, is_staff=True)
-    TenantMembership.objects.create(user=user, tenant=tenant, role=role)
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
-def admin_client_(tenant):
-    return _client(tenant, "admin", "ayu")
-
-
-@pytest.fixture
-def support_client(tenant):
-    return _client(tenant, "support", "sari")
 
 
 def _action(client, model: str, action: str, ids: list[int]):

@@ -10,7 +10,6 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.contrib.messages import get_messages
 from django.db import connection
 from django.test import Client
@@ -19,29 +18,12 @@ from django.urls import reverse
 from django.utils import translation
 
 from integrations import explain
-from integrations.models import Delivery, DeliveryAttempt, Event, TenantMembership
+from integrations.models import Delivery, DeliveryAttempt, Event
 from tests.conftest import incoming_body
+from tests.support.admin import staff_client
 from tests.support.outbox import send_one
 
 OK = (200, b'{"status":"success"}', {})
-
-
-def _client(tenant, role: str, name: str) -> Client:
-    user = get_user_model().objects.create_user(name, is_staff=True)
-    TenantMembership.objects.create(user=user, tenant=tenant, role=role)
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
-def admin_client_(tenant):
-    return _client(tenant, "admin", "ayu")
-
-
-@pytest.fixture
-def support_client(tenant):
-    return _client(tenant, "support", "sari")
 
 
 def _page(client, delivery: Delivery) -> str:
@@ -275,7 +257,7 @@ def test_cancel_asks_first_and_is_for_tenant_admins(
 
 
 def test_another_tenants_user_cannot_resend_or_cancel(other_tenant, engine_api, partner):
-    stranger = _client(other_tenant, "admin", "budi")
+    stranger = staff_client(other_tenant, "admin", "budi")
     engine_api.post("/api/v1/engine/incoming", incoming_body())
     delivery = Delivery.objects.get(partner=partner)
     Delivery.objects.filter(pk=delivery.pk).update(status="dead")

@@ -2,22 +2,13 @@
 bearer token and a password written into a partner URL."""
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.test import Client
 from django.urls import reverse
 
-from integrations.models import Partner, Tenant, TenantMembership
+from integrations.models import Partner, Tenant
+from tests.support.admin import staff_client
 
 TOKEN = "engine-token-7f3a9c"
 PASSWORD = "url-password-55d1e2"
-
-
-def _client(tenant, role: str, name: str) -> Client:
-    user = get_user_model().objects.create_user(name, is_staff=True)
-    TenantMembership.objects.create(user=user, tenant=tenant, role=role)
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
@@ -32,7 +23,7 @@ def secrets_saved(tenant, partner):
 
 @pytest.mark.parametrize("role", ["admin", "support"])
 def test_no_page_shows_a_saved_credential(secrets_saved, tenant, partner, role):
-    client = _client(tenant, role, f"u-{role}")
+    client = staff_client(tenant, role, f"u-{role}")
     pages = [
         reverse("admin:integrations_tenant_change", args=[tenant.pk]),
         reverse("admin:integrations_tenant_changelist"),
@@ -47,7 +38,7 @@ def test_no_page_shows_a_saved_credential(secrets_saved, tenant, partner, role):
 
 
 def test_saving_a_page_unchanged_keeps_the_credentials(secrets_saved, tenant, partner):
-    client = _client(tenant, "admin", "ayu")
+    client = staff_client(tenant, "admin", "ayu")
     tenant_form = {
         "name": tenant.name,
         "time_zone": "Asia/Jakarta",
@@ -89,7 +80,7 @@ def test_saving_a_page_unchanged_keeps_the_credentials(secrets_saved, tenant, pa
 
 
 def test_a_token_is_replaced_or_removed_only_when_asked(secrets_saved, tenant):
-    client = _client(tenant, "admin", "ayu")
+    client = staff_client(tenant, "admin", "ayu")
     url = reverse("admin:integrations_tenant_change", args=[tenant.pk])
     form = {
         "name": tenant.name,

@@ -9,40 +9,14 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
-from integrations.models import ApiKey, Delivery, Partner, TenantMembership
-from tests.browser.conftest import screenshot
+from integrations.models import ApiKey, Partner
+from tests.browser.conftest import OK, login, screenshot, staff_user
 from tests.conftest import incoming_body, outgoing_body
 from tests.support.outbox import send_one
 
-PASSWORD = "correct horse battery staple 7"
-OK = (200, b'{"status":"success","received":true}', {})
 TICKET = "294c9ea88f7e649f8c37ae895ebab247"
-
-
-@pytest.fixture
-def laptop(browser):
-    context = browser.new_context(viewport={"width": 1366, "height": 768}, locale="en-US")
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    yield page
-    context.close()
-
-
-def _user(tenant, name: str, role: str):
-    user = get_user_model().objects.create_user(name, password=PASSWORD, is_staff=True)
-    TenantMembership.objects.create(user=user, tenant=tenant, role=role)
-    return user
-
-
-def _login(page, base_url: str, username: str) -> None:
-    page.goto(f"{base_url}/admin/login/?next=/admin/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    with page.expect_navigation():
-        page.click("input[type=submit]")
 
 
 def _fits(page) -> bool:
@@ -59,20 +33,13 @@ def _jakarta(value: datetime) -> str:
 
 @pytest.mark.django_db(transaction=True)
 def test_support_journey_part_of_a_ticket_number_timeline_resend_succeeded(
-    laptop, live_server, tenant, engine_api, partner_api, partner, partner_server_factory
+    laptop, live_server, tenant, dead_conversation
 ):
     page = laptop
     # given a conversation whose first delivery went dead (the partner refused it once)
-    sink = partner_server_factory(lambda r, n: (422, b'{"error":"bad"}', {}) if n == 1 else OK)
-    partner.base_url = sink.url
-    partner.save()
-    engine_api.post("/api/v1/engine/incoming", incoming_body(message="Halo, pesanan saya?"))
-    partner_api.post("/api/v1/outgoing", outgoing_body(message="Sebentar kami cek"))
-    dead = Delivery.objects.get(partner=partner)
-    assert send_one(delivery_id=dead.pk) == "dead"
-    dead.refresh_from_db()
-    _user(tenant, "sari", "support")
-    _login(page, live_server.url, "sari")
+    dead = dead_conversation
+    staff_user(tenant, "sari", "support")
+    login(page, live_server.url, "sari")
     # when support searches the deliveries by part of the ticket number
     page.goto(f"{live_server.url}/admin/integrations/delivery/")
     page.fill("#searchbar", TICKET[6:14])
@@ -116,8 +83,8 @@ def test_admin_journey_create_partner_copy_key_revoke_with_confirmation(
 ):
     page = laptop
     sink = partner_server_factory(lambda r, n: OK)
-    _user(tenant, "ayu", "admin")
-    _login(page, live_server.url, "ayu")
+    staff_user(tenant, "ayu", "admin")
+    login(page, live_server.url, "ayu")
     # given a tenant admin who adds a partner
     page.goto(f"{live_server.url}/admin/integrations/partner/add/")
     page.select_option("#id_tenant", str(tenant.pk))
@@ -125,18 +92,33 @@ def test_admin_journey_create_partner_copy_key_revoke_with_confirmation(
     page.fill("#id_base_url", sink.url)
     page.fill("#id_incoming_message_path", "/incoming")
     page.fill("#id_send_message_path", "/send")
-    page.fill("#id_channels", "whatsapp")
+    page.fill("#id_channels", "whatsapp, telegram")
     page.click("input[name=_continue]")
     page.wait_for_url("**/change/")
-    # when they copy the key shown once
+    # then the key and the signing secret are shown once, each with a Copy button
+    shown = page.locator(".secret-once").all_inner_texts()
+    assert len(shown) == 2
+    key_text = next(t for t in shown if t.startswith("prt_"))
+    assert page.locator("button.copy-secret").count() == 2
+    partner = Partner.objects.get(name="Helpdesk")
+    assert partner.channels == ["telegram", "whatsapp"]
+    # when they copy the key
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
-    key_text = next(t for t in page.locator(".secret-once").all_inner_texts() if "prt_" in t)
-    button = page.locator(".secret-once", has_text="prt_").locator(
-        "xpath=following-sibling::button[1]"
-    )
+    button = page.locator("button.copy-secret").nth(shown.index(key_text))
     button.click()
-    button.filter(has_text="Copied").wait_for()
+    button.filter(has_text="Copied").wait_for()  # (the clipboard takes it asynchronously)
     assert page.evaluate("navigator.clipboard.readText()") == key_text
+    assert ApiKey.objects.get(partner=partner).prefix == key_text.split(".")[0]
+    # and the page shows it no more once reloaded
+    page.reload()
+    assert page.locator(".secret-once").count() == 0
+    assert key_text not in page.content()
+    # a test event from the partner page shows what the partner answered
+    page.click("#send-test-event")
+    page.wait_for_url("**/test-event/")
+    assert page.inner_text("#test-status") == "200"
+    assert '"received":true' in page.inner_text("#test-response")
+    assert sink.received[0].path == "/incoming"
     # (the key works: the partner answers on a ticket the engine opened)
     engine_api.post("/api/v1/engine/incoming", incoming_body())
     api = APIClient()
@@ -147,7 +129,7 @@ def test_admin_journey_create_partner_copy_key_revoke_with_confirmation(
     # and revoke it from the key list: a confirmation comes first
     page.goto(f"{live_server.url}/admin/integrations/apikey/")
     assert _fits(page)
-    key = ApiKey.objects.get(partner=Partner.objects.get(name="Helpdesk"))
+    key = ApiKey.objects.get(partner=partner)
     page.check(f"#result_list input.action-select[value='{key.pk}']")
     page.select_option("select[name=action]", "revoke_keys")
     page.click("button[name=index]")
