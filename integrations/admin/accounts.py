@@ -167,8 +167,8 @@ class TenantAdmin(TenantScopedAdmin):
 class MembershipForm(forms.ModelForm):
     """Invite someone: a new staff user with a generated password, or an existing user."""
 
-    username = forms.CharField(label=_("username"), max_length=150, required=False)
-    email = forms.EmailField(label=_("e-mail"), required=False)
+    username = forms.CharField(label=capfirst(_("username")), max_length=150, required=False)
+    email = forms.EmailField(label=capfirst(_("e-mail")), required=False)
 
     class Meta:
         model = TenantMembership

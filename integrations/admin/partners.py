@@ -109,8 +109,8 @@ class PartnerForm(ServiceCleanedForm):
 
 
 class RecoverForm(forms.Form):
-    since = forms.DateTimeField(label=_("from"), help_text=_("YYYY-MM-DD HH:MM"))
-    until = forms.DateTimeField(label=_("until"), help_text=_("YYYY-MM-DD HH:MM"))
+    since = forms.DateTimeField(label=capfirst(_("from")), help_text=_("YYYY-MM-DD HH:MM"))
+    until = forms.DateTimeField(label=capfirst(_("until")), help_text=_("YYYY-MM-DD HH:MM"))
 
 
 @admin.register(Partner)

@@ -103,8 +103,13 @@ class Event(models.Model):
         PORTAL = "portal", _("Portal")
 
     id = models.UUIDField(_("ID"), primary_key=True, default=uuid.uuid4, editable=False)
+    # (no index of its own: (tenant, -received_at) starts with it)
     tenant = models.ForeignKey(
-        Tenant, verbose_name=_("tenant"), on_delete=models.CASCADE, related_name="events"
+        Tenant,
+        verbose_name=_("tenant"),
+        on_delete=models.CASCADE,
+        related_name="events",
+        db_index=False,
     )
     kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
     source = models.CharField(_("source"), max_length=16, choices=Source.choices)
@@ -116,8 +121,13 @@ class Event(models.Model):
         related_name="events",
         verbose_name=_("partner"),
     )
+    # (no index of its own: the unique (ticket, sequence) starts with it)
     ticket = models.ForeignKey(
-        Ticket, verbose_name=_("ticket"), on_delete=models.CASCADE, related_name="events"
+        Ticket,
+        verbose_name=_("ticket"),
+        on_delete=models.CASCADE,
+        related_name="events",
+        db_index=False,
     )
     ticket_number = models.CharField(_("ticket number"), max_length=100)
     sequence = models.PositiveBigIntegerField(_("sequence"))
@@ -174,11 +184,21 @@ class Delivery(models.Model):
     # the tenant's operations URL (SPEC §10; integrations/outbox/notices.py)
     OPERATIONS_TARGET = "operations"
 
+    # (event, tenant and partner have no index of their own: the unique (event, target),
+    # (tenant, -created_at) and (partner, status, id) start with them; issue #16)
     event = models.ForeignKey(
-        Event, verbose_name=_("event"), on_delete=models.CASCADE, related_name="deliveries"
+        Event,
+        verbose_name=_("event"),
+        on_delete=models.CASCADE,
+        related_name="deliveries",
+        db_index=False,
     )
     tenant = models.ForeignKey(
-        Tenant, verbose_name=_("tenant"), on_delete=models.CASCADE, related_name="deliveries"
+        Tenant,
+        verbose_name=_("tenant"),
+        on_delete=models.CASCADE,
+        related_name="deliveries",
+        db_index=False,
     )
     ticket = models.ForeignKey(
         Ticket, verbose_name=_("ticket"), on_delete=models.CASCADE, related_name="deliveries"
@@ -190,6 +210,7 @@ class Delivery(models.Model):
         blank=True,
         related_name="deliveries",
         verbose_name=_("partner"),
+        db_index=False,
     )
     # "partner:<id>" or "engine": one delivery per (event, target), and the order key.
     target = models.CharField(_("target"), max_length=64)
@@ -224,7 +245,15 @@ class Delivery(models.Model):
         ]
         indexes = [
             models.Index(fields=["status", "next_attempt_at"], name="delivery_due_idx"),
-            models.Index(fields=["target", "ticket", "id"], name="delivery_order_idx"),
+            # The per-ticket order check (a ticket's older open deliveries to a target) reads
+            # only open deliveries: a partial index holds those, not a ticket's whole history.
+            models.Index(
+                fields=["target", "ticket", "id"],
+                name="delivery_open_order_idx",
+                condition=~models.Q(
+                    status__in=["succeeded", "dead", "cancelled", "not_configured"]
+                ),
+            ),
             models.Index(fields=["tenant", "-created_at"], name="delivery_tenant_time_idx"),
             # (partner, status) counts and the management API's list of a partner's
             # deliveries by status, newest first (a backwards read of this index)

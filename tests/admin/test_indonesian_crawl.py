@@ -1,5 +1,5 @@
 """Every admin page a tenant user can reach, crawled in Bahasa Indonesia, shows no English UI
-text (issue 14).
+text, and its form labels start with a capital (issue 14).
 
 The crawl starts at the dashboard as a tenant admin and as support staff, with the language
 cookie set to Indonesian, and follows every /admin/ link (each path once, each list filter
@@ -76,12 +76,16 @@ class _Text(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.texts: list[str] = []
         self.links: list[str] = []
+        self.labels: list[str] = []  # the text of each form field's <label>
         self.depth = 0
+        self.in_label = False
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if tag in self.SKIPPED:
             self.depth += 1
+        if tag == "label":
+            self.in_label = True
         if tag == "a" and attrs.get("href"):
             self.links.append(attrs["href"])
         if tag == "input" and attrs.get("type") in ("submit", "button") and attrs.get("value"):
@@ -91,12 +95,16 @@ class _Text(HTMLParser):
                 self.texts.append(attrs[name])
 
     def handle_endtag(self, tag):
+        if tag == "label":
+            self.in_label = False
         if tag in self.SKIPPED and self.depth:
             self.depth -= 1
 
     def handle_data(self, data):
         if not self.depth and data.strip():
             self.texts.append(data.strip())
+            if self.in_label:
+                self.labels.append(data.strip())
 
 
 def _key(url: str) -> tuple[str, tuple[str, ...]]:
@@ -173,6 +181,10 @@ def _crawl(user) -> dict[str, list[str]]:
             words = {w for w in WORD.findall(text) if w.lower() in english}
             if words:
                 found.setdefault(url, []).append(f"{text!r} ({', '.join(sorted(words))})")
+        for label in page.labels:  # "Nama pengguna:", not "nama pengguna:"
+            letters = [c for c in label if c.isalpha()]
+            if letters and letters[0].islower():
+                found.setdefault(url, []).append(f"label {label!r} starts in lower case")
         for link in page.links:
             parts = urlsplit(link)
             if parts.netloc or not parts.path:

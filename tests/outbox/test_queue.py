@@ -179,3 +179,41 @@ def test_claim_more_never_takes_more_than_its_limit_whatever_the_plan(engine_api
         more = queue.deliveries_claim_more(partner_id=partner.pk, limit=2, token=token, now=now)
     assert more == [deliveries[0].pk, deliveries[1].pk]
     assert Delivery.objects.filter(status="delivering").count() == 2
+
+
+def test_the_order_check_reads_the_partial_index_of_open_deliveries(engine_api, partner):
+    """The claim's per-ticket order check and the next-in-order lookup use the index that
+    holds only open deliveries (not a ticket's whole history; issue #16)."""
+    from django.db import connection, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL plans")
+    older, newer = _ingest(engine_api, message="one"), _ingest(engine_api, message="two")
+    final = ", ".join(f"'{s}'" for s in Delivery.FINAL_STATUSES)
+    probes = [
+        # the claim's NOT EXISTS, as queue._claimable_sql writes it
+        f"""SELECT 1 FROM integrations_delivery d WHERE d.id = {newer.pk} AND NOT EXISTS (
+              SELECT 1 FROM integrations_delivery o
+              WHERE o.target = d.target AND o.ticket_id = d.ticket_id AND o.id < d.id
+                AND o.status NOT IN ({final}))""",
+        # queue_next_in_order's lookup
+        f"""SELECT MIN(n.id) FROM integrations_delivery n
+            JOIN (VALUES ('partner:{partner.pk}', {older.ticket_id}, {older.pk})) v
+              ON n.target = v.column1 AND n.ticket_id = v.column2 AND n.id > v.column3
+            WHERE n.status NOT IN ({final}) GROUP BY n.target, n.ticket_id""",
+    ]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        # Statistics of a test table make any index look as good as another: the ticket's
+        # own index goes for the length of this transaction (DDL rolls back with it), so
+        # the plan shows whether the partial index's condition is met by these queries.
+        cursor.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'integrations_delivery'"
+            " AND indexdef LIKE '%%(ticket_id)'"
+        )
+        for (name,) in cursor.fetchall():
+            cursor.execute(f'DROP INDEX "{name}"')
+        for sql in probes:
+            cursor.execute(f"EXPLAIN {sql}")
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "delivery_open_order_idx" in plan, plan
