@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from django.db.models import Q
+from django.db.models import Min, Q
 from django.utils.formats import date_format
 from django.utils.timezone import localtime
 from django.utils.translation import get_language, gettext_noop
@@ -240,29 +240,35 @@ def holdup(delivery: Delivery, *, now: Any) -> Holdup | None:
 
 
 def blockers(deliveries: list[Delivery]) -> dict[int, Delivery]:
-    """For a page of deliveries, `blocking_delivery` of each waiting one, in one query:
-    {delivery id: the earliest open delivery before it to the same target, same ticket}."""
+    """For a page of deliveries, `blocking_delivery` of each waiting one, in two queries
+    whatever the page holds: {delivery id: the earliest open delivery before it to the same
+    target, same ticket}.
+
+    A waiting delivery is held exactly when the first open delivery of its (target, ticket)
+    is an older one, so the first of each pair is all there is to find (MIN over the partial
+    index of open deliveries), however long the backlog behind it.
+    """
     waiting = [d for d in deliveries if d.status in Delivery.WAITING_STATUSES]
     if not waiting:
         return {}
     pairs = Q()
     for d in waiting:
-        pairs |= Q(target=d.target, ticket_id=d.ticket_id, id__lt=d.id)
-    open_earlier = (
+        pairs |= Q(target=d.target, ticket_id=d.ticket_id)
+    firsts = (
         Delivery.objects.filter(pairs)
         .exclude(status__in=Delivery.FINAL_STATUSES)
-        .select_related("event")
-        .order_by("id")
+        .values("target", "ticket_id")
+        .annotate(first=Min("id"))
+        .order_by()
     )
-    earliest: dict[tuple[str, int], list[Delivery]] = {}
-    for o in open_earlier:
-        earliest.setdefault((o.target, o.ticket_id), []).append(o)
-    found: dict[int, Delivery] = {}
-    for d in waiting:
-        earlier = [o for o in earliest.get((d.target, d.ticket_id), []) if o.id < d.id]
-        if earlier:
-            found[d.pk] = earlier[0]
-    return found
+    first = {(row["target"], row["ticket_id"]): row["first"] for row in firsts}
+    # (a row that went final since the page was read may have no open pair left)
+    held = {d.pk: first.get((d.target, d.ticket_id), d.pk) for d in waiting}
+    held = {pk: first_id for pk, first_id in held.items() if first_id < pk}
+    if not held:
+        return {}
+    found = Delivery.objects.select_related("event").in_bulk(set(held.values()))
+    return {pk: found[first_id] for pk, first_id in held.items() if first_id in found}
 
 
 def delivery_error_text(delivery: Delivery) -> tuple[str, str]:
