@@ -17,7 +17,7 @@ from django.utils.timezone import localtime
 from django.utils.translation import get_language, gettext_noop
 from django.utils.translation import gettext as _
 
-from integrations.models import Delivery, DeliveryAttempt, Event
+from integrations.models import Delivery, DeliveryAttempt
 
 # What the stored message of a delivery (last_error) says when only it is at hand (lists do
 # not read the attempts): patterns from the exception texts `integrations.delivery` stores.
@@ -54,6 +54,16 @@ PORTAL_MESSAGES = {
 def portal_message(message: str) -> str | None:
     """A stored message of the portal's own, translated; None for anything else."""
     return _(message) if message in PORTAL_MESSAGES else None
+
+
+def target_name(target: str, partner_name: str | None) -> str:
+    """What a delivery's target is called: its partner's name, or the tenant's engine relay
+    or operations URL."""
+    if partner_name is not None:
+        return partner_name
+    if target == Delivery.OPERATIONS_TARGET:
+        return _("Operations URL")
+    return _("Engine relay")
 
 
 def error_class_of(message: str) -> str:
@@ -196,34 +206,18 @@ class Holdup:
 
     text: str
     blocker: Delivery | None = None  # the earlier delivery of the same ticket it waits for
-    blocker_event: Event | None = None
-
-
-def blocking_delivery(delivery: Delivery) -> Delivery | None:
-    """The oldest earlier delivery to the same target for the same ticket that is not final:
-    ticket order (SPEC §5) holds this one until it is."""
-    return (
-        Delivery.objects.filter(
-            target=delivery.target, ticket_id=delivery.ticket_id, id__lt=delivery.id
-        )
-        .exclude(status__in=Delivery.FINAL_STATUSES)
-        .select_related("event")
-        .order_by("id")
-        .first()
-    )
 
 
 def holdup(delivery: Delivery, *, now: Any) -> Holdup | None:
     """For a waiting delivery (pending or retrying), what it waits for; None otherwise."""
     if delivery.status not in Delivery.WAITING_STATUSES:
         return None
-    blocker = blocking_delivery(delivery)
+    blocker = blockers([delivery]).get(delivery.pk)
     if blocker is not None:
         return Holdup(
             _("Waiting for message #%(n)s of this ticket, which has not been delivered yet.")
             % {"n": blocker.event.sequence},
             blocker,
-            blocker.event,
         )
     partner = delivery.partner
     if partner is not None and partner.state != partner.State.ACTIVE:
@@ -240,9 +234,9 @@ def holdup(delivery: Delivery, *, now: Any) -> Holdup | None:
 
 
 def blockers(deliveries: list[Delivery]) -> dict[int, Delivery]:
-    """For a page of deliveries, `blocking_delivery` of each waiting one, in two queries
-    whatever the page holds: {delivery id: the earliest open delivery before it to the same
-    target, same ticket}.
+    """For each waiting delivery of a page, what ticket order (SPEC §5) holds it behind, in
+    two queries whatever the page holds: {delivery id: the earliest open delivery before it
+    to the same target, same ticket}.
 
     A waiting delivery is held exactly when the first open delivery of its (target, ticket)
     is an older one, so the first of each pair is all there is to find (MIN over the partial

@@ -11,11 +11,10 @@ from urllib.parse import urlencode
 from django.contrib import admin
 from django.urls import reverse
 from django.utils import formats
-from django.utils.text import capfirst
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from integrations import selectors
+from integrations import explain, selectors
 from integrations.models import ApiKey, Delivery, Partner, Tenant
 
 
@@ -201,12 +200,7 @@ def _partner_rows(stats: dict[str, Any], window: str) -> list[dict[str, Any]]:
     changelist = reverse("admin:integrations_delivery_changelist")
     rows = []
     for row in stats["partners"]:
-        if row["name"] is not None:
-            name = row["name"]
-        elif row["target"] == Delivery.ENGINE_TARGET:
-            name = gettext("Engine relay")
-        else:
-            name = capfirst(gettext("operations URL"))
+        name = explain.target_name(row["target"], row["name"])
         link = None
         if row["partner_id"] is not None:
             query = {"partner__id__exact": row["partner_id"], "recent": window}

@@ -9,7 +9,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import pgettext
 
 from integrations import explain
-from integrations.models import Delivery
+from integrations.models import Delivery, DeliveryAttempt
 
 SHORT = 8
 
@@ -49,6 +49,14 @@ def readable_error(summary: str, technical: str):
         _("Technical detail"),
         technical,
     )
+
+
+def attempt_error(attempt: DeliveryAttempt):
+    """An attempt's error in words, the stored detail (or its HTTP status) below."""
+    if attempt.outcome == "success":
+        return "—"
+    status = f"HTTP {attempt.response_status}" if attempt.response_status else ""
+    return readable_error(explain.attempt_summary(attempt), attempt.error_message or status)
 
 
 def delivery_error(delivery: Delivery):

@@ -99,11 +99,9 @@ class DeliveryInline(ReadOnlyScopedInline):
 
 
 def target_label(delivery: Delivery) -> str:
-    if delivery.partner_id:
-        return delivery.partner.name
-    if delivery.target == Delivery.OPERATIONS_TARGET:
-        return gettext("Operations URL")
-    return gettext("Engine relay")
+    return explain.target_name(
+        delivery.target, delivery.partner.name if delivery.partner_id else None
+    )
 
 
 @admin.register(Event)
@@ -253,14 +251,7 @@ class AttemptInline(ReadOnlyScopedInline):
 
     @admin.display(description=_("error"))
     def error(self, obj):
-        technical = obj.error_message or (
-            f"HTTP {obj.response_status}"
-            if obj.outcome != "success" and obj.response_status
-            else ""
-        )
-        if obj.outcome == "success":
-            return "—"
-        return display.readable_error(explain.attempt_summary(obj), technical)
+        return display.attempt_error(obj)
 
     @admin.display(description=_("response"))
     def response_excerpt(self, obj):
@@ -584,10 +575,7 @@ class DeliveryAttemptAdmin(LogAdmin):
 
     @admin.display(description=_("error"))
     def error(self, obj):
-        if obj.outcome == "success":
-            return "—"
-        status = f"HTTP {obj.response_status}" if obj.response_status else ""
-        return display.readable_error(explain.attempt_summary(obj), obj.error_message or status)
+        return display.attempt_error(obj)
 
 
 class SuperuserOnlyAdmin(admin.ModelAdmin):

@@ -163,6 +163,21 @@ def test_a_delivery_page_shows_its_attempts_and_resend_sends_it_again(partner, t
     assert "Only a finished delivery" in response.content.decode()
 
 
+def test_errors_read_as_sentences_in_the_partners_language(partner, traffic):
+    """The dead delivery (the partner answered 400) says so in words on its page and on the
+    overview, in English and in Bahasa Indonesia; the stored detail stays on the attempt."""
+    client = _signed_in(partner)
+    dead = reverse("partner-portal:delivery", args=[traffic["dead"].pk])
+    overview = reverse("partner-portal:overview")
+    for url in (dead, overview):
+        english = client.get(url, HTTP_ACCEPT_LANGUAGE="en").content.decode()
+        assert "HTTP 400 Bad Request: it refused the request, which is not retried" in english
+        indonesian = client.get(url, HTTP_ACCEPT_LANGUAGE="id").content.decode()
+        assert "Mitra menjawab HTTP 400: mitra menolak permintaan" in indonesian
+    page = client.get(dead, HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "Failed: final attempt, not retried" in page
+
+
 def test_recover_a_window(partner, traffic):
     client = _signed_in(partner)
     today = timezone.now().date()
