@@ -1,7 +1,7 @@
 """Delivery throughput: real Celery workers draining queued deliveries against a bare loop.
 
     .venv/bin/python bench/delivery.py [--count 20000] [--tickets 2000] [--concurrency 4]
-                                       [--runs 1:1,1:20,20:20] [--embedded]
+                                       [--runs 1:20,wake:20,20:20] [--embedded]
 
 Starts its own PostgreSQL and Redis (scripts/testenv.py) and a sink (tests/support/partner.py,
 its own process, answering {"status":"success"}), migrates, creates a tenant and a partner
@@ -16,8 +16,10 @@ run).
             messages of M ids of one target (grouped as deliveries.enqueue does), then
             `celery -A portal worker --concurrency CONCURRENCY` with PORTAL_DELIVERY_BATCH=B
             drains them: claim, sign, POST, record. 1:1 is one task per delivery (before
-            batches existed); 1:20 is how ingest queues an event for one partner (one message
-            each; tasks top their batch up); 20:20 is how the dispatcher queues a backlog.
+            batches existed); 1:20 is how ingest queued an event for one partner until issue
+            #16 (one message each; tasks top their batch up); wake:20 is how it does now (no
+            message naming a delivery: one wake per event, queue.wake, and pumps claiming
+            from the database); 20:20 is how the dispatcher queues a backlog.
 
 --embedded runs the portal on the embedded default instead (what `make run` uses: SQLite in
 the bench's var directory, the portalfs:// file-system broker): compare its ratio with a run
@@ -57,8 +59,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--runs",
-        default="1:1,1:20,20:20",
-        help="comma-separated MESSAGE_SIZE:PORTAL_DELIVERY_BATCH pairs to run the portal with",
+        default="1:20,wake:20,20:20",
+        help="comma-separated MESSAGE_SIZE:PORTAL_DELIVERY_BATCH pairs to run the portal with;"
+        " MESSAGE_SIZE 'wake': no messages naming deliveries, one wake per delivery",
     )
     parser.add_argument(
         "--stall-timeout",
@@ -73,9 +76,12 @@ def parse_args() -> argparse.Namespace:
     )
     args = parser.parse_args()
     try:
-        args.runs = [(int(m), int(b)) for m, b in (run.split(":") for run in args.runs.split(","))]
+        args.runs = [
+            (0 if m == "wake" else int(m), int(b))
+            for m, b in (run.split(":") for run in args.runs.split(","))
+        ]
     except ValueError:
-        parser.error("--runs: comma-separated MESSAGE_SIZE:BATCH pairs, e.g. 1:20")
+        parser.error("--runs: comma-separated MESSAGE_SIZE:BATCH pairs, e.g. 1:20 or wake:20")
     if args.count < 2 or args.tickets < 1 or args.concurrency < 1:
         parser.error("--count >= 2, --tickets >= 1, --concurrency >= 1")
     return args
@@ -231,19 +237,29 @@ def run_portal(
     message_size: int,
     batch: int,
 ) -> tuple[dict[str, Any], list[str]]:
+    from django.core.cache import cache
+
     from integrations.models import Delivery
-    from integrations.outbox.queue import SEND_BATCH_TASK, batches_by_target, publish
+    from integrations.outbox.queue import SEND_BATCH_TASK, batches_by_target, publish, wake
 
     target = Delivery.objects.get(pk=ids[0]).target
     harness.http_json(sink + "/_reset", method="POST")
+    cache.clear()  # no pump flag of an earlier run
     started = time.monotonic()
-    messages = batches_by_target([(pk, target) for pk in ids], message_size)
-    for message in messages:
-        publish(SEND_BATCH_TASK, message)
+    if message_size:
+        messages = batches_by_target([(pk, target) for pk in ids], message_size)
+        for message in messages:
+            publish(SEND_BATCH_TASK, message)
+    else:
+        # what ingest does after each event's commit: wake the target (one queue message for
+        # the first; the others find the pump's flag up)
+        messages = []
+        for _ in ids:
+            wake([target])
     enqueue_s = time.monotonic() - started
     log(
-        f"  queued {len(ids)} deliveries in {len(messages)} messages in {enqueue_s:.1f}s; "
-        "starting the worker"
+        f"  queued {len(ids)} deliveries in {len(messages)} messages"
+        f"{'' if message_size else ' (one wake each)'} in {enqueue_s:.1f}s; starting the worker"
     )
 
     cmd = harness.celery_worker_cmd(args.concurrency)
@@ -252,7 +268,7 @@ def run_portal(
         harness.wait_pg_quiet()  # the previous run's sessions are not this run's cost
     cpu_before, sessions_before = bench.cpu_snapshot(), harness.pg_sessions() if postgres else 0
     spawned, spawned_wall = time.monotonic(), time.time()
-    worker = f"worker-m{message_size}-b{batch}"
+    worker = f"worker-m{message_size or 'wake'}-b{batch}"
     bench.start(worker, cmd, env={**env, "PORTAL_DELIVERY_BATCH": str(batch)})
     seen, last_change = 0, time.monotonic()
     while True:
@@ -314,7 +330,7 @@ def _task_counts(bench: Bench, worker: str) -> tuple[int, int]:
     run = not_claimed = 0
     with open(bench.log_path(worker), errors="replace") as log_file:
         for line in log_file:
-            if "integrations.tasks.delivery_send" in line and " succeeded in " in line:
+            if "integrations.tasks.delivery_" in line and " succeeded in " in line:
                 run += 1
                 not_claimed += line.count("'not_claimed'")
     return run, not_claimed
@@ -358,7 +374,8 @@ def main() -> None:
                 items = [(row[1], row[2]) for row in rows]
                 log("baseline (before)")
                 before = run_baseline(bench, sink, items, args.concurrency)
-            log(f"portal, messages of {message_size}, PORTAL_DELIVERY_BATCH={batch}")
+            shape = f"messages of {message_size}" if message_size else "wakes"
+            log(f"portal, {shape}, PORTAL_DELIVERY_BATCH={batch}")
             portal, worker_cmd = run_portal(bench, env, sink, ids, args, message_size, batch)
             runs.append(portal)
         log("baseline (after)")

@@ -20,6 +20,18 @@ def delivery_send_batch(delivery_ids: list[int]) -> dict[int, str]:
     return {pk: result.value for pk, result in results.items()}
 
 
+_UNTRIED = {"not_claimed", "handed_back"}
+
+
+@shared_task(name="integrations.tasks.delivery_pump", ignore_result=True)
+def delivery_pump(key: str, slot: int = 0) -> int:
+    """Send a target's due deliveries until none may go now (queued by `queue.wake` when an
+    event is accepted, in slot 0; by a pump that found a backlog, in the others). Returns
+    how many were attempted."""
+    results = sender.deliveries_pump(key=key, slot=slot)
+    return sum(1 for result in results.values() if result.value not in _UNTRIED)
+
+
 @shared_task(name="integrations.tasks.deliveries_dispatch", ignore_result=True)
 def deliveries_dispatch() -> int:
     """Queue every due delivery not queued recently (run by beat every second or so)."""

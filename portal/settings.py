@@ -200,6 +200,9 @@ PORTAL_DELIVERY_LEASE_SECONDS = env_int("PORTAL_DELIVERY_LEASE_SECONDS", 120, mi
 PORTAL_DELIVERY_BATCH = env_int("PORTAL_DELIVERY_BATCH", 20, minimum=1)
 # Requests one batch has in flight at once (a slow ticket does not hold up the others).
 PORTAL_DELIVERY_PARALLEL = env_int("PORTAL_DELIVERY_PARALLEL", 4, minimum=1)
+# Pumps one target may have at once (outbox/queue.py): an event wakes one; a pump that finds
+# a full batch waiting recruits another, up to this many (slow partners: fair share below).
+PORTAL_PUMPS_PER_TARGET = env_int("PORTAL_PUMPS_PER_TARGET", 4, minimum=1)
 # Fair share (SPEC §5): a partner whose average answer takes this long (ms), or that has not
 # answered yet, is sent one batch at a time; slow partners share PORTAL_SLOW_PARTNER_BATCHES
 # batches at once between them, so the other worker slots stay free for everyone else.

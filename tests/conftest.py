@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from integrations import tasks
 from integrations.models import ApiKey
-from integrations.outbox.queue import SEND_BATCH_TASK
+from integrations.outbox.queue import PUMP_TASK, SEND_BATCH_TASK
 from integrations.services.accounts import api_key_create
 from integrations.services.partners import partner_create
 from tests.factories import TenantFactory
@@ -137,26 +137,30 @@ def other_partner_api(other_tenant):
 
 @pytest.fixture(autouse=True)
 def _no_broker(request, monkeypatch, settings):
-    """Unit and API tests never talk to a broker: queueing delivery batches is recorded
-    instead, other tasks run at once.
+    """Unit and API tests never talk to a broker: queueing delivery batches and pumps is
+    recorded instead (request.node.queued_deliveries, .queued_pumps), other tasks run at once.
 
     End-to-end tests (marked e2e) use the real broker and workers.
     """
     if request.node.get_closest_marker("e2e"):
         return
     queued: list[int] = []
+    pumps: list[str] = []
 
     def publish(task: str, *args) -> bool:
-        # Delivery batches are recorded (tests drive the sender themselves); any other task
-        # (the alerts) runs here and now, as a worker would run it.
+        # Delivery batches and pumps are recorded (tests drive the sender themselves); any
+        # other task (the alerts) runs here and now, as a worker would run it.
         if task == SEND_BATCH_TASK:
             queued.extend(args[0])
+        elif task == PUMP_TASK:
+            pumps.append(args[0])
         else:
             getattr(tasks, task.rsplit(".", 1)[1])(*args)
         return True
 
     monkeypatch.setattr("integrations.outbox.queue.publish", publish)
     request.node.queued_deliveries = queued
+    request.node.queued_pumps = pumps
 
 
 @pytest.fixture(autouse=True)

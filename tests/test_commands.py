@@ -58,7 +58,7 @@ def test_create_partner_prints_key_and_secret_once(tenant):
     partner = Partner.objects.get(pk=result["partnerId"])
     assert partner.base_url == "https://desk.example/hooks"
     assert partner.channels == ["telegram", "whatsapp"]
-    assert principal_authenticate(result["apiKey"]).partner == partner
+    assert principal_authenticate(result["apiKey"]).partner.pk == partner.pk
     key = ApiKey.objects.get(partner=partner)
     assert result["apiKey"] not in key.key_hash and key.prefix == result["apiKey"].split(".")[0]
     assert SigningSecret.objects.get(partner=partner).secret == result["signingSecret"]

@@ -23,6 +23,7 @@ from typing import Any
 
 from celery import current_app
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection, models, transaction
 from django.utils import timezone
 
@@ -188,6 +189,28 @@ def deliveries_claim_more(
     """  # noqa: S608
     params = [partner_id, Delivery.Status.PENDING.value, db_value(Delivery, "updated_at", now)]
     return [pk for pk, _ in _claim(candidates, [*params, limit], token, now)]
+
+
+def deliveries_claim_due(*, key: str, limit: int, token: uuid.UUID, now: datetime) -> list[Claimed]:
+    """A pump's claim (see `wake`): of the `limit` oldest due waiting deliveries of the batch
+    key `key` (a partner, or one tenant's engine relay or operations URL), take those that may
+    be attempted now; returns (id, partner id), by id. Only `limit` rows are looked at, so a
+    target whose deliveries are all held back (order, pause) costs one short index read."""
+    target, tenant_id = parse_batch_key(key)
+    waiting = ", ".join(["%s"] * len(Delivery.WAITING_STATUSES))
+    params: list[Any]
+    if target.startswith("partner:"):
+        scope, params = "c.partner_id = %s", [int(target.split(":", 1)[1])]
+    else:
+        scope = "c.partner_id IS NULL AND c.target = %s AND c.tenant_id = %s"
+        params = [target, tenant_id]
+    candidates = f"""
+        SELECT c.id FROM {Delivery._meta.db_table} c
+        WHERE {scope} AND c.status IN ({waiting}) AND c.next_attempt_at <= %s
+        ORDER BY c.id LIMIT %s
+    """  # noqa: S608
+    params += [*Delivery.WAITING_STATUSES, db_value(Delivery, "updated_at", now), limit]
+    return _claim(candidates, params, token, now)
 
 
 def deliveries_hand_back(*, delivery_ids: Sequence[int], token: uuid.UUID) -> int:
@@ -383,6 +406,14 @@ def batch_key(target: str, tenant_id: int) -> str:
     return f"{target}:{tenant_id}" if target in per_tenant else target
 
 
+def parse_batch_key(key: str) -> tuple[str, int | None]:
+    """(target, tenant id) of a batch key; the tenant only for the per-tenant targets."""
+    for target in (Delivery.ENGINE_TARGET, Delivery.OPERATIONS_TARGET):
+        if key.startswith(f"{target}:"):
+            return target, int(key[len(target) + 1 :])
+    return key, None
+
+
 def batches_by_target(rows: Iterable[tuple[int, str]], size: int) -> list[list[int]]:
     """Group (delivery id, batch key) pairs into queue messages: one key each (a slow partner
     or engine never holds up another's batch), at most `size` ids each, in id order."""
@@ -397,6 +428,69 @@ def enqueue(rows: Iterable[tuple[int, str]]) -> None:
     most PORTAL_DELIVERY_BATCH ids of one target each."""
     for batch in batches_by_target(rows, settings.PORTAL_DELIVERY_BATCH):
         publish(SEND_BATCH_TASK, batch)
+
+
+# --- waking pumps ---------------------------------------------------------------------------
+# New deliveries are not named in queue messages: accepting an event wakes its targets, and a
+# pump task per target claims that target's due deliveries from the database until none is
+# left (sender.deliveries_pump). A flag per target in the cache (Redis in production) says a
+# pump is queued or running, so a burst of events to one partner costs one queue message, not
+# one per event; a cache write is all an event pays. The dispatcher stays the safety net: a
+# wake that is lost (cache or broker down, a worker killed) delays a delivery, never loses it.
+
+PUMP_TASK = "integrations.tasks.delivery_pump"
+# Seconds a flag outlives a pump that never cleared it (its worker was killed): after that,
+# the next event queues a pump again. A running pump holds it at most SLICE seconds at a go.
+WAKE_TTL = 60
+
+
+def _flag(key: str, slot: int) -> str:
+    return f"portal:pump:{key}" if slot == 0 else f"portal:pump:{key}#{slot}"
+
+
+def wake(keys: Iterable[str]) -> None:
+    """Make sure a pump will look at each of these targets (batch keys) after now: queue one
+    unless one is queued or running already (its flag is up). Never raises: a cache or
+    broker that is down must not fail the caller (the dispatcher finds the rows later)."""
+    for key in sorted(set(keys)):
+        if pump_flag_take(key):
+            pump_requeue(key)  # or, refused, the flag goes down: the next event tries again
+
+
+def pump_requeue(key: str, slot: int = 0) -> None:
+    """Queue the target's pump again, its flag still up (a pump that used up its slice)."""
+    if not publish(PUMP_TASK, key, slot):
+        pump_flag_drop(key, slot)
+
+
+def pump_recruit(key: str) -> bool:
+    """Queue one more pump for the target (a pump found a full batch waiting: a backlog),
+    in the first free slot of PORTAL_PUMPS_PER_TARGET; False when all are taken."""
+    for slot in range(1, settings.PORTAL_PUMPS_PER_TARGET):
+        if pump_flag_take(key, slot):
+            pump_requeue(key, slot)
+            return True
+    return False
+
+
+def pump_flag_take(key: str, slot: int = 0) -> bool:
+    """Raise the flag of the target's pump `slot` (0: the one events wake); False when it
+    was up already. A cache that is down counts as not up (one pump too many is harmless,
+    one too few a delay)."""
+    try:
+        return bool(cache.add(_flag(key, slot), 1, WAKE_TTL))
+    except Exception:
+        logger.warning("pump flag of %s: cache unavailable", key, exc_info=True)
+        return True
+
+
+def pump_flag_drop(key: str, slot: int = 0) -> None:
+    """Lower the flag of the target's pump `slot` (it is done): the next wake (slot 0) or
+    recruit queues one again."""
+    try:
+        cache.delete(_flag(key, slot))
+    except Exception:
+        logger.warning("pump flag of %s: cache unavailable", key, exc_info=True)
 
 
 def publish(task: str, *args: Any) -> bool:

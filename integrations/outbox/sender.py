@@ -31,9 +31,14 @@ from integrations.outbox.queue import (
     batch_key,
     batch_outranked,
     deliveries_claim,
+    deliveries_claim_due,
     deliveries_claim_more,
     deliveries_hand_back,
     deliveries_release,
+    pump_flag_drop,
+    pump_flag_take,
+    pump_recruit,
+    pump_requeue,
 )
 from integrations.outbox.record import (
     Finished,
@@ -381,6 +386,24 @@ def deliveries_send(*, delivery_ids: Sequence[int], top_up: bool = False) -> dic
         deliveries_release(delivery_ids=sorted(set(ids) - set(taken)))
     if not claimed:
         return results
+    return _send_claimed(claimed, token, now, started, results, top_up=top_up)
+
+
+def _send_claimed(
+    claimed: Sequence[tuple[int, int | None]],
+    token: uuid.UUID,
+    now: datetime,
+    started: float,
+    results: dict[int, SendResult],
+    *,
+    top_up: bool,
+    fill: bool = True,
+) -> dict[int, SendResult]:
+    """Send what a claim under `token` took (see `deliveries_send`): top up (`fill`: at
+    once to PORTAL_DELIVERY_BATCH; and while waiting on a slow answer), check the fair
+    share, run the batch. Returns `results` with these deliveries' results added."""
+    taken = [pk for pk, _ in claimed]
+    results.update(dict.fromkeys(taken, SendResult.NOT_CLAIMED))
     partners = {partner_id for _, partner_id in claimed}
     more: Callable[[int], list[Delivery]] | None = None
     if top_up and len(partners) == 1 and None not in partners:
@@ -395,7 +418,7 @@ def deliveries_send(*, delivery_ids: Sequence[int], top_up: bool = False) -> dic
             return _claimed(pks, token)
 
         room = settings.PORTAL_DELIVERY_BATCH - len(taken)
-        if room > 0:
+        if fill and room > 0:
             taken += deliveries_claim_more(partner_id=partner_id, limit=room, token=token, now=now)
             results.update(dict.fromkeys(taken, SendResult.NOT_CLAIMED))
     deliveries = _claimed(taken, token)
@@ -405,6 +428,49 @@ def deliveries_send(*, delivery_ids: Sequence[int], top_up: bool = False) -> dic
         return results
     results.update(Batch(token, deliveries, started, top_up=more).run())
     return results
+
+
+def deliveries_pump(*, key: str, slot: int = 0) -> dict[int, SendResult]:
+    """What a pump task does (queue.wake): send the target `key`'s due deliveries, a batch
+    of up to PORTAL_DELIVERY_BATCH after the other, until none may go now; returns each
+    id's SendResult.
+
+    Then the pump's flag is lowered and the database looked at once more, so an event
+    committed while the flag was still up (its wake queued nothing) is not left for the
+    dispatcher. A full batch means a backlog: the pump recruits another (queue.pump_recruit,
+    up to PORTAL_PUMPS_PER_TARGET at once). After SLICE seconds the pump queues itself again,
+    flag up, and ends: the worker slot goes back to the queue, where other targets' tasks
+    wait their turn. A batch beyond a slow partner's fair share, or cut short by a failure,
+    is handed back and the pump ends (the batch running already, and then the dispatcher,
+    take the rest).
+    """
+    results: dict[int, SendResult] = {}
+    limit = settings.PORTAL_DELIVERY_BATCH
+    started, lowered = time.monotonic(), False
+    while True:
+        token, now, begun = uuid.uuid4(), timezone.now(), time.monotonic()
+        claimed = deliveries_claim_due(key=key, limit=limit, token=token, now=now)
+        if not claimed:
+            if lowered:
+                return results
+            pump_flag_drop(key, slot)
+            lowered = True
+            continue
+        if lowered:
+            if not pump_flag_take(key, slot):
+                # a newer pump is queued in this slot: this batch is the last of this one
+                _send_claimed(claimed, token, now, begun, results, top_up=True, fill=False)
+                return results
+            lowered = False
+        if len(claimed) >= limit:
+            pump_recruit(key)
+        sent = _send_claimed(claimed, token, now, begun, results, top_up=True, fill=False)
+        if any(sent[pk] == SendResult.HANDED_BACK for pk, _ in claimed):
+            pump_flag_drop(key, slot)
+            return results
+        if time.monotonic() - started > SLICE:
+            pump_requeue(key, slot)
+            return results
 
 
 def _surplus(deliveries: Sequence[Delivery], token: uuid.UUID, now: datetime) -> bool:

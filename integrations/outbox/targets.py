@@ -12,6 +12,7 @@ import functools
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -45,7 +46,15 @@ def join_url(base_url: str, path: str) -> str:
     return base_url.rstrip("/") + "/" + path.lstrip("/")
 
 
-def relay_url(tenant: Tenant, endpoint: str) -> str:
+class RelaySettings(Protocol):
+    """What `relay_url` reads of a tenant: a Tenant, or what ingest read of one."""
+
+    engine_base_url: str
+    engine_send_message_path: str
+    engine_command_path: str
+
+
+def relay_url(tenant: RelaySettings, endpoint: str) -> str:
     """The engine's URL for this relay endpoint, or "" when no engine is configured.
 
     Each setting falls back to the portal-wide one (PORTAL_ENGINE_*).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -15,7 +16,15 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from integrations.errors import Conflict, Forbidden, NotFound, PortalError, Unauthorized
-from integrations.models import ApiKey, Partner, SigningSecret, Tenant, TenantMembership
+from integrations.models import (
+    ApiKey,
+    ManagementToken,
+    Partner,
+    SigningSecret,
+    Tenant,
+    TenantMembership,
+)
+from integrations.services import ingest_sql
 from integrations.services.fields import (
     base_url_clean,
     collect_errors,
@@ -26,6 +35,7 @@ from integrations.services.fields import (
     text,
     time_zone_clean,
 )
+from integrations.services.ingest_sql import CallerKey, CallerPartner, CallerTenant
 from integrations.webhooks import generate_secret
 
 KEY_PREFIXES = {ApiKey.Kind.PARTNER: "prt", ApiKey.Kind.ENGINE: "eng"}
@@ -186,12 +196,11 @@ def api_key_revoke(*, key: ApiKey) -> ApiKey:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling the API: a partner's key or an engine key."""
+    """Who is calling the API: a partner's key or an engine key (read by
+    `principal_authenticate`, never cached across requests)."""
 
-    api_key: ApiKey
-    partner: Partner | None
-    # Engine keys: the tenant ids it may act for, or None for every tenant.
-    tenant_ids: frozenset[int] | None
+    api_key: CallerKey
+    partner: CallerPartner | None
 
     @property
     def is_engine(self) -> bool:
@@ -204,14 +213,24 @@ class Principal:
             return f"partner:{self.partner.pk}"
         return f"enginekey:{self.api_key.pk}"
 
-    def tenant_for_owner(self, owner: str) -> Tenant:
+    @functools.cached_property
+    def tenant_ids(self) -> frozenset[int] | None:
+        """Engine keys: the tenant ids it may act for, or None for every tenant (read when
+        asked: accepting an event checks its one tenant in `tenant_for_owner`)."""
+        if self.partner is not None or self.api_key.all_tenants:
+            return None
+        through = ApiKey.tenants.through.objects.filter(apikey_id=self.api_key.pk)
+        return frozenset(through.values_list("tenant_id", flat=True))
+
+    def tenant_for_owner(self, owner: str) -> CallerTenant:
         """The tenant named by `owner`, if this caller may act for it; raises Forbidden."""
         if self.partner is not None:
             if self.partner.tenant.owner != owner:
                 raise Forbidden("This key may not act for that owner.", code="owner_forbidden")
             return self.partner.tenant
-        tenant = Tenant.objects.filter(owner=owner, is_active=True).first()
-        if tenant is None or (self.tenant_ids is not None and tenant.pk not in self.tenant_ids):
+        named_by = None if self.api_key.all_tenants else self.api_key.pk
+        tenant = ingest_sql.active_tenant(owner, named_by_key=named_by)
+        if tenant is None:
             raise Forbidden("This key may not act for that owner.", code="owner_forbidden")
         return tenant
 
@@ -236,40 +255,43 @@ def credential_lookup(queryset: Any, raw: str, *, hash_field: str, noun: str, co
     return row
 
 
-def credential_used(row: Any) -> None:
-    """Note that a credential let a call in. Only one that is let in counts as used (a
-    revoked key's "last used" must not move when a refused call arrives); at most one write
-    a minute: enough to spot unused ones, cheap on hot paths."""
+def credential_used(model: type[ApiKey | ManagementToken], row: Any) -> None:
+    """Note that a credential (`row`: a `model` row or what was read of one: `pk`,
+    `last_used_at`) let a call in. Only one that is let in counts as used (a revoked key's
+    "last used" must not move when a refused call arrives); at most one write a minute:
+    enough to spot unused ones, cheap on hot paths."""
     now = timezone.now()
     if row.last_used_at is None or row.last_used_at < now - timedelta(seconds=60):
-        type(row).objects.filter(pk=row.pk).update(last_used_at=now)
+        model.objects.filter(pk=row.pk).update(last_used_at=now)
 
 
 def principal_authenticate(raw: str) -> Principal:
-    """Resolve a bearer key to its principal.
+    """Resolve a bearer key to its principal: one SELECT of the key, its partner and the
+    partner's tenant (ingest_sql.key_lookup), on every call.
 
     Raises Unauthorized (unknown, malformed, revoked or expired key) and Forbidden (the
     partner is disabled by an admin, or its tenant is inactive).
     """
-    key = credential_lookup(
-        ApiKey.objects.select_related("partner__tenant"),
-        raw,
-        hash_field="key_hash",
-        noun="API key",
-        code="key",
-    )
-    if key.partner is not None:
-        if key.partner.state == Partner.State.DISABLED:
+    prefix, dot, _ = raw.partition(".")
+    key = ingest_sql.key_lookup(prefix) if dot and len(prefix) <= 32 else None
+    expected = key.key_hash if key is not None else "0" * 64
+    if not hmac.compare_digest(expected, hash_credential(raw)) or key is None:
+        raise Unauthorized("The API key is not valid.", code="invalid_key")
+    now = timezone.now()
+    if key.revoked_at is not None:
+        raise Unauthorized("The API key has been revoked.", code="key_revoked")
+    if key.expires_at is not None and key.expires_at <= now:
+        raise Unauthorized("The API key has expired.", code="key_expired")
+    partner = key.partner
+    if key.kind == ApiKey.Kind.PARTNER and partner is None:  # its partner was just deleted
+        raise Unauthorized("The API key is not valid.", code="invalid_key")
+    if partner is not None:
+        if partner.state == Partner.State.DISABLED:
             raise Forbidden("This partner is disabled by an admin.", code="partner_disabled")
-        if not key.partner.tenant.is_active:
+        if not partner.tenant.is_active:
             raise Forbidden("This tenant is inactive.", code="tenant_inactive")
-    credential_used(key)
-    if key.partner is not None:
-        return Principal(api_key=key, partner=key.partner, tenant_ids=None)
-    if key.all_tenants:
-        return Principal(api_key=key, partner=None, tenant_ids=None)
-    tenant_ids = frozenset(key.tenants.values_list("pk", flat=True))
-    return Principal(api_key=key, partner=None, tenant_ids=tenant_ids)
+    credential_used(ApiKey, key)
+    return Principal(api_key=key, partner=partner)
 
 
 def user_create(*, tenant: Tenant, username: str, role: str, email: str = "") -> tuple[object, str]:

@@ -18,8 +18,8 @@ from django.utils import timezone
 
 from integrations import instruments
 from integrations.errors import Conflict, NotFound
-from integrations.models import Delivery, Event, Tenant, Ticket
-from integrations.outbox.queue import batch_key, enqueue
+from integrations.models import Delivery, Event, Ticket
+from integrations.outbox.queue import batch_key, wake
 from integrations.outbox.targets import NO_RELAY, first_attempt_at, relay_url
 from integrations.payloads import (
     CommandPayload,
@@ -39,6 +39,7 @@ from integrations.services.idempotency import (
     idempotency_begin,
     idempotency_complete,
 )
+from integrations.services.ingest_sql import CallerTenant
 
 logger = logging.getLogger(__name__)
 
@@ -130,16 +131,17 @@ def _source(principal: Principal) -> str:
     return Event.Source.ENGINE if principal.is_engine else Event.Source.PARTNER
 
 
-def _queue_on_commit(rows: list[tuple[int, str]]) -> None:
-    """Send the queue messages of new pending deliveries, (id, batch key), once the event is
-    committed; robust: a broker that is down must not fail the accepted request (the
-    dispatcher finds the rows later)."""
-    if rows:
-        transaction.on_commit(lambda: enqueue(rows), robust=True)
+def _wake_on_commit(keys: list[str]) -> None:
+    """Wake the targets (batch keys) of new pending deliveries once the event is committed
+    (queue.wake: at most one queue message per target is waiting); robust: a cache or
+    broker that is down must not fail the accepted request (the dispatcher finds the rows
+    later)."""
+    if keys:
+        transaction.on_commit(lambda: wake(keys), robust=True)
 
 
 def _partner_deliveries(
-    *, event_id: uuid.UUID, tenant: Tenant, ticket_id: int, channel: str, endpoint: str, now
+    *, event_id: uuid.UUID, tenant: CallerTenant, ticket_id: int, channel: str, endpoint: str, now
 ) -> None:
     """One delivery per partner subscribed to `channel` and not disabled (SPEC §3.2)."""
     partners = ingest_sql.partner_targets(tenant_id=tenant.pk, channel=channel)
@@ -154,14 +156,14 @@ def _partner_deliveries(
         )
         for p in partners
     ]
-    ids = ingest_sql.deliveries_insert(
+    ingest_sql.deliveries_insert(
         event_id=event_id, tenant_id=tenant.pk, ticket_id=ticket_id, rows=rows, now=now
     )
-    _queue_on_commit([(pk, row.target) for pk, row in zip(ids, rows, strict=True)])
+    _wake_on_commit([row.target for row in rows])
 
 
 def _relay_delivery(
-    *, event_id: uuid.UUID, tenant: Tenant, ticket_id: int, endpoint: str, now
+    *, event_id: uuid.UUID, tenant: CallerTenant, ticket_id: int, endpoint: str, now
 ) -> None:
     """The engine relay's delivery (SPEC §6): `not_configured` (final) with no engine."""
     configured = bool(relay_url(tenant, endpoint))
@@ -174,11 +176,11 @@ def _relay_delivery(
         dispatched_at=now if configured else None,
         last_error="" if configured else NO_RELAY,
     )
-    ids = ingest_sql.deliveries_insert(
+    ingest_sql.deliveries_insert(
         event_id=event_id, tenant_id=tenant.pk, ticket_id=ticket_id, rows=[row], now=now
     )
     if configured:
-        _queue_on_commit([(ids[0], batch_key(Delivery.ENGINE_TARGET, tenant.pk))])
+        _wake_on_commit([batch_key(Delivery.ENGINE_TARGET, tenant.pk)])
 
 
 def _incoming(principal: Principal, msg: Any, raw_body: bytes, key: str) -> uuid.UUID:
@@ -218,12 +220,12 @@ def _incoming(principal: Principal, msg: Any, raw_body: bytes, key: str) -> uuid
     return event_id
 
 
-def _locked_ticket(tenant: Tenant, ticket_number: str) -> Ticket:
+def _locked_ticket(tenant: CallerTenant, ticket_number: str) -> Ticket:
     """The ticket under a row lock (events of one ticket take their sequence numbers in
     order); raises NotFound."""
     ticket = (
         Ticket.objects.select_for_update()
-        .filter(tenant=tenant, ticket_number=ticket_number)
+        .filter(tenant_id=tenant.pk, ticket_number=ticket_number)
         .first()
     )
     if ticket is None:
@@ -267,7 +269,7 @@ def _event_on_ticket(
     )
 
 
-def _outgoing_payload(tenant: Tenant, ticket: Ticket, msg: MessagePayload) -> dict[str, Any]:
+def _outgoing_payload(tenant: CallerTenant, ticket: Ticket, msg: MessagePayload) -> dict[str, Any]:
     """An outgoing event carries the ticket's creation date (SPEC §3.2)."""
     created = format_created_date(ticket.created_date, tenant.time_zone)
     return render_outgoing(msg, created_date=created)

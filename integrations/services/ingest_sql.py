@@ -17,13 +17,23 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connection, models
+from django.utils import dateparse, timezone
 
 from integrations import logs, tracing
-from integrations.models import Contact, Delivery, Event, IdempotencyRecord, Partner, Ticket
+from integrations.models import (
+    ApiKey,
+    Contact,
+    Delivery,
+    Event,
+    IdempotencyRecord,
+    Partner,
+    Tenant,
+    Ticket,
+)
 from integrations.outbox.queue import db_value
 from integrations.payloads import MessagePayload
 
@@ -50,6 +60,149 @@ def _insert_sql(model: type[models.Model], names: tuple[str, ...], rows: int, ta
         f"INSERT INTO {_qn(model._meta.db_table)} ({', '.join(c[n] for n in names)})"  # noqa: S608
         f" VALUES {', '.join([row] * rows)}{tail}"
     )
+
+
+def _datetime(value: Any) -> datetime | None:
+    """A datetime column as read without the ORM (SQLite gives text), aware in UTC."""
+    if value is None or isinstance(value, datetime):
+        parsed = value
+    else:
+        parsed = dateparse.parse_datetime(str(value))
+    if parsed is not None and timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed, UTC)
+    return parsed
+
+
+# --- who is calling -------------------------------------------------------------------------
+# Every API request authenticates, and every event names its tenant: loading ApiKey, Partner
+# and Tenant instances cost more than the rest of an accepted event (the ORM's compiler, and
+# a Tenant decrypts its three secrets on load). These read the few columns a caller needs in
+# one SELECT each, on every request: nothing is cached, so a revoked key, a disabled partner
+# or an inactive tenant is refused by the very next request.
+
+_TENANT_FIELDS = ("id", "owner", "is_active", "time_zone", "sticker_text", "engine_base_url")
+_TENANT_FIELDS += ("engine_send_message_path", "engine_command_path")
+
+
+@dataclass(frozen=True)
+class CallerTenant:
+    """What accepting an event needs of its tenant (no secrets)."""
+
+    pk: int
+    owner: str
+    is_active: bool
+    time_zone: str
+    sticker_text: str
+    engine_base_url: str
+    engine_send_message_path: str
+    engine_command_path: str
+
+
+def _tenant(row: Sequence[Any]) -> CallerTenant:
+    pk, owner, active, zone, sticker, base, send_path, command_path = row
+    return CallerTenant(pk, owner, bool(active), zone, sticker, base, send_path, command_path)
+
+
+@dataclass(frozen=True)
+class CallerPartner:
+    """What the API needs of a partner key's partner."""
+
+    pk: int
+    name: str
+    state: str
+    rate_limit: str
+    tenant: CallerTenant
+
+    @property
+    def tenant_id(self) -> int:
+        return self.tenant.pk
+
+
+@dataclass(frozen=True)
+class CallerKey:
+    """An API key as authentication reads it."""
+
+    pk: int
+    prefix: str
+    kind: str
+    key_hash: str
+    revoked_at: datetime | None
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    all_tenants: bool
+    partner: CallerPartner | None
+
+
+@functools.cache
+def _key_sql() -> str:
+    k, p, t = _columns(ApiKey), _columns(Partner), _columns(Tenant)
+    keys = ("id", "prefix", "kind", "key_hash", "revoked_at", "expires_at", "last_used_at")
+    keys += ("all_tenants",)
+    return (
+        "SELECT "  # noqa: S608
+        + ", ".join(
+            [f"k.{k[n]}" for n in keys]
+            + [f"p.{p[n]}" for n in ("id", "name", "state", "rate_limit")]
+            + [f"t.{t[n]}" for n in _TENANT_FIELDS]
+        )
+        + f" FROM {_qn(ApiKey._meta.db_table)} k"
+        f" LEFT JOIN {_qn(Partner._meta.db_table)} p ON p.{p['id']} = k.{k['partner']}"
+        f" LEFT JOIN {_qn(Tenant._meta.db_table)} t ON t.{t['id']} = p.{p['tenant']}"
+        f" WHERE k.{k['prefix']} = %s"
+    )
+
+
+def key_lookup(prefix: str) -> CallerKey | None:
+    """The API key with this prefix, with its partner and the partner's tenant; None when
+    there is none."""
+    with connection.cursor() as cursor:
+        cursor.execute(_key_sql(), [prefix])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    pk, prefix, kind, key_hash, revoked, expires, used, all_tenants = row[:8]
+    partner = None
+    if row[8] is not None:
+        partner = CallerPartner(row[8], row[9], row[10], row[11], _tenant(row[12:]))
+    return CallerKey(
+        pk,
+        prefix,
+        kind,
+        key_hash,
+        _datetime(revoked),
+        _datetime(expires),
+        _datetime(used),
+        bool(all_tenants),
+        partner,
+    )
+
+
+@functools.cache
+def _tenant_sql(named: bool) -> str:
+    t = _columns(Tenant)
+    through = ApiKey.tenants.through
+    n = _columns(through)
+    columns = ", ".join(f"t.{t[n]}" for n in _TENANT_FIELDS)
+    where = f"t.{t['owner']} = %s AND t.{t['is_active']}"
+    if named:
+        where += (
+            f" AND EXISTS (SELECT 1 FROM {_qn(through._meta.db_table)} n"  # noqa: S608
+            f" WHERE n.{n['apikey']} = %s AND n.{n['tenant']} = t.{t['id']})"
+        )
+    return f"SELECT {columns} FROM {_qn(Tenant._meta.db_table)} t WHERE {where}"  # noqa: S608
+
+
+def active_tenant(owner: str, *, named_by_key: int | None = None) -> CallerTenant | None:
+    """The active tenant whose Tenant ID is `owner` (and, with `named_by_key`, that this
+    engine key names among its tenants), or None."""
+    params: list[Any] = [owner] if named_by_key is None else [owner, named_by_key]
+    with connection.cursor() as cursor:
+        cursor.execute(_tenant_sql(named_by_key is not None), params)
+        row = cursor.fetchone()
+    return _tenant(row) if row is not None else None
+
+
+# --- accepting an event ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

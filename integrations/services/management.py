@@ -116,7 +116,7 @@ def manager_authenticate(raw: str) -> Manager:
     )
     if not token.tenant.is_active:
         raise Forbidden("This tenant is inactive.", code="tenant_inactive")
-    credential_used(token)
+    credential_used(ManagementToken, token)
     return Manager(token=token, tenant=token.tenant)
 
 

@@ -139,12 +139,15 @@ def test_engine_incoming_only_subscribed_enabled_partners_get_deliveries(engine_
     assert targets == {"All", "Paused"}
 
 
-def test_engine_incoming_queues_deliveries_on_commit(
+def test_engine_incoming_wakes_the_partners_pump_on_commit(
     engine_api, partner, request, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True):
         engine_api.post(URL, incoming_body())
-    assert request.node.queued_deliveries == [Delivery.objects.get().pk]
+    # one pump for the partner's target, no message naming the delivery
+    assert request.node.queued_pumps == [f"partner:{partner.pk}"]
+    assert request.node.queued_deliveries == []
+    assert Delivery.objects.get().dispatched_at is not None  # the dispatcher waits for it
 
 
 VALID_MEDIA = {"messageType": "image", "message": "", "mediaLink": "https://cdn.example/a.png"}

@@ -19,7 +19,7 @@ def _key(partner) -> ApiKey:
 def test_an_accepted_call_counts_as_use(partner_with_key):
     partner, raw, _ = partner_with_key
     assert _key(partner).last_used_at is None
-    assert principal_authenticate(raw).partner == partner
+    assert principal_authenticate(raw).partner.pk == partner.pk
     assert _key(partner).last_used_at is not None
 
 

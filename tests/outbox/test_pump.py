@@ -1,0 +1,180 @@
+"""Pumps (queue.wake, sender.deliveries_pump): an accepted event wakes its targets instead of
+naming its deliveries in queue messages; one pump per target, flagged in the cache, claims
+that target's due deliveries from the database until none may go, against a real loopback
+partner and the real cache (Redis)."""
+
+import pytest
+from django.core.cache import cache
+
+from integrations.models import Delivery, Partner
+from integrations.outbox import queue, sender
+from tests.conftest import command_body, incoming_body
+
+IN = "/api/v1/engine/incoming"
+OK = (200, b'{"status":"success"}', {})
+
+
+def _ingest(engine_api, **overrides) -> Delivery:
+    event_id = engine_api.post(IN, incoming_body(**overrides)).json()["eventId"]
+    return Delivery.objects.get(event_id=event_id, partner__isnull=False)
+
+
+@pytest.fixture
+def sink(partner, partner_server_factory):
+    server = partner_server_factory()
+    partner.base_url = server.url
+    partner.save()
+    return server
+
+
+def _flag_up(key: str) -> bool:
+    return cache.get(f"portal:pump:{key}") is not None
+
+
+def test_a_burst_of_events_queues_one_pump_and_it_sends_them_all(
+    engine_api, partner, sink, request, django_capture_on_commit_callbacks
+):
+    key = f"partner:{partner.pk}"
+    with django_capture_on_commit_callbacks(execute=True):
+        batch = [_ingest(engine_api, ticketNumber=f"t-{i}", message=f"m{i}") for i in range(5)]
+    # five events, one queue message: the flag was up from the first
+    assert request.node.queued_pumps == [key]
+    assert _flag_up(key)
+    results = sender.deliveries_pump(key=key)
+    assert results == {d.pk: "succeeded" for d in batch}
+    assert sorted(r.json["message"] for r in sink.received) == [f"m{i}" for i in range(5)]
+    # done: the flag is down, so the next event queues a pump again
+    assert not _flag_up(key)
+    with django_capture_on_commit_callbacks(execute=True):
+        later = _ingest(engine_api, message="later")
+    assert request.node.queued_pumps == [key, key]
+    assert sender.deliveries_pump(key=key) == {later.pk: "succeeded"}
+
+
+def test_an_event_committed_under_a_raised_flag_is_sent_by_the_running_pump(
+    engine_api, partner, sink, request, django_capture_on_commit_callbacks
+):
+    # a pump is queued or running (flag up) when the event commits: its wake queues nothing
+    key = f"partner:{partner.pk}"
+    assert queue.pump_flag_take(key)
+    with django_capture_on_commit_callbacks(execute=True):
+        delivery = _ingest(engine_api)
+    assert request.node.queued_pumps == []
+    # the pump finds it in the database all the same
+    assert sender.deliveries_pump(key=key) == {delivery.pk: "succeeded"}
+    assert not _flag_up(key)
+
+
+def test_the_pump_keeps_the_ticket_order_and_sends_the_next_in_the_same_run(
+    engine_api, partner, sink, django_capture_on_commit_callbacks
+):
+    first = _ingest(engine_api, message="one")
+    second = _ingest(engine_api, message="two")
+    with django_capture_on_commit_callbacks(execute=True):
+        results = sender.deliveries_pump(key=f"partner:{partner.pk}")
+    assert results == {first.pk: "succeeded", second.pk: "succeeded"}
+    assert [r.json["message"] for r in sink.received] == ["one", "two"]
+
+
+def test_a_paused_partners_pump_sends_nothing_and_ends(engine_api, partner, sink):
+    delivery = _ingest(engine_api)
+    Partner.objects.filter(pk=partner.pk).update(state="paused")
+    assert sender.deliveries_pump(key=f"partner:{partner.pk}") == {}
+    assert sink.received == []
+    assert Delivery.objects.get(pk=delivery.pk).status == "pending"
+
+
+def test_a_failing_partners_pump_ends_after_the_failure(
+    engine_api, partner, partner_server_factory
+):
+    server = partner_server_factory(lambda request, n: (503, b"busy", {}))
+    partner.base_url = server.url
+    partner.save()
+    first = _ingest(engine_api, ticketNumber="t-1")
+    second = _ingest(engine_api, ticketNumber="t-2")
+    results = sender.deliveries_pump(key=f"partner:{partner.pk}")
+    # one attempt (it failed); the partner's other delivery is not tried again and again
+    assert len(server.received) == 1
+    assert results[first.pk] == "retrying"
+    assert results.get(second.pk) in (None, "handed_back")
+    assert not _flag_up(f"partner:{partner.pk}")
+
+
+def test_a_pump_past_its_slice_queues_itself_again(
+    engine_api, partner, sink, request, monkeypatch, settings
+):
+    settings.PORTAL_DELIVERY_BATCH = 1
+    monkeypatch.setattr(sender, "SLICE", 0.0)
+    key = f"partner:{partner.pk}"
+    queue.pump_flag_take(key)
+    first = _ingest(engine_api, ticketNumber="t-1")
+    _ingest(engine_api, ticketNumber="t-2")
+    # one batch, then the slot goes back to the queue, the flag still up
+    assert sender.deliveries_pump(key=key) == {first.pk: "succeeded"}
+    assert request.node.queued_pumps == [key]
+    assert _flag_up(key)
+
+
+def test_the_engine_relay_has_a_pump_per_tenant(
+    engine_api,
+    partner_api,
+    tenant,
+    partner_server_factory,
+    request,
+    django_capture_on_commit_callbacks,
+):
+    engine = partner_server_factory()
+    tenant.engine_base_url = engine.url
+    tenant.engine_command_path = "/commands"
+    tenant.save()
+    engine_api.post(IN, incoming_body())  # the ticket
+    request.node.queued_pumps.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = partner_api.post("/api/v1/command", command_body())
+    assert answer.status_code == 200, answer.content
+    key = f"engine:{tenant.pk}"
+    assert request.node.queued_pumps == [key]
+    relay = Delivery.objects.get(event_id=answer.json()["eventId"])
+    assert sender.deliveries_pump(key=key) == {relay.pk: "succeeded"}
+    assert [r.path for r in engine.received] == ["/commands"]
+
+
+def test_a_cache_that_is_down_still_wakes_a_pump(
+    engine_api, partner, request, monkeypatch, django_capture_on_commit_callbacks
+):
+    def down(*args, **kwargs):
+        raise ConnectionError("cache down")
+
+    monkeypatch.setattr(cache, "add", down)
+    monkeypatch.setattr(cache, "delete", down)
+    with django_capture_on_commit_callbacks(execute=True):
+        _ingest(engine_api, ticketNumber="t-1")
+        _ingest(engine_api, ticketNumber="t-2")
+    # no flag to share: one pump per event, as many as needed rather than none
+    assert request.node.queued_pumps == [f"partner:{partner.pk}"] * 2
+
+
+def test_a_refused_publish_lowers_the_flag(engine_api, partner, monkeypatch):
+    monkeypatch.setattr(queue, "publish", lambda task, *args: False)
+    key = f"partner:{partner.pk}"
+    queue.wake([key])
+    # no pump will run: the next event must be able to try again
+    assert not _flag_up(key)
+
+
+def test_a_pump_that_finds_a_backlog_recruits_another_up_to_the_limit(
+    engine_api, partner, sink, request, settings
+):
+    settings.PORTAL_DELIVERY_BATCH = 2
+    settings.PORTAL_PUMPS_PER_TARGET = 2
+    key = f"partner:{partner.pk}"
+    queue.pump_flag_take(key)
+    batch = [_ingest(engine_api, ticketNumber=f"t-{i}") for i in range(5)]
+    results = sender.deliveries_pump(key=key)
+    assert results == {d.pk: "succeeded" for d in batch}
+    # full batches: one helper was queued (slot 1); the limit of 2 allows no more
+    assert request.node.queued_pumps == [key]
+    assert cache.get(f"portal:pump:{key}#1") is not None
+    # the helper finds nothing left and lowers its own flag
+    assert sender.deliveries_pump(key=key, slot=1) == {}
+    assert cache.get(f"portal:pump:{key}#1") is None
