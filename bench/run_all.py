@@ -107,11 +107,12 @@ def rows_delivery(r: dict[str, Any]) -> list[str]:
     b = r["baseline"]
     rows = []
     for p in r.get("by_batch") or [r["portal"]]:
-        how = (
-            f"messages of {p['message_size']}, PORTAL_DELIVERY_BATCH={p['batch']}"
-            if "batch" in p
-            else "one message per delivery"
-        )
+        if "batch" not in p:
+            how = "one message per delivery"
+        elif p["message_size"] == 0:
+            how = f"one wake per delivery, as ingest does; PORTAL_DELIVERY_BATCH={p['batch']}"
+        else:
+            how = f"messages of {p['message_size']}, PORTAL_DELIVERY_BATCH={p['batch']}"
         ratio = p.get("ratio", r["ratio"])
         rows.append(
             f"| delivery: {r['count']:,} queued deliveries drained by Celery "
@@ -123,6 +124,61 @@ def rows_delivery(r: dict[str, Any]) -> list[str]:
             f"| **{ratio}×** | ≥ 0.7× — {_goal(ratio is not None and ratio >= 0.7)} |"
         )
     return rows
+
+
+# Issue #16's reference: the latency bench's capacity before the issue (events/s).
+CAPACITY_BEFORE = 157.0
+PORTAL_PROCESSES = ("web", "worker", "beat", "postgres", "redis")
+
+
+def summary(results: dict[str, Any]) -> list[str]:
+    """The leading table: the four goals of issue #16 and the CPU per event by process."""
+    ingest, delivery, latency = (results.get(n) or {} for n in ("ingest", "delivery", "latency"))
+    live = next(
+        (p for p in delivery.get("by_batch") or [] if p.get("message_size") == 0),
+        None,
+    )
+    capacity = (latency.get("capacity") or {}).get("events_per_s")
+    half = next((p for p in latency.get("phases") or [] if p["rate_label"] == "half"), None)
+    cpu = (half or {}).get("portal", {}).get("cpu_ms_per_event") or {}
+    portal_cpu = sum(cpu.get(n, 0.0) for n in PORTAL_PROCESSES) if cpu else None
+    p99 = (half or {}).get("portal", {}).get("p99_ms")
+    rows = [
+        ("ingest / bare-insert view", ingest.get("ratio"), "≥ 0.5×", 0.5, True),
+        (
+            "delivery, live shape (wakes) / bare client loop",
+            (live or {}).get("ratio"),
+            "≥ 0.7×",
+            0.7,
+            True,
+        ),
+        (
+            f"end-to-end capacity / {CAPACITY_BEFORE:.0f} events/s",
+            capacity / CAPACITY_BEFORE if capacity else None,
+            "≥ 3×",
+            3.0,
+            True,
+        ),
+        ("p99 at 50 % of capacity (ms)", p99, "< 100", 100.0, False),
+        ("PostgreSQL CPU per event (ms)", cpu.get("postgres"), "≤ 1", 1.0, False),
+        (
+            "portal CPU per event (ms; web, worker, beat, PostgreSQL, Redis)",
+            portal_cpu,
+            "≤ 3",
+            3.0,
+            False,
+        ),
+    ]
+    lines = ["| measure | this run | goal | met |", "|---|---|---|---|"]
+    for name, value, goal, bound, higher in rows:
+        met = None if value is None else (value >= bound if higher else value <= bound)
+        lines.append(f"| {name} | {_f(value)} | {goal} | {_goal(met)} |")
+    if cpu:
+        by_process = ", ".join(
+            f"{n} {_f(cpu[n])}" for n in (*PORTAL_PROCESSES, "client", "sink") if n in cpu
+        )
+        lines += ["", f"CPU ms per event at 50 % load, by process (idle included): {by_process}."]
+    return lines
 
 
 def rows_latency(r: dict[str, Any]) -> list[str]:
@@ -405,6 +461,10 @@ def write_report(
             "only ratios are comparable between runs.",
             "",
             *([f"**Failed in this run:** {', '.join(failed)}.", ""] if failed else []),
+            "## Summary",
+            "",
+            *summary(results),
+            "",
             "## Results",
             "",
             *table,

@@ -104,6 +104,7 @@ def test_a_pump_past_its_slice_queues_itself_again(
     engine_api, partner, sink, request, monkeypatch, settings
 ):
     settings.PORTAL_DELIVERY_BATCH = 1
+    settings.PORTAL_PUMPS_PER_TARGET = 1  # no helper: the full batch is not a backlog here
     monkeypatch.setattr(sender, "SLICE", 0.0)
     key = f"partner:{partner.pk}"
     queue.pump_flag_take(key)
