@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 import time
 import uuid
@@ -64,6 +65,13 @@ def parse_args() -> argparse.Namespace:
         help="capacity probe length (0: skip; then 'half' is not allowed)",
     )
     parser.add_argument("--probe-clients", type=int, default=8)
+    parser.add_argument(
+        "--pg-statements",
+        type=int,
+        default=0,
+        help="diagnostic: load pg_stat_statements and report the N statements that took the "
+        "most PostgreSQL time (planning + execution) during each portal phase",
+    )
     parser.add_argument(
         "--senders", type=int, default=16, help="client threads of the open-loop sender"
     )
@@ -256,10 +264,45 @@ def measure(sent: list[Sent], sink: str, duration: float, rate: float | None) ->
     }
 
 
+def pg_statements(sql: str, env: dict[str, str]) -> list[tuple[Any, ...]]:
+    """Run one diagnostic statement on the bench's PostgreSQL; its rows."""
+    import psycopg
+
+    with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
+        cursor = conn.execute(sql)
+        return cursor.fetchall() if cursor.description else []
+
+
+def top_statements(env: dict[str, str], limit: int, events: int) -> list[dict[str, Any]]:
+    """The statements that took the most PostgreSQL time since the last reset (planning
+    plus execution), per event of the phase."""
+    rows = pg_statements(
+        "SELECT calls, total_plan_time, total_exec_time, left(regexp_replace(query, '\\s+',"
+        " ' ', 'g'), 160) FROM pg_stat_statements"
+        " ORDER BY total_plan_time + total_exec_time DESC LIMIT " + str(int(limit)),
+        env,
+    )
+    return [
+        {
+            "calls_per_event": rnd(calls / max(events, 1), 2),
+            "plan_ms_per_event": rnd(plan / max(events, 1), 3),
+            "exec_ms_per_event": rnd(run / max(events, 1), 3),
+            "query": query,
+        }
+        for calls, plan, run, query in rows
+    ]
+
+
 def main() -> None:
     args = parse_args()
+    if args.pg_statements:
+        os.environ["TESTENV_PG_OPTIONS"] = (
+            "-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track_planning=on"
+        )
     with Bench("latency") as bench:
         env = bench.start_databases()
+        if args.pg_statements:
+            pg_statements("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", env)
         sink = harness.start_sink(bench, env)
         seeds = bench.setup_portal(env, partner_url=sink)
         web_port = bench.port()
@@ -326,6 +369,8 @@ def main() -> None:
             for name, send in (("bare", clients.bare), ("portal", clients.portal)):
                 log(f"{name} at {rate}/s for {args.duration:.0f}s (load {load})")
                 harness.http_json(sink + "/_reset", method="POST")
+                if args.pg_statements and name == "portal":
+                    pg_statements("SELECT pg_stat_statements_reset()", env)
                 cpu_before = bench.cpu_snapshot()
                 sent = open_loop(send, f"{label}-{name}", rate, args.duration, args.senders)
                 wait_for_sink(
@@ -336,6 +381,10 @@ def main() -> None:
                 phase[name]["cpu_ms_per_event"] = harness.cpu_delta(
                     cpu_before, bench.cpu_snapshot(), len(sent)
                 )
+                if args.pg_statements and name == "portal":
+                    phase[name]["pg_statements"] = top_statements(
+                        env, args.pg_statements, len(sent)
+                    )
                 log(
                     f"  p50 {phase[name]['p50_ms']} ms, p99 {phase[name]['p99_ms']} ms, "
                     f"lost {phase[name]['lost']}"

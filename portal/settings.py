@@ -116,8 +116,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     # Behind PgBouncer in transaction mode a server connection changes between transactions:
-    # no server-side cursors (Django already sends no prepared statements).
-    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env_bool("PORTAL_PGBOUNCER", False)
+    # no server-side cursors and no prepared statements.
+    PGBOUNCER = env_bool("PORTAL_PGBOUNCER", False)
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = PGBOUNCER
+    if not PGBOUNCER:
+        # The hot-path SQL's cursor prepares its statements (outbox/queue.sql_cursor); the
+        # rest of Django binds on the client and prepares nothing, whatever this says.
+        DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 5
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Metrics (SPEC §10) ---------------------------------------------------------------------

@@ -253,6 +253,9 @@ def start_postgres(servers: Servers, port: int) -> None:
         f"-p {port} -k {servers.tmp_dir} -c listen_addresses=127.0.0.1"
         " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     )
+    # Extra server options for diagnostics (bench/latency.py --pg-statements sets them).
+    if os.environ.get("TESTENV_PG_OPTIONS"):
+        options += " " + os.environ["TESTENV_PG_OPTIONS"]
     log_file = servers.tmp_dir / "postgres.log"
     pg_ctl = [
         str(servers.pg_bin / "pg_ctl"),

@@ -34,7 +34,7 @@ from integrations.models import (
     Tenant,
     Ticket,
 )
-from integrations.outbox.queue import db_value
+from integrations.outbox.queue import db_value, sql_cursor
 from integrations.payloads import MessagePayload
 
 
@@ -155,7 +155,7 @@ def _key_sql() -> str:
 def key_lookup(prefix: str) -> CallerKey | None:
     """The API key with this prefix, with its partner and the partner's tenant; None when
     there is none."""
-    with connection.cursor() as cursor:
+    with sql_cursor() as cursor:
         cursor.execute(_key_sql(), [prefix])
         row = cursor.fetchone()
     if row is None:
@@ -196,7 +196,7 @@ def active_tenant(owner: str, *, named_by_key: int | None = None) -> CallerTenan
     """The active tenant whose Tenant ID is `owner` (and, with `named_by_key`, that this
     engine key names among its tenants), or None."""
     params: list[Any] = [owner] if named_by_key is None else [owner, named_by_key]
-    with connection.cursor() as cursor:
+    with sql_cursor() as cursor:
         cursor.execute(_tenant_sql(named_by_key is not None), params)
         row = cursor.fetchone()
     return _tenant(row) if row is not None else None
@@ -229,7 +229,7 @@ def partner_targets(*, tenant_id: int, channel: str) -> list[PartnerTarget]:
     still gets its rows: they wait until it is resumed (never dropped).
 
     One SELECT of three columns: loading Partner instances cost more than the query."""
-    with connection.cursor() as cursor:
+    with sql_cursor() as cursor:
         cursor.execute(_partner_targets_sql(), [tenant_id, Partner.State.DISABLED.value])
         rows = cursor.fetchall()
     targets = []
@@ -268,7 +268,7 @@ def contact_upsert(*, tenant_id: int, msg: MessagePayload, now: datetime) -> int
         "first_seen": now,
         "last_seen": now,
     }
-    with connection.cursor() as cursor:
+    with sql_cursor() as cursor:
         cursor.execute(_contact_upsert_sql(), _values(Contact, row))
         return cursor.fetchone()[0]
 
@@ -337,7 +337,7 @@ def ticket_upsert(
         "created_at": now,
         "updated_at": now,
     }
-    with connection.cursor() as cursor:
+    with sql_cursor() as cursor:
         cursor.execute(_ticket_upsert_sql(), _values(Ticket, row))
         ticket_pk, sequence = cursor.fetchone()
     return ticket_pk, sequence
@@ -374,7 +374,7 @@ def event_insert(
             strict=True,
         )
     )
-    with connection.cursor() as cursor:
+    with sql_cursor() as cursor:
         cursor.execute(_insert_sql(Event, EVENT_FIELDS, 1, ""), _values(Event, row))
     return event_id
 
@@ -415,7 +415,7 @@ def deliveries_insert(
         values += (0, 0, r.next_attempt_at, r.dispatched_at, r.last_error, now, now)
         params += _values(Delivery, dict(zip(DELIVERY_FIELDS, values, strict=True)))
     sql = _insert_sql(Delivery, DELIVERY_FIELDS, len(rows), f" RETURNING {_qn('id')}")
-    with connection.cursor() as cursor:
+    with sql_cursor() as cursor:
         cursor.execute(sql, params)
         return [pk for (pk,) in cursor.fetchall()]
 
@@ -448,7 +448,7 @@ def idempotency_record_insert(
         "state": IdempotencyRecord.State.IN_PROGRESS.value,
         "created_at": now,
     }
-    with connection.cursor() as cursor:
+    with sql_cursor() as cursor:
         cursor.execute(_idempotency_insert_sql(), _values(IdempotencyRecord, row))
         found = cursor.fetchone()
     return found[0] if found else None

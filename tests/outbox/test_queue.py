@@ -5,9 +5,11 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from integrations.models import Delivery
+from integrations.models import Delivery, Partner
 from integrations.outbox import queue
 from tests.conftest import incoming_body, outgoing_body
 
@@ -228,3 +230,34 @@ def test_the_order_check_reads_the_partial_index_of_open_deliveries(engine_api, 
             cursor.execute(f"EXPLAIN {sql}")
             plan = "\n".join(row[0] for row in cursor.fetchall())
             assert "delivery_open_order_idx" in plan, plan
+
+
+def test_the_hot_path_sql_runs_as_prepared_statements_on_postgresql(engine_api, partner):
+    # given a delivery and a claim run a few times on one connection (queries not logged)
+    _ingest(engine_api)
+    Partner.objects.filter(pk=partner.pk).update(state="paused")  # nothing is taken
+    for _ in range(3):
+        queue.deliveries_claim_due(
+            key=f"partner:{partner.pk}", limit=20, token=uuid.uuid4(), now=timezone.now()
+        )
+    # then PostgreSQL holds the claim as a prepared statement of this session, run 3 times
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT generic_plans + custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE %s",
+            ["%WITH picked AS MATERIALIZED%c.partner_id = $1%"],
+        )
+        assert cursor.fetchall() == [(3,)]
+
+
+def test_behind_pgbouncer_and_while_queries_are_logged_the_ordinary_cursor_is_used(db, settings):
+    with queue.sql_cursor() as cursor:
+        assert type(cursor.cursor).__name__ == "_PreparedCursor"
+    connection.settings_dict["DISABLE_SERVER_SIDE_CURSORS"] = True
+    try:
+        with queue.sql_cursor() as cursor:
+            assert type(cursor.cursor).__name__ != "_PreparedCursor"
+    finally:
+        connection.settings_dict["DISABLE_SERVER_SIDE_CURSORS"] = False
+    with CaptureQueriesContext(connection), queue.sql_cursor() as cursor:
+        assert type(cursor.cursor).__name__ != "_PreparedCursor"
