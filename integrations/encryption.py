@@ -41,8 +41,17 @@ def decrypt(stored: str) -> str:
     it (PORTAL_ENCRYPTION_KEYS lost the key it was encrypted with)."""
     if not stored or not stored.startswith(PREFIX):
         return stored
+    return _decrypt(tuple(settings.PORTAL_ENCRYPTION_KEYS), stored)
+
+
+# Every load of a tenant decrypts its three secrets and every batch its partner's signing
+# secrets: the same few values, again and again (about 40 µs each). A stored form always
+# opens to the same value under the same keys, so the answers are kept per (keys, stored
+# form): nothing can go stale, and a key taken out of PORTAL_ENCRYPTION_KEYS is a new entry.
+@functools.lru_cache(maxsize=4096)
+def _decrypt(keys: tuple[str, ...], stored: str) -> str:
     try:
-        return _keys().decrypt(stored[len(PREFIX) :].encode("ascii")).decode("utf-8")
+        return _fernet(keys).decrypt(stored[len(PREFIX) :].encode("ascii")).decode("utf-8")
     except InvalidToken:
         raise ImproperlyConfigured(
             "A stored secret cannot be decrypted with PORTAL_ENCRYPTION_KEYS: was the key it "

@@ -13,11 +13,12 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import F
 from django.db.models.functions import Coalesce
 
 from integrations.delivery import DeliveryResult
 from integrations.models import Partner
+from integrations.outbox import queue
 from integrations.outbox.notices import PARTNER_PAUSED, notice_queue
 
 logger = logging.getLogger(__name__)
@@ -49,16 +50,14 @@ def partner_successes(partner_id: int, durations: Sequence[int], now: datetime) 
     keep = (1 - LATENCY_WEIGHT) ** len(durations)
     keep = keep if keep > 1e-300 else 0.0
     added = latency_fold(0.0, durations)
-    decayed = Case(
-        When(latency_ms_avg__lt=LATENCY_FLOOR_MS, then=Value(0.0)),
-        default=F("latency_ms_avg") * keep,
-    )
-    Partner.objects.filter(pk=partner_id).update(
-        consecutive_failures=0,
-        failing_since=None,
-        last_success_at=now,
-        success_count=F("success_count") + len(durations),
-        latency_ms_avg=Coalesce(decayed + added, latency_fold(None, durations)),
+    queue.partner_successes_add(
+        partner_id=partner_id,
+        count=len(durations),
+        keep=keep,
+        added=float(added or 0.0),
+        first=float(latency_fold(None, durations) or 0.0),
+        floor=LATENCY_FLOOR_MS,
+        now=now,
     )
 
 

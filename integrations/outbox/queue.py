@@ -293,6 +293,78 @@ def deliveries_hand_back(*, delivery_ids: Sequence[int], token: uuid.UUID) -> in
         return int(cursor.rowcount)
 
 
+# --- recording a batch (outbox/record.py, outbox/health.py) ------------------------------------
+
+
+def _column(model: type[models.Model], field: str) -> str:
+    model_field = model._meta.get_field(field)
+    assert isinstance(model_field, models.Field)
+    return connection.ops.quote_name(model_field.column)
+
+
+def deliveries_locked(*, delivery_ids: Sequence[int], token: uuid.UUID) -> set[int]:
+    """Of these deliveries, lock (until the transaction ends) those still under lease
+    `token` and return their ids: the rows a batch may still record its outcomes on."""
+    ids = [int(pk) for pk in delivery_ids]
+    if not ids:
+        return set()
+    lock = " FOR UPDATE" if connection.vendor == "postgresql" else ""
+    sql = f"""
+        SELECT id FROM {Delivery._meta.db_table}
+        WHERE lease_token = %s AND id IN ({", ".join(["%s"] * len(ids))}){lock}
+    """  # noqa: S608
+    with sql_cursor() as cursor:
+        cursor.execute(sql, [db_value(Delivery, "lease_token", token), *ids])
+        return {pk for (pk,) in cursor.fetchall()}
+
+
+def deliveries_finish(
+    *, delivery_ids: Sequence[int], changes: Sequence[tuple[str, object]], now: datetime
+) -> int:
+    """Write one outcome (`changes`: (Delivery field, value) pairs) on these deliveries and
+    end their lease; returns how many rows changed. Call under `deliveries_locked`."""
+    ids = [int(pk) for pk in delivery_ids]
+    if not ids:
+        return 0
+    fields = [*changes, ("lease_token", None), ("lease_expires_at", None), ("updated_at", now)]
+    columns = ", ".join(f"{_column(Delivery, name)} = %s" for name, _ in fields)
+    sql = f"""
+        UPDATE {Delivery._meta.db_table} SET {columns}
+        WHERE id IN ({", ".join(["%s"] * len(ids))})
+    """  # noqa: S608
+    params = [db_value(Delivery, name, value) for name, value in fields]
+    with sql_cursor() as cursor:
+        cursor.execute(sql, [*params, *ids])
+        return int(cursor.rowcount)
+
+
+def partner_successes_add(
+    *,
+    partner_id: int,
+    count: int,
+    keep: float,
+    added: float,
+    first: float,
+    floor: float,
+    now: datetime,
+) -> None:
+    """A partner's counters after `count` successful attempts (outbox/health.py says how the
+    latency average is folded: average * keep + added, `first` when there was none; an
+    average below `floor` decays as 0)."""
+    partners = Partner._meta.db_table
+    sql = f"""
+        UPDATE {partners}
+        SET consecutive_failures = 0, failing_since = NULL, last_success_at = %s,
+            success_count = success_count + %s,
+            latency_ms_avg = COALESCE(
+                CASE WHEN latency_ms_avg < %s THEN 0.0 ELSE latency_ms_avg * %s END + %s, %s)
+        WHERE id = %s
+    """  # noqa: S608
+    at = db_value(Partner, "last_success_at", now)
+    with sql_cursor() as cursor:
+        cursor.execute(sql, [at, count, floor, keep, added, first, partner_id])
+
+
 def batch_outranked(*, partner_id: int, known_slow: bool, token: uuid.UUID, now: datetime) -> bool:
     """After a claim for a slow or unproven partner: whether an earlier batch makes this one
     surplus to its fair share (see `_claimable_sql`), so it must give its deliveries back

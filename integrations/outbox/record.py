@@ -149,11 +149,7 @@ def batch_record(*, token: uuid.UUID, finished: list[Finished]) -> dict[int, Sen
     now = timezone.now()
     results: dict[int, SendResult] = {}
     with transaction.atomic():
-        ours = set(
-            Delivery.objects.select_for_update()
-            .filter(pk__in=[f.delivery.pk for f in finished], lease_token=token)
-            .values_list("pk", flat=True)
-        )
+        ours = queue.deliveries_locked(delivery_ids=[f.delivery.pk for f in finished], token=token)
         attempts = [_attempt_row(f) for f in finished if f.result is not None]
         if attempts:
             DeliveryAttempt.objects.bulk_create(attempts)
@@ -165,9 +161,7 @@ def batch_record(*, token: uuid.UUID, finished: list[Finished]) -> dict[int, Sen
             else:
                 results[f.delivery.pk] = SendResult.LEASE_LOST
         for changes, pks in groups.items():
-            Delivery.objects.filter(pk__in=pks).update(
-                **dict(changes), lease_token=None, lease_expires_at=None, updated_at=now
-            )
+            queue.deliveries_finish(delivery_ids=pks, changes=changes, now=now)
         queue.queue_next_in_order(
             f.delivery
             for f in finished
