@@ -496,6 +496,8 @@ def _claimed(pks: Sequence[int], token: uuid.UUID) -> list[Delivery]:
         return []
     return list(
         Delivery.objects.select_related("event", "partner", "tenant")
+        # the bytes received (up to 256 KiB) are not sent: the payload is
+        .defer("event__raw_body")
         .filter(pk__in=pks, lease_token=token)
         .order_by("id")
     )

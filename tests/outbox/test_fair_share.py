@@ -11,6 +11,7 @@ import time
 import uuid
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from integrations.models import Delivery, Partner
@@ -260,6 +261,7 @@ def test_a_batch_waiting_on_a_slow_answer_takes_the_partners_new_deliveries(
 
     def becomes_due():  # as if it had just arrived
         Delivery.objects.filter(pk=later.pk).update(next_attempt_at=timezone.now())
+        connection.close()  # this thread's own connection, or it outlives the test database
 
     threading.Timer(0.5, becomes_due).start()
     threading.Timer(2.0, gate.released.set).start()
