@@ -261,3 +261,55 @@ def test_behind_pgbouncer_and_while_queries_are_logged_the_ordinary_cursor_is_us
         connection.settings_dict["DISABLE_SERVER_SIDE_CURSORS"] = False
     with CaptureQueriesContext(connection), queue.sql_cursor() as cursor:
         assert type(cursor.cursor).__name__ != "_PreparedCursor"
+
+
+def _plan_nodes(plan: dict):
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+def test_a_pumps_claim_reads_no_more_candidates_than_its_limit(engine_api, partner):
+    """The pump's claim costs the same however deep the backlog (issue #16): given a partner
+    with 3,000 new deliveries, and statistics, a claim of 5 reads 5 candidates off an index
+    in id order. (On churned tables a claim that also took retries, two statuses with no id
+    order in the index, read and sorted every waiting row: 585 for a batch of 20.)"""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL plans")
+    first = _ingest(engine_api, message="zero")
+    history = """
+        WITH events AS (
+            INSERT INTO integrations_event
+                (id, tenant_id, kind, source, ticket_id, ticket_number, sequence, raw_body,
+                 payload, idempotency_key, received_at)
+            SELECT gen_random_uuid(), e.tenant_id, e.kind, e.source, e.ticket_id,
+                   e.ticket_number, 100 + n, e.raw_body, e.payload, '', e.received_at
+            FROM integrations_event e, generate_series(1, 3000) AS n
+            WHERE e.id = %s
+            RETURNING id)
+        INSERT INTO integrations_delivery
+            (event_id, tenant_id, ticket_id, partner_id, target, endpoint, status, attempts,
+             retry_base, next_attempt_at, last_error, created_at, updated_at)
+        SELECT events.id, d.tenant_id, d.ticket_id, d.partner_id, d.target, d.endpoint,
+               'pending', 0, 0, d.next_attempt_at, '', d.created_at, d.updated_at
+        FROM events, integrations_delivery d WHERE d.id = %s
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(history, [str(first.event_id), first.pk])
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE integrations_delivery")
+    with CaptureQueriesContext(connection) as queries:
+        queue.deliveries_claim_due(
+            key=f"partner:{partner.pk}", limit=5, token=uuid.uuid4(), now=timezone.now()
+        )
+    claim = queries.captured_queries[-1]["sql"]
+    Delivery.objects.filter(status="delivering").update(
+        status="pending", lease_token=None, lease_expires_at=None, attempts=0
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + claim)
+        (plan,) = cursor.fetchone()[0]
+    # then the candidates come off an index in id order: 5 rows read, not the backlog
+    (read,) = [node for node in _plan_nodes(plan["Plan"]) if node.get("Alias") == "c"]
+    assert "Index Name" in read, read
+    assert read["Actual Rows"] + read.get("Rows Removed by Filter", 0) <= 5, read
