@@ -12,6 +12,7 @@ concern, each importing only those listed before it:
 - `sender`: claims a batch, sends it one request after the other, records it.
 
 An incoming event: api view → payloads → services.events (rows, in one transaction) →
-queue.enqueue (on commit) → tasks.delivery_send_batch → sender → delivery.send_webhook →
-record (attempt rows, outcomes, the next delivery of each ticket queued).
+queue.wake (on commit) → tasks.delivery_pump → sender (claims the target's due rows) →
+delivery.send_webhook → record (attempt rows, outcomes, the next delivery of each ticket
+queued by id: tasks.delivery_send_batch, as the dispatcher's are).
 """

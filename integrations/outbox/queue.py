@@ -1,14 +1,18 @@
 """Which deliveries may go now, and the one place that wakes workers for them (SPEC §5).
 
 Claims: one conditional UPDATE per batch takes, with a lease, the deliveries that may be
-attempted now. Queueing: a queue message carries a batch of one target's delivery ids; the
-dispatcher (beat) finds due deliveries in the database, so a lost message only delays one.
+attempted now. Waking: an accepted event wakes its targets' pumps (`wake`), which claim from
+the database; a queue message naming a batch of one target's delivery ids is what the
+dispatcher (beat, finding due deliveries in the database) and the per-ticket order send. A
+lost wake or message only delays a delivery.
 
 The statements here are hand-written SQL, each in one function that says why: they run for
-every batch (claim, order, hand-back) or every second (dispatch), and building them through
-the ORM's compiler cost more worker CPU than PostgreSQL spent running them (bench/delivery.py,
-docs/PERFORMANCE.md). They run on PostgreSQL and SQLite (>= 3.35) alike. Only the models'
-own table names, status constants and placeholders are formatted into them (hence S608).
+every batch (claim, order, hand-back, record) or every second (dispatch), and building them
+through the ORM's compiler cost more worker CPU than PostgreSQL spent running them
+(bench/delivery.py, docs/PERFORMANCE.md); they go through `sql_cursor` (prepared statements
+on PostgreSQL). They run on PostgreSQL and SQLite (>= 3.35) alike. Only the models' own
+table and column names, status constants and placeholders are formatted into them (hence
+S608).
 """
 
 from __future__ import annotations
@@ -48,9 +52,9 @@ def sql_cursor() -> Any:
     running it (about 1 ms each, EXPLAIN ANALYZE, docs/PERFORMANCE.md). Django's cursor
     wrapper stays around it, so its execute wrappers, query logging and error translation
     work as for any other statement (while queries are logged they go as the others do, so
-    the log shows them). Behind
-    PgBouncer in transaction mode (PORTAL_PGBOUNCER) a prepared statement would not be on the
-    next transaction's server connection: there, as on SQLite, the ordinary cursor.
+    the log shows them). Behind PgBouncer in transaction mode (PORTAL_PGBOUNCER) a prepared
+    statement would not be on the next transaction's server connection: there, as on SQLite,
+    the ordinary cursor.
     """
     if (
         connection.vendor != "postgresql"

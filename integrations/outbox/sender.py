@@ -444,6 +444,16 @@ def deliveries_pump(*, key: str, slot: int = 0) -> dict[int, SendResult]:
     is handed back and the pump ends (the batch running already, and then the dispatcher,
     take the rest).
     """
+    try:
+        return _pump(key, slot)
+    except BaseException:
+        # the rows are safe (recorded or handed back, or their lease runs out); the flag
+        # must not keep the next events from queueing a pump until it expires
+        pump_flag_drop(key, slot)
+        raise
+
+
+def _pump(key: str, slot: int) -> dict[int, SendResult]:
     results: dict[int, SendResult] = {}
     limit = settings.PORTAL_DELIVERY_BATCH
     started, lowered = time.monotonic(), False

@@ -145,21 +145,30 @@ def _partner_deliveries(
 ) -> None:
     """One delivery per partner subscribed to `channel` and not disabled (SPEC §3.2)."""
     partners = ingest_sql.partner_targets(tenant_id=tenant.pk, channel=channel)
-    rows = [
-        ingest_sql.NewDelivery(
-            partner_id=p.id,
-            target=f"partner:{p.id}",
-            endpoint=endpoint,
-            status=Delivery.Status.PENDING,
-            next_attempt_at=first_attempt_at(p.retry_schedule, now),
-            dispatched_at=now,
+    rows = []
+    for p in partners:
+        due = first_attempt_at(p.retry_schedule, now)
+        rows.append(
+            ingest_sql.NewDelivery(
+                partner_id=p.id,
+                target=f"partner:{p.id}",
+                endpoint=endpoint,
+                status=Delivery.Status.PENDING,
+                next_attempt_at=due,
+                dispatched_at=_dispatched(due, now),
+            )
         )
-        for p in partners
-    ]
     ingest_sql.deliveries_insert(
         event_id=event_id, tenant_id=tenant.pk, ticket_id=ticket_id, rows=rows, now=now
     )
-    _wake_on_commit([row.target for row in rows])
+    _wake_on_commit([row.target for row in rows if row.dispatched_at is not None])
+
+
+def _dispatched(due: datetime, now: datetime) -> datetime | None:
+    """A new delivery due now is its target's pump's (marked as queued); one whose schedule
+    delays the first attempt is the dispatcher's, which queues it when it is due (no pump
+    would look for it before then)."""
+    return now if due <= now else None
 
 
 def _relay_delivery(
@@ -167,19 +176,20 @@ def _relay_delivery(
 ) -> None:
     """The engine relay's delivery (SPEC §6): `not_configured` (final) with no engine."""
     configured = bool(relay_url(tenant, endpoint))
+    due = first_attempt_at("", now) if configured else None
     row = ingest_sql.NewDelivery(
         partner_id=None,
         target=Delivery.ENGINE_TARGET,
         endpoint=endpoint,
         status=Delivery.Status.PENDING if configured else Delivery.Status.NOT_CONFIGURED,
-        next_attempt_at=first_attempt_at("", now) if configured else None,
-        dispatched_at=now if configured else None,
+        next_attempt_at=due,
+        dispatched_at=_dispatched(due, now) if due is not None else None,
         last_error="" if configured else NO_RELAY,
     )
     ingest_sql.deliveries_insert(
         event_id=event_id, tenant_id=tenant.pk, ticket_id=ticket_id, rows=[row], now=now
     )
-    if configured:
+    if row.dispatched_at is not None:
         _wake_on_commit([batch_key(Delivery.ENGINE_TARGET, tenant.pk)])
 
 

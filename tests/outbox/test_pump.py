@@ -5,6 +5,7 @@ partner and the real cache (Redis)."""
 
 import pytest
 from django.core.cache import cache
+from django.utils import timezone
 
 from integrations.models import Delivery, Partner
 from integrations.outbox import queue, sender
@@ -179,3 +180,35 @@ def test_a_pump_that_finds_a_backlog_recruits_another_up_to_the_limit(
     # the helper finds nothing left and lowers its own flag
     assert sender.deliveries_pump(key=key, slot=1) == {}
     assert cache.get(f"portal:pump:{key}#1") is None
+
+
+def test_a_delayed_first_attempt_is_the_dispatchers_not_a_pumps(
+    engine_api, partner, request, django_capture_on_commit_callbacks
+):
+    # given a partner whose schedule waits 30 s before the first attempt
+    Partner.objects.filter(pk=partner.pk).update(retry_schedule="30,60")
+    with django_capture_on_commit_callbacks(execute=True):
+        delivery = _ingest(engine_api)
+    # then no pump is woken for it (none would look for it in time) and it is not marked
+    # queued, so the dispatcher queues it as soon as it is due
+    assert request.node.queued_pumps == []
+    delivery.refresh_from_db()
+    assert delivery.dispatched_at is None
+    assert queue.deliveries_due(now=timezone.now()) == []
+    later = timezone.now() + timezone.timedelta(seconds=31)
+    assert queue.deliveries_due(now=later) == [(delivery.pk, f"partner:{partner.pk}")]
+
+
+def test_a_pump_that_raises_lowers_its_flag(engine_api, partner, sink, monkeypatch):
+    key = f"partner:{partner.pk}"
+    queue.pump_flag_take(key)
+    _ingest(engine_api)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(sender, "_send_claimed", broken)
+    with pytest.raises(RuntimeError):
+        sender.deliveries_pump(key=key)
+    # the next event queues a pump again instead of waiting for the flag to expire
+    assert not _flag_up(key)
