@@ -9,15 +9,8 @@ from django.utils import timezone
 
 from integrations.models import Delivery, Partner
 from integrations.outbox import queue, sender
-from tests.conftest import command_body, incoming_body
-
-IN = "/api/v1/engine/incoming"
-OK = (200, b'{"status":"success"}', {})
-
-
-def _ingest(engine_api, **overrides) -> Delivery:
-    event_id = engine_api.post(IN, incoming_body(**overrides)).json()["eventId"]
-    return Delivery.objects.get(event_id=event_id, partner__isnull=False)
+from tests.conftest import command_body
+from tests.support.outbox import ingest
 
 
 @pytest.fixture
@@ -37,7 +30,7 @@ def test_a_burst_of_events_queues_one_pump_and_it_sends_them_all(
 ):
     key = f"partner:{partner.pk}"
     with django_capture_on_commit_callbacks(execute=True):
-        batch = [_ingest(engine_api, ticketNumber=f"t-{i}", message=f"m{i}") for i in range(5)]
+        batch = [ingest(engine_api, ticketNumber=f"t-{i}", message=f"m{i}") for i in range(5)]
     # five events, one queue message: the flag was up from the first
     assert request.node.queued_pumps == [key]
     assert _flag_up(key)
@@ -47,7 +40,7 @@ def test_a_burst_of_events_queues_one_pump_and_it_sends_them_all(
     # done: the flag is down, so the next event queues a pump again
     assert not _flag_up(key)
     with django_capture_on_commit_callbacks(execute=True):
-        later = _ingest(engine_api, message="later")
+        later = ingest(engine_api, message="later")
     assert request.node.queued_pumps == [key, key]
     assert sender.deliveries_pump(key=key) == {later.pk: "succeeded"}
 
@@ -59,7 +52,7 @@ def test_an_event_committed_under_a_raised_flag_is_sent_by_the_running_pump(
     key = f"partner:{partner.pk}"
     assert queue.pump_flag_take(key)
     with django_capture_on_commit_callbacks(execute=True):
-        delivery = _ingest(engine_api)
+        delivery = ingest(engine_api)
     assert request.node.queued_pumps == []
     # the pump finds it in the database all the same
     assert sender.deliveries_pump(key=key) == {delivery.pk: "succeeded"}
@@ -69,8 +62,8 @@ def test_an_event_committed_under_a_raised_flag_is_sent_by_the_running_pump(
 def test_the_pump_keeps_the_ticket_order_and_sends_the_next_in_the_same_run(
     engine_api, partner, sink, django_capture_on_commit_callbacks
 ):
-    first = _ingest(engine_api, message="one")
-    second = _ingest(engine_api, message="two")
+    first = ingest(engine_api, message="one")
+    second = ingest(engine_api, message="two")
     with django_capture_on_commit_callbacks(execute=True):
         results = sender.deliveries_pump(key=f"partner:{partner.pk}")
     assert results == {first.pk: "succeeded", second.pk: "succeeded"}
@@ -78,7 +71,7 @@ def test_the_pump_keeps_the_ticket_order_and_sends_the_next_in_the_same_run(
 
 
 def test_a_paused_partners_pump_sends_nothing_and_ends(engine_api, partner, sink):
-    delivery = _ingest(engine_api)
+    delivery = ingest(engine_api)
     Partner.objects.filter(pk=partner.pk).update(state="paused")
     assert sender.deliveries_pump(key=f"partner:{partner.pk}") == {}
     assert sink.received == []
@@ -91,8 +84,8 @@ def test_a_failing_partners_pump_ends_after_the_failure(
     server = partner_server_factory(lambda request, n: (503, b"busy", {}))
     partner.base_url = server.url
     partner.save()
-    first = _ingest(engine_api, ticketNumber="t-1")
-    second = _ingest(engine_api, ticketNumber="t-2")
+    first = ingest(engine_api, ticketNumber="t-1")
+    second = ingest(engine_api, ticketNumber="t-2")
     results = sender.deliveries_pump(key=f"partner:{partner.pk}")
     # one attempt (it failed); the partner's other delivery is not tried again and again
     assert len(server.received) == 1
@@ -109,8 +102,8 @@ def test_a_pump_past_its_slice_queues_itself_again(
     monkeypatch.setattr(sender, "SLICE", 0.0)
     key = f"partner:{partner.pk}"
     queue.pump_flag_take(key)
-    first = _ingest(engine_api, ticketNumber="t-1")
-    _ingest(engine_api, ticketNumber="t-2")
+    first = ingest(engine_api, ticketNumber="t-1")
+    ingest(engine_api, ticketNumber="t-2")
     # one batch, then the slot goes back to the queue, the flag still up
     assert sender.deliveries_pump(key=key) == {first.pk: "succeeded"}
     assert request.node.queued_pumps == [key]
@@ -129,7 +122,7 @@ def test_the_engine_relay_has_a_pump_per_tenant(
     tenant.engine_base_url = engine.url
     tenant.engine_command_path = "/commands"
     tenant.save()
-    engine_api.post(IN, incoming_body())  # the ticket
+    ingest(engine_api)  # the ticket
     request.node.queued_pumps.clear()
     with django_capture_on_commit_callbacks(execute=True):
         answer = partner_api.post("/api/v1/command", command_body())
@@ -150,8 +143,8 @@ def test_a_cache_that_is_down_still_wakes_a_pump(
     monkeypatch.setattr(cache, "add", down)
     monkeypatch.setattr(cache, "delete", down)
     with django_capture_on_commit_callbacks(execute=True):
-        _ingest(engine_api, ticketNumber="t-1")
-        _ingest(engine_api, ticketNumber="t-2")
+        ingest(engine_api, ticketNumber="t-1")
+        ingest(engine_api, ticketNumber="t-2")
     # no flag to share: one pump per event, as many as needed rather than none
     assert request.node.queued_pumps == [f"partner:{partner.pk}"] * 2
 
@@ -171,7 +164,7 @@ def test_a_pump_that_finds_a_backlog_recruits_another_up_to_the_limit(
     settings.PORTAL_PUMPS_PER_TARGET = 2
     key = f"partner:{partner.pk}"
     queue.pump_flag_take(key)
-    batch = [_ingest(engine_api, ticketNumber=f"t-{i}") for i in range(5)]
+    batch = [ingest(engine_api, ticketNumber=f"t-{i}") for i in range(5)]
     results = sender.deliveries_pump(key=key)
     assert results == {d.pk: "succeeded" for d in batch}
     # full batches: one helper was queued (slot 1); the limit of 2 allows no more
@@ -188,7 +181,7 @@ def test_a_delayed_first_attempt_is_the_dispatchers_not_a_pumps(
     # given a partner whose schedule waits 30 s before the first attempt
     Partner.objects.filter(pk=partner.pk).update(retry_schedule="30,60")
     with django_capture_on_commit_callbacks(execute=True):
-        delivery = _ingest(engine_api)
+        delivery = ingest(engine_api)
     # then no pump is woken for it (none would look for it in time) and it is not marked
     # queued, so the dispatcher queues it as soon as it is due
     assert request.node.queued_pumps == []
@@ -202,7 +195,7 @@ def test_a_delayed_first_attempt_is_the_dispatchers_not_a_pumps(
 def test_a_pump_that_raises_lowers_its_flag(engine_api, partner, sink, monkeypatch):
     key = f"partner:{partner.pk}"
     queue.pump_flag_take(key)
-    _ingest(engine_api)
+    ingest(engine_api)
 
     def broken(*args, **kwargs):
         raise RuntimeError("bug")

@@ -183,6 +183,31 @@ def test_claim_more_never_takes_more_than_its_limit_whatever_the_plan(engine_api
     assert Delivery.objects.filter(status="delivering").count() == 2
 
 
+def _add_history(cursor, delivery: Delivery, *, status: str, count: int = 3000) -> None:
+    """Give `delivery`'s ticket `count` more events, each with a delivery to the same target
+    in `status` (due when it was): a long history or backlog, inserted in bulk."""
+    cursor.execute(
+        """
+        WITH events AS (
+            INSERT INTO integrations_event
+                (id, tenant_id, kind, source, ticket_id, ticket_number, sequence, raw_body,
+                 payload, idempotency_key, received_at)
+            SELECT gen_random_uuid(), e.tenant_id, e.kind, e.source, e.ticket_id,
+                   e.ticket_number, 100 + n, e.raw_body, e.payload, '', e.received_at
+            FROM integrations_event e, generate_series(1, %s) AS n
+            WHERE e.id = %s
+            RETURNING id)
+        INSERT INTO integrations_delivery
+            (event_id, tenant_id, ticket_id, partner_id, target, endpoint, status, attempts,
+             retry_base, next_attempt_at, last_error, created_at, updated_at)
+        SELECT events.id, d.tenant_id, d.ticket_id, d.partner_id, d.target, d.endpoint,
+               %s, 0, 0, d.next_attempt_at, '', d.created_at, d.updated_at
+        FROM events, integrations_delivery d WHERE d.id = %s
+        """,
+        [count, str(delivery.event_id), status, delivery.pk],
+    )
+
+
 def test_the_order_check_reads_the_partial_index_of_open_deliveries(engine_api, partner):
     """The claim's per-ticket order check and the next-in-order lookup use the index that
     holds only open deliveries, not the ticket's whole history (issue #16): given a ticket
@@ -194,23 +219,6 @@ def test_the_order_check_reads_the_partial_index_of_open_deliveries(engine_api, 
         pytest.skip("PostgreSQL plans")
     older, newer = _ingest(engine_api, message="one"), _ingest(engine_api, message="two")
     final = ", ".join(f"'{s}'" for s in Delivery.FINAL_STATUSES)
-    history = """
-        WITH events AS (
-            INSERT INTO integrations_event
-                (id, tenant_id, kind, source, ticket_id, ticket_number, sequence, raw_body,
-                 payload, idempotency_key, received_at)
-            SELECT gen_random_uuid(), e.tenant_id, e.kind, e.source, e.ticket_id,
-                   e.ticket_number, 100 + n, e.raw_body, e.payload, '', e.received_at
-            FROM integrations_event e, generate_series(1, 3000) AS n
-            WHERE e.id = %s
-            RETURNING id)
-        INSERT INTO integrations_delivery
-            (event_id, tenant_id, ticket_id, partner_id, target, endpoint, status, attempts,
-             retry_base, last_error, created_at, updated_at)
-        SELECT events.id, d.tenant_id, d.ticket_id, d.partner_id, d.target, d.endpoint,
-               'succeeded', 1, 0, '', d.created_at, d.updated_at
-        FROM events, integrations_delivery d WHERE d.id = %s
-    """
     probes = [
         # the claim's NOT EXISTS, as queue._claimable_sql writes it
         f"""SELECT 1 FROM integrations_delivery d WHERE d.id = {newer.pk} AND NOT EXISTS (
@@ -224,7 +232,7 @@ def test_the_order_check_reads_the_partial_index_of_open_deliveries(engine_api, 
             WHERE n.status NOT IN ({final}) GROUP BY n.target, n.ticket_id""",
     ]
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(history, [str(older.event_id), older.pk])
+        _add_history(cursor, older, status="succeeded")
         cursor.execute("ANALYZE integrations_delivery")
         for sql in probes:
             cursor.execute(f"EXPLAIN {sql}")
@@ -277,25 +285,8 @@ def test_a_pumps_claim_reads_no_more_candidates_than_its_limit(engine_api, partn
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL plans")
     first = _ingest(engine_api, message="zero")
-    history = """
-        WITH events AS (
-            INSERT INTO integrations_event
-                (id, tenant_id, kind, source, ticket_id, ticket_number, sequence, raw_body,
-                 payload, idempotency_key, received_at)
-            SELECT gen_random_uuid(), e.tenant_id, e.kind, e.source, e.ticket_id,
-                   e.ticket_number, 100 + n, e.raw_body, e.payload, '', e.received_at
-            FROM integrations_event e, generate_series(1, 3000) AS n
-            WHERE e.id = %s
-            RETURNING id)
-        INSERT INTO integrations_delivery
-            (event_id, tenant_id, ticket_id, partner_id, target, endpoint, status, attempts,
-             retry_base, next_attempt_at, last_error, created_at, updated_at)
-        SELECT events.id, d.tenant_id, d.ticket_id, d.partner_id, d.target, d.endpoint,
-               'pending', 0, 0, d.next_attempt_at, '', d.created_at, d.updated_at
-        FROM events, integrations_delivery d WHERE d.id = %s
-    """
     with connection.cursor() as cursor:
-        cursor.execute(history, [str(first.event_id), first.pk])
+        _add_history(cursor, first, status="pending")
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE integrations_delivery")
     with CaptureQueriesContext(connection) as queries:

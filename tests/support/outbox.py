@@ -5,7 +5,19 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from integrations.models import Delivery
 from integrations.outbox import queue, sender
+
+INCOMING = "/api/v1/engine/incoming"
+
+
+def ingest(engine_api, **overrides) -> Delivery:
+    """Post an incoming event (tests.conftest.incoming_body with `overrides`) as the engine;
+    its partner delivery."""
+    from tests.conftest import incoming_body
+
+    event_id = engine_api.post(INCOMING, incoming_body(**overrides)).json()["eventId"]
+    return Delivery.objects.get(event_id=event_id, partner__isnull=False)
 
 
 def send_one(*, delivery_id: int) -> str:
