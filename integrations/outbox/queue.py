@@ -275,6 +275,29 @@ def deliveries_claim_due(*, key: str, limit: int, token: uuid.UUID, now: datetim
     return _claim(candidates, params, token, now)
 
 
+def deliveries_release_target(*, key: str, now: datetime) -> int:
+    """A pump ending: mark the target's new deliveries that are due and still marked queued
+    (ingest marks them for the pump) as not queued, so the dispatcher queues those that may
+    go as soon as they may (a failing partner's attempt in flight ends, a slow partner's
+    fair share frees up, the pump's window was held up by one ticket's older messages)
+    instead of PORTAL_REDISPATCH_AFTER later. Returns how many were marked."""
+    target, tenant_id = parse_batch_key(key)
+    params: list[Any]
+    if target.startswith("partner:"):
+        scope, params = "partner_id = %s", [int(target.split(":", 1)[1])]
+    else:
+        scope = "partner_id IS NULL AND target = %s AND tenant_id = %s"
+        params = [target, tenant_id]
+    sql = f"""
+        UPDATE {Delivery._meta.db_table} SET dispatched_at = NULL
+        WHERE {scope} AND status = %s AND next_attempt_at <= %s AND dispatched_at IS NOT NULL
+    """  # noqa: S608
+    params += [Delivery.Status.PENDING.value, db_value(Delivery, "updated_at", now)]
+    with sql_cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
+
+
 def deliveries_hand_back(*, delivery_ids: Sequence[int], token: uuid.UUID) -> int:
     """Give back claimed deliveries that were not tried: the try the claim counted is
     returned, and the status is what it was before the claim (`pending` before a first try,
@@ -574,7 +597,7 @@ def enqueue(rows: Iterable[tuple[int, str]]) -> None:
 
 PUMP_TASK = "integrations.tasks.delivery_pump"
 # Seconds a flag outlives a pump that never cleared it (its worker was killed): after that,
-# the next event queues a pump again. A running pump holds it at most SLICE seconds at a go.
+# the next event queues a pump again. A pump that goes on after its slice renews it.
 WAKE_TTL = 60
 
 
@@ -591,8 +614,15 @@ def wake(keys: Iterable[str]) -> None:
             pump_requeue(key)  # or, refused, the flag goes down: the next event tries again
 
 
-def pump_requeue(key: str, slot: int = 0) -> None:
-    """Queue the target's pump again, its flag still up (a pump that used up its slice)."""
+def pump_requeue(key: str, slot: int = 0, *, refresh: bool = False) -> None:
+    """Queue the target's pump in `slot`, its flag up; with `refresh` (a pump that used up its
+    slice goes on later) the flag gets WAKE_TTL seconds again, or a long backlog would see it
+    expire under a running chain of pumps and a second chain start."""
+    if refresh:
+        try:
+            cache.touch(_flag(key, slot), WAKE_TTL)
+        except Exception:
+            logger.warning("pump flag of %s: cache unavailable", key, exc_info=True)
     if not publish(PUMP_TASK, key, slot):
         pump_flag_drop(key, slot)
 

@@ -35,6 +35,7 @@ from integrations.outbox.queue import (
     deliveries_claim_more,
     deliveries_hand_back,
     deliveries_release,
+    deliveries_release_target,
     pump_flag_drop,
     pump_flag_take,
     pump_recruit,
@@ -436,13 +437,16 @@ def deliveries_pump(*, key: str, slot: int = 0) -> dict[int, SendResult]:
     id's SendResult.
 
     Then the pump's flag is lowered and the database looked at once more, so an event
-    committed while the flag was still up (its wake queued nothing) is not left for the
-    dispatcher. A full batch means a backlog: the pump recruits another (queue.pump_recruit,
-    up to PORTAL_PUMPS_PER_TARGET at once). After SLICE seconds the pump queues itself again,
-    flag up, and ends: the worker slot goes back to the queue, where other targets' tasks
-    wait their turn. A batch beyond a slow partner's fair share, or cut short by a failure,
-    is handed back and the pump ends (the batch running already, and then the dispatcher,
-    take the rest).
+    committed while the flag was still up (its wake queued nothing) is not left behind; and
+    the target's new deliveries it could not take (a failing partner's attempt in flight, a
+    slow partner's fair share, a window of held-up messages of one ticket) are marked not
+    queued, so the dispatcher queues each as soon as it may go. A full batch means a
+    backlog: the pump recruits another (queue.pump_recruit, up to PORTAL_PUMPS_PER_TARGET at
+    once). After SLICE seconds the pump queues itself again, flag up, and ends: the worker
+    slot goes back to the queue, where other targets' tasks wait their turn. A batch beyond
+    a slow partner's fair share, or cut short by a failure, is handed back and the pump
+    ends, marking the rest not queued as above (the batch running already, and then the
+    dispatcher, take it).
     """
     try:
         return _pump(key, slot)
@@ -462,6 +466,7 @@ def _pump(key: str, slot: int) -> dict[int, SendResult]:
         claimed = deliveries_claim_due(key=key, limit=limit, token=token, now=now)
         if not claimed:
             if lowered:
+                deliveries_release_target(key=key, now=now)
                 return results
             pump_flag_drop(key, slot)
             lowered = True
@@ -477,9 +482,10 @@ def _pump(key: str, slot: int) -> dict[int, SendResult]:
         sent = _send_claimed(claimed, token, now, begun, results, top_up=True, fill=False)
         if any(sent[pk] == SendResult.HANDED_BACK for pk, _ in claimed):
             pump_flag_drop(key, slot)
+            deliveries_release_target(key=key, now=timezone.now())
             return results
         if time.monotonic() - started > SLICE:
-            pump_requeue(key, slot)
+            pump_requeue(key, slot, refresh=True)
             return results
 
 

@@ -3,6 +3,8 @@ naming its deliveries in queue messages; one pump per target, flagged in the cac
 that target's due deliveries from the database until none may go, against a real loopback
 partner and the real cache (Redis)."""
 
+import uuid
+
 import pytest
 from django.core.cache import cache
 from django.utils import timezone
@@ -92,6 +94,9 @@ def test_a_failing_partners_pump_ends_after_the_failure(
     assert results[first.pk] == "retrying"
     assert results.get(second.pk) in (None, "handed_back")
     assert not _flag_up(f"partner:{partner.pk}")
+    # but it is not left marked queued: the dispatcher takes it at once (one at a time now)
+    assert Delivery.objects.get(pk=second.pk).dispatched_at is None
+    assert queue.deliveries_due(now=timezone.now()) == [(second.pk, f"partner:{partner.pk}")]
 
 
 def test_a_pump_past_its_slice_queues_itself_again(
@@ -205,3 +210,41 @@ def test_a_pump_that_raises_lowers_its_flag(engine_api, partner, sink, monkeypat
         sender.deliveries_pump(key=key)
     # the next event queues a pump again instead of waiting for the flag to expire
     assert not _flag_up(key)
+
+
+def test_what_a_pump_may_not_take_now_goes_to_the_dispatcher_at_once(
+    engine_api, partner, sink, django_capture_on_commit_callbacks
+):
+    # given a failing partner with an attempt in flight (one at a time)
+    key = f"partner:{partner.pk}"
+    in_flight = ingest(engine_api, ticketNumber="t-1")
+    Partner.objects.filter(pk=partner.pk).update(consecutive_failures=3)
+    assert queue.deliveries_claim_due(key=key, limit=20, token=uuid.uuid4(), now=timezone.now())
+    # when a new event's pump finds nothing it may take
+    with django_capture_on_commit_callbacks(execute=True):
+        waiting = ingest(engine_api, ticketNumber="t-2")
+    assert sender.deliveries_pump(key=key) == {}
+    # then the new delivery is not left marked queued for PORTAL_REDISPATCH_AFTER: once the
+    # attempt in flight is over, the dispatcher's next run queues it
+    assert Delivery.objects.get(pk=waiting.pk).dispatched_at is None
+    Delivery.objects.filter(pk=in_flight.pk).update(
+        status="retrying", lease_token=None, lease_expires_at=None
+    )
+    assert queue.deliveries_due(now=timezone.now()) == [(waiting.pk, key)]
+
+
+def test_a_pump_going_on_after_its_slice_renews_its_flag(
+    engine_api, partner, sink, monkeypatch, settings
+):
+    settings.PORTAL_DELIVERY_BATCH = 1
+    settings.PORTAL_PUMPS_PER_TARGET = 1
+    monkeypatch.setattr(sender, "SLICE", 0.0)
+    key = f"partner:{partner.pk}"
+    cache.add(f"portal:pump:{key}", 1, 2)  # about to expire
+    ingest(engine_api, ticketNumber="t-1")
+    ingest(engine_api, ticketNumber="t-2")
+    first = sender.deliveries_pump(key=key)
+    assert list(first.values()) == ["succeeded"]
+    # the chain goes on: its flag has WAKE_TTL seconds again, not the 2 left
+    ttl = cache._cache.get_client().ttl(cache.make_and_validate_key(f"portal:pump:{key}"))
+    assert ttl > 30

@@ -241,6 +241,8 @@ def test_the_order_check_reads_the_partial_index_of_open_deliveries(engine_api, 
 
 
 def test_the_hot_path_sql_runs_as_prepared_statements_on_postgresql(engine_api, partner):
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL prepared statements")
     # given a delivery and a claim run a few times on one connection (queries not logged)
     _ingest(engine_api)
     Partner.objects.filter(pk=partner.pk).update(state="paused")  # nothing is taken
@@ -259,6 +261,8 @@ def test_the_hot_path_sql_runs_as_prepared_statements_on_postgresql(engine_api, 
 
 
 def test_behind_pgbouncer_and_while_queries_are_logged_the_ordinary_cursor_is_used(db, settings):
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL prepared statements")
     with queue.sql_cursor() as cursor:
         assert type(cursor.cursor).__name__ == "_PreparedCursor"
     connection.settings_dict["DISABLE_SERVER_SIDE_CURSORS"] = True
