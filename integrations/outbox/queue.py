@@ -31,6 +31,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, models, transaction
 from django.utils import timezone
+from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
 from integrations.models import Delivery, Partner
 
@@ -51,10 +52,10 @@ def sql_cursor() -> Any:
     generic plan (after five runs), plans it no more: planning the claim cost more than
     running it (about 1 ms each, EXPLAIN ANALYZE, docs/PERFORMANCE.md). Django's cursor
     wrapper stays around it, so its execute wrappers, query logging and error translation
-    work as for any other statement (while queries are logged they go as the others do, so
-    the log shows them). Behind PgBouncer in transaction mode (PORTAL_PGBOUNCER) a prepared
-    statement would not be on the next transaction's server connection: there, as on SQLite,
-    the ordinary cursor.
+    work as for any other statement (while queries are logged, or traces are on, they go as
+    the others do, so the log and the traces show them). Behind PgBouncer in transaction
+    mode (PORTAL_PGBOUNCER) a prepared statement would not be on the next transaction's
+    server connection: there, as on SQLite, the ordinary cursor.
     """
     if (
         connection.vendor != "postgresql"
@@ -62,6 +63,9 @@ def sql_cursor() -> Any:
         # Queries are being logged (DEBUG, tests counting them): Django can show a statement
         # bound on the client only, so these statements go as the others do.
         or connection.queries_logged
+        # Traces are on: the psycopg instrumentation traces the cursors it makes, so these
+        # statements keep their spans (and give up preparing).
+        or PsycopgInstrumentor().is_instrumented_by_opentelemetry
     ):
         return connection.cursor()
     connection.close_if_health_check_failed()

@@ -275,6 +275,16 @@ def test_behind_pgbouncer_and_while_queries_are_logged_the_ordinary_cursor_is_us
         assert type(cursor.cursor).__name__ != "_PreparedCursor"
 
 
+def test_with_traces_on_the_hot_path_sql_keeps_its_spans(db, monkeypatch):
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL prepared statements")
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+    monkeypatch.setattr(PsycopgInstrumentor, "is_instrumented_by_opentelemetry", True)
+    with queue.sql_cursor() as cursor:  # the instrumented connection's own cursor
+        assert type(cursor.cursor).__name__ != "_PreparedCursor"
+
+
 def _plan_nodes(plan: dict):
     yield plan
     for child in plan.get("Plans", []):
