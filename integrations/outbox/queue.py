@@ -252,6 +252,16 @@ def deliveries_claim_more(
     return [pk for pk, _ in _claim(candidates, [*params, limit], token, now)]
 
 
+def _target_scope(key: str, alias: str) -> tuple[str, list[Any]]:
+    """The WHERE condition (on `alias`, a delivery) and its parameters for the deliveries of
+    the batch key `key`: a partner's, or one tenant's engine relay or operations URL."""
+    target, tenant_id = parse_batch_key(key)
+    if target.startswith("partner:"):
+        return f"{alias}.partner_id = %s", [int(target.split(":", 1)[1])]
+    condition = f"{alias}.partner_id IS NULL AND {alias}.target = %s AND {alias}.tenant_id = %s"
+    return condition, [target, tenant_id]
+
+
 def deliveries_claim_due(*, key: str, limit: int, token: uuid.UUID, now: datetime) -> list[Claimed]:
     """A pump's claim (see `wake`): of the `limit` oldest new (`pending`, due) deliveries of
     the batch key `key` (a partner, or one tenant's engine relay or operations URL), take
@@ -263,13 +273,7 @@ def deliveries_claim_due(*, key: str, limit: int, token: uuid.UUID, now: datetim
     id order, and the plan read and sorted every waiting row of the target (585 rows for a
     batch of 20 on a backlog, EXPLAIN ANALYZE); the dispatcher queues due retries by id.
     """
-    target, tenant_id = parse_batch_key(key)
-    params: list[Any]
-    if target.startswith("partner:"):
-        scope, params = "c.partner_id = %s", [int(target.split(":", 1)[1])]
-    else:
-        scope = "c.partner_id IS NULL AND c.target = %s AND c.tenant_id = %s"
-        params = [target, tenant_id]
+    scope, params = _target_scope(key, "c")
     candidates = f"""
         SELECT {_PICKED} FROM {Delivery._meta.db_table} c
         WHERE {scope} AND c.status = %s AND c.next_attempt_at <= %s
@@ -285,16 +289,11 @@ def deliveries_release_target(*, key: str, now: datetime) -> int:
     go as soon as they may (a failing partner's attempt in flight ends, a slow partner's
     fair share frees up, the pump's window was held up by one ticket's older messages)
     instead of PORTAL_REDISPATCH_AFTER later. Returns how many were marked."""
-    target, tenant_id = parse_batch_key(key)
-    params: list[Any]
-    if target.startswith("partner:"):
-        scope, params = "partner_id = %s", [int(target.split(":", 1)[1])]
-    else:
-        scope = "partner_id IS NULL AND target = %s AND tenant_id = %s"
-        params = [target, tenant_id]
+    scope, params = _target_scope(key, "d")
     sql = f"""
-        UPDATE {Delivery._meta.db_table} SET dispatched_at = NULL
-        WHERE {scope} AND status = %s AND next_attempt_at <= %s AND dispatched_at IS NOT NULL
+        UPDATE {Delivery._meta.db_table} AS d SET dispatched_at = NULL
+        WHERE {scope} AND d.status = %s AND d.next_attempt_at <= %s
+          AND d.dispatched_at IS NOT NULL
     """  # noqa: S608
     params += [Delivery.Status.PENDING.value, db_value(Delivery, "updated_at", now)]
     with sql_cursor() as cursor:
