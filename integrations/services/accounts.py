@@ -235,16 +235,19 @@ class Principal:
         return tenant
 
 
-def credential_lookup(queryset: Any, raw: str, *, hash_field: str, noun: str, code: str) -> Any:
-    """The row of `queryset` (API keys, management tokens: a `prefix`, a SHA-256 in
-    `hash_field`, `revoked_at`, `expires_at`) that the bearer credential `raw` is.
+def credential_lookup(
+    find: Callable[[str], Any], raw: str, *, hash_field: str, noun: str, code: str
+) -> Any:
+    """The row (API key, management token: a SHA-256 in `hash_field`, `revoked_at`,
+    `expires_at`) that the bearer credential `raw` is; `find` returns the row with a given
+    prefix, or None.
 
     Hashes are compared in constant time even when the prefix is unknown. Raises
     Unauthorized naming `noun`: `invalid_<code>` (unknown or malformed), `<code>_revoked`,
     `<code>_expired`.
     """
     prefix, dot, _ = raw.partition(".")
-    row = queryset.filter(prefix=prefix).first() if dot and len(prefix) <= 32 else None
+    row = find(prefix) if dot and len(prefix) <= 32 else None
     expected = getattr(row, hash_field) if row is not None else "0" * 64
     if not hmac.compare_digest(expected, hash_credential(raw)) or row is None:
         raise Unauthorized(f"The {noun} is not valid.", code=f"invalid_{code}")
@@ -272,16 +275,9 @@ def principal_authenticate(raw: str) -> Principal:
     Raises Unauthorized (unknown, malformed, revoked or expired key) and Forbidden (the
     partner is disabled by an admin, or its tenant is inactive).
     """
-    prefix, dot, _ = raw.partition(".")
-    key = ingest_sql.key_lookup(prefix) if dot and len(prefix) <= 32 else None
-    expected = key.key_hash if key is not None else "0" * 64
-    if not hmac.compare_digest(expected, hash_credential(raw)) or key is None:
-        raise Unauthorized("The API key is not valid.", code="invalid_key")
-    now = timezone.now()
-    if key.revoked_at is not None:
-        raise Unauthorized("The API key has been revoked.", code="key_revoked")
-    if key.expires_at is not None and key.expires_at <= now:
-        raise Unauthorized("The API key has expired.", code="key_expired")
+    key: CallerKey = credential_lookup(
+        ingest_sql.key_lookup, raw, hash_field="key_hash", noun="API key", code="key"
+    )
     partner = key.partner
     if key.kind == ApiKey.Kind.PARTNER and partner is None:  # its partner was just deleted
         raise Unauthorized("The API key is not valid.", code="invalid_key")

@@ -107,8 +107,9 @@ def manager_authenticate(raw: str) -> Manager:
             "The management API takes management tokens (mgt_…), not partner or engine keys.",
             code="management_token_required",
         )
+    tokens = ManagementToken.objects.select_related("tenant")
     token = credential_lookup(
-        ManagementToken.objects.select_related("tenant"),
+        lambda prefix: tokens.filter(prefix=prefix).first(),
         raw,
         hash_field="token_hash",
         noun="management token",
