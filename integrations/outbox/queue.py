@@ -28,8 +28,9 @@ from typing import Any
 import psycopg
 from celery import current_app
 from django.conf import settings
-from django.core.cache import cache
-from django.db import connection, models, transaction
+from django.core.cache import DEFAULT_CACHE_ALIAS, cache, caches
+from django.core.cache.backends.redis import RedisCache
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 from django.utils import timezone
 from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
@@ -87,9 +88,57 @@ class _PreparedCursor(psycopg.Cursor):
 def db_value(model: type[models.Model], field: str, value: Any) -> Any:
     """`value` as the database driver takes it for `model.field` (the ORM's own adaptation:
     datetimes and UUIDs come out right on PostgreSQL and SQLite alike)."""
+    return _adapted(model, field, value, connections[DEFAULT_DB_ALIAS])
+
+
+def db_values(model: type[models.Model], row: dict[str, Any]) -> list[Any]:
+    """`db_value` of each of a row's fields, in the row's order."""
+    # the connection itself, not the thread-local proxy: a field's adaptation asks it for its
+    # features and operations several times, each a thread-local lookup through the proxy
+    conn = connections[DEFAULT_DB_ALIAS]
+    return [_adapted(model, name, value, conn) for name, value in row.items()]
+
+
+def _adapted(model: type[models.Model], field: str, value: Any, conn: Any) -> Any:
+    as_is, prep = _db_prep(model, field, conn.vendor)
+    if value is None or (type(value) in as_is and getattr(value, "tzinfo", True) is not None):
+        return value
+    return prep(value, conn)
+
+
+# Fields whose adaptation gives a plain str, int or bool back as it came. Exact classes only:
+# a subclass (an encrypted text field) adapts its own way.
+_AS_IS: tuple[type[models.Field[Any, Any]], ...] = (
+    models.CharField,
+    models.TextField,
+    models.IntegerField,
+    models.BigIntegerField,
+    models.PositiveIntegerField,
+    models.PositiveSmallIntegerField,
+    models.SmallIntegerField,
+    models.BooleanField,
+    models.BigAutoField,
+    models.AutoField,
+)
+
+
+@functools.cache
+def _db_prep(model: type[models.Model], field: str, vendor: str) -> tuple[tuple[type, ...], Any]:
+    """The value types `model.field` takes as they are on `vendor` (an accepted event adapts
+    ~50 values: the field's get_db_prep_save for each was a tenth of its CPU), and the
+    field's adaptation for the others. On PostgreSQL an aware datetime and a UUID go as they
+    are too (psycopg adapts them; SQLite wants text)."""
     model_field = model._meta.get_field(field)
     assert isinstance(model_field, models.Field)
-    return model_field.get_db_prep_save(value, connection)
+    target = getattr(model_field, "target_field", model_field)  # a foreign key's: its target's
+    as_is: tuple[type, ...] = ()
+    if type(target) in _AS_IS:
+        as_is = (str, int, bool)
+    elif vendor == "postgresql" and type(target) is models.DateTimeField:
+        as_is = (datetime,)  # aware ones only (`_adapted`): a naive one gets the ORM's warning
+    elif vendor == "postgresql" and type(target) is models.UUIDField:
+        as_is = (uuid.UUID,)
+    return as_is, model_field.get_db_prep_save
 
 
 # --- claiming --------------------------------------------------------------------------------
@@ -645,10 +694,26 @@ def pump_flag_take(key: str, slot: int = 0) -> bool:
     was up already. A cache that is down counts as not up (one pump too many is harmless,
     one too few a delay)."""
     try:
-        return bool(cache.add(_flag(key, slot), 1, WAKE_TTL))
+        return _flag_add(_flag(key, slot))
     except Exception:
         logger.warning("pump flag of %s: cache unavailable", key, exc_info=True)
         return True
+
+
+def _flag_add(name: str) -> bool:
+    """cache.add(name, 1, WAKE_TTL): on Redis through one client kept on this thread's cache
+    (Django's RedisCache builds a client object on every call: more CPU than the round
+    trip, and every accepted event takes a flag); the same key and value cache.add writes,
+    so cache.delete and cache.touch see it."""
+    backend = caches[DEFAULT_CACHE_ALIAS]  # this thread's
+    if not isinstance(backend, RedisCache):
+        return bool(cache.add(name, 1, WAKE_TTL))
+    redis = backend._cache  # type: ignore[attr-defined]  # Django's RedisCacheClient
+    client = backend.__dict__.get("_pump_client")
+    if client is None:
+        client = backend.__dict__["_pump_client"] = redis.get_client(write=True)
+    key = backend.make_and_validate_key(name)
+    return bool(client.set(key, redis._serializer.dumps(1), nx=True, ex=WAKE_TTL))
 
 
 def pump_flag_drop(key: str, slot: int = 0) -> None:

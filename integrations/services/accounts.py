@@ -35,7 +35,7 @@ from integrations.services.fields import (
     text,
     time_zone_clean,
 )
-from integrations.services.ingest_sql import CallerKey, CallerPartner, CallerTenant
+from integrations.services.ingest_sql import CallerKey, CallerPartner, CallerTenant, PartnerTarget
 from integrations.webhooks import generate_secret
 
 KEY_PREFIXES = {ApiKey.Kind.PARTNER: "prt", ApiKey.Kind.ENGINE: "eng"}
@@ -221,6 +221,20 @@ class Principal:
             return None
         through = ApiKey.tenants.through.objects.filter(apikey_id=self.api_key.pk)
         return frozenset(through.values_list("tenant_id", flat=True))
+
+    def tenant_targets_for_owner(
+        self, owner: str, *, channel: str
+    ) -> tuple[CallerTenant, list[PartnerTarget]]:
+        """`tenant_for_owner` with the tenant's partners that get a copy of an event on
+        `channel` (`ingest_sql.partner_targets`), read together; raises Forbidden."""
+        if self.partner is not None:
+            tenant = self.tenant_for_owner(owner)
+            return tenant, ingest_sql.partner_targets(tenant_id=tenant.pk, channel=channel)
+        named_by = None if self.api_key.all_tenants else self.api_key.pk
+        found = ingest_sql.active_tenant_targets(owner, channel=channel, named_by_key=named_by)
+        if found is None:
+            raise Forbidden("This key may not act for that owner.", code="owner_forbidden")
+        return found
 
     def tenant_for_owner(self, owner: str) -> CallerTenant:
         """The tenant named by `owner`, if this caller may act for it; raises Forbidden."""

@@ -39,7 +39,7 @@ from integrations.services.idempotency import (
     idempotency_begin,
     idempotency_complete,
 )
-from integrations.services.ingest_sql import CallerTenant
+from integrations.services.ingest_sql import CallerTenant, NewDelivery, PartnerTarget
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +84,11 @@ def event_accept(
     ingest = _INGEST[route]
     key = idempotency.key if idempotency else ""
     if idempotency is None:
-        with transaction.atomic():
+        if route in _ATOMIC_ALONE:
             event_id = ingest(principal, payload, raw_body, key)
+        else:
+            with transaction.atomic():
+                event_id = ingest(principal, payload, raw_body, key)
         _counted(route, principal, payload, event_id)
         return Answer(status, _accepted(event_id))
     record = idempotency_begin(request=idempotency)
@@ -140,16 +143,14 @@ def _wake_on_commit(keys: list[str]) -> None:
         transaction.on_commit(lambda: wake(keys), robust=True)
 
 
-def _partner_deliveries(
-    *, event_id: uuid.UUID, tenant: CallerTenant, ticket_id: int, channel: str, endpoint: str, now
-) -> None:
-    """One delivery per partner subscribed to `channel` and not disabled (SPEC §3.2)."""
-    partners = ingest_sql.partner_targets(tenant_id=tenant.pk, channel=channel)
+def _partner_rows(targets: list[PartnerTarget], *, endpoint: str, now) -> list[NewDelivery]:
+    """One delivery per partner that gets a copy of the event (SPEC §3.2), due when its
+    schedule says the first attempt is."""
     rows = []
-    for p in partners:
+    for p in targets:
         due = first_attempt_at(p.retry_schedule, now)
         rows.append(
-            ingest_sql.NewDelivery(
+            NewDelivery(
                 partner_id=p.id,
                 target=f"partner:{p.id}",
                 endpoint=endpoint,
@@ -158,9 +159,11 @@ def _partner_deliveries(
                 dispatched_at=_dispatched(due, now),
             )
         )
-    ingest_sql.deliveries_insert(
-        event_id=event_id, tenant_id=tenant.pk, ticket_id=ticket_id, rows=rows, now=now
-    )
+    return rows
+
+
+def _wake_rows(rows: list[NewDelivery]) -> None:
+    """Wake the pumps of the new rows that are theirs (due now) once stored."""
     _wake_on_commit([row.target for row in rows if row.dispatched_at is not None])
 
 
@@ -177,7 +180,7 @@ def _relay_delivery(
     """The engine relay's delivery (SPEC §6): `not_configured` (final) with no engine."""
     configured = bool(relay_url(tenant, endpoint))
     due = first_attempt_at("", now) if configured else None
-    row = ingest_sql.NewDelivery(
+    row = NewDelivery(
         partner_id=None,
         target=Delivery.ENGINE_TARGET,
         endpoint=endpoint,
@@ -195,38 +198,28 @@ def _relay_delivery(
 
 def _incoming(principal: Principal, msg: Any, raw_body: bytes, key: str) -> uuid.UUID:
     """An engine incoming event (SPEC §3.1): upserts contact and ticket (re-opening a
-    closed ticket), one delivery per subscribed partner."""
-    tenant = principal.tenant_for_owner(msg.owner)
+    closed ticket), one delivery per subscribed partner. Its writes are atomic on their own
+    (ingest_sql.incoming_store: one statement on PostgreSQL), so it needs no transaction."""
+    tenant, targets = principal.tenant_targets_for_owner(msg.owner, channel=msg.channel)
     msg = msg.with_sticker_converted(tenant.sticker_text)
     now = timezone.now()
     created_date = localize_created_date(msg.created_date, tenant.time_zone)
     # The ticket takes the message's createdDate, so the payload renders it from the message.
     payload = render_incoming(msg, created_date=format_created_date(created_date, tenant.time_zone))
-    contact_pk = ingest_sql.contact_upsert(tenant_id=tenant.pk, msg=msg, now=now)
-    ticket_pk, sequence = ingest_sql.ticket_upsert(
-        tenant_id=tenant.pk, msg=msg, contact_pk=contact_pk, created_date=created_date, now=now
-    )
-    event_id = ingest_sql.event_insert(
+    rows = _partner_rows(targets, endpoint=Delivery.Endpoint.INCOMING, now=now)
+    event_id = ingest_sql.incoming_store(
         tenant_id=tenant.pk,
-        kind=Event.Kind.INCOMING,
+        msg=msg,
+        created_date=created_date,
         source=_source(principal),
         partner_id=principal.partner.pk if principal.partner else None,
-        ticket_id=ticket_pk,
-        ticket_number=msg.ticket_number,
-        sequence=sequence,
         raw_body=raw_body,
         payload=payload,
         idempotency_key=key,
-        received_at=now,
-    )
-    _partner_deliveries(
-        event_id=event_id,
-        tenant=tenant,
-        ticket_id=ticket_pk,
-        channel=msg.channel,
-        endpoint=Delivery.Endpoint.INCOMING,
+        deliveries=rows,
         now=now,
     )
+    _wake_rows(rows)
     return event_id
 
 
@@ -295,14 +288,13 @@ def _engine_outgoing(principal: Principal, msg: Any, raw_body: bytes, key: str) 
     ticket = _locked_ticket(tenant, msg.ticket_number)
     payload = _outgoing_payload(tenant, ticket, msg)
     event_id = _event_on_ticket(principal, ticket, Event.Kind.OUTGOING, payload, raw_body, key, now)
-    _partner_deliveries(
-        event_id=event_id,
-        tenant=tenant,
-        ticket_id=ticket.pk,
-        channel=ticket.channel,
-        endpoint=Delivery.Endpoint.SEND,
-        now=now,
+    # the ticket's channel decides who gets a copy (the message's may differ)
+    targets = ingest_sql.partner_targets(tenant_id=tenant.pk, channel=ticket.channel)
+    rows = _partner_rows(targets, endpoint=Delivery.Endpoint.SEND, now=now)
+    ingest_sql.deliveries_insert(
+        event_id=event_id, tenant_id=tenant.pk, ticket_id=ticket.pk, rows=rows, now=now
     )
+    _wake_rows(rows)
     return event_id
 
 
@@ -359,6 +351,10 @@ _KIND: dict[Route, str] = {
     Route.PARTNER_OUTGOING: Event.Kind.OUTGOING.value,
     Route.COMMAND: Event.Kind.COMMAND.value,
 }
+
+# Routes whose writes are atomic on their own (one statement, or a transaction of their
+# own): without an Idempotency-Key record to complete with them, no transaction around.
+_ATOMIC_ALONE = frozenset({Route.ENGINE_INCOMING})
 
 _INGEST: dict[Route, Callable[[Principal, Any, bytes, str], uuid.UUID]] = {
     Route.ENGINE_INCOMING: _incoming,

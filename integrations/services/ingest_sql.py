@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import connection, models
+from django.db import connection, models, transaction
 from django.utils import dateparse, timezone
 
 from integrations import logs, tracing
@@ -34,7 +34,7 @@ from integrations.models import (
     Tenant,
     Ticket,
 )
-from integrations.outbox.queue import db_value, sql_cursor
+from integrations.outbox.queue import db_values, sql_cursor
 from integrations.payloads import MessagePayload
 
 
@@ -49,7 +49,7 @@ def _columns(model: type[models.Model]) -> dict[str, str]:
 
 def _values(model: type[models.Model], row: dict[str, Any]) -> list[Any]:
     """The row's values, adapted by each field as the ORM would."""
-    return [db_value(model, name, value) for name, value in row.items()]
+    return db_values(model, row)
 
 
 @functools.cache
@@ -59,6 +59,23 @@ def _insert_sql(model: type[models.Model], names: tuple[str, ...], rows: int, ta
     return (
         f"INSERT INTO {_qn(model._meta.db_table)} ({', '.join(c[n] for n in names)})"  # noqa: S608
         f" VALUES {', '.join([row] * rows)}{tail}"
+    )
+
+
+def _insert_select_sql(
+    model: type[models.Model],
+    names: tuple[str, ...],
+    source: str,
+    exprs: dict[str, str],
+    tail: str,
+) -> str:
+    """INSERT … SELECT of one row from `source` (a CTE's name): each column a placeholder,
+    or the expression `exprs` gives for it (a column of the CTE)."""
+    c = _columns(model)
+    values = ", ".join(exprs.get(n, "%s") for n in names)
+    return (
+        f"INSERT INTO {_qn(model._meta.db_table)} ({', '.join(c[n] for n in names)})"  # noqa: S608
+        f" SELECT {values} FROM {source}{tail}"
     )
 
 
@@ -231,7 +248,43 @@ def partner_targets(*, tenant_id: int, channel: str) -> list[PartnerTarget]:
     One SELECT of three columns: loading Partner instances cost more than the query."""
     with sql_cursor() as cursor:
         cursor.execute(_partner_targets_sql(), [tenant_id, Partner.State.DISABLED.value])
+        return _subscribed(cursor.fetchall(), channel)
+
+
+@functools.cache
+def _tenant_targets_sql(named: bool) -> str:
+    p = _columns(Partner)
+    select, _, rest = _tenant_sql(named).partition(" FROM ")
+    table, _, where = rest.partition(" WHERE ")
+    return (
+        f"{select}, p.{p['id']}, p.{p['channels']}, p.{p['retry_schedule']}"  # noqa: S608
+        f" FROM {table} LEFT JOIN {_qn(Partner._meta.db_table)} p"
+        f" ON p.{p['tenant']} = t.{_columns(Tenant)['id']} AND p.{p['state']} <> %s"
+        f" WHERE {where} ORDER BY p.{p['name']}"
+    )
+
+
+def active_tenant_targets(
+    owner: str, *, channel: str, named_by_key: int | None = None
+) -> tuple[CallerTenant, list[PartnerTarget]] | None:
+    """`active_tenant` and, read in the same SELECT, its `partner_targets` for `channel`:
+    one round trip where an engine event needs both."""
+    params: list[Any] = [Partner.State.DISABLED.value, owner]
+    if named_by_key is not None:
+        params.append(named_by_key)
+    with sql_cursor() as cursor:
+        cursor.execute(_tenant_targets_sql(named_by_key is not None), params)
         rows = cursor.fetchall()
+    if not rows:
+        return None
+    width = len(_TENANT_FIELDS)
+    partners = [row[width:] for row in rows if row[width] is not None]
+    return _tenant(rows[0][:width]), _subscribed(partners, channel)
+
+
+def _subscribed(rows: Sequence[Sequence[Any]], channel: str) -> list[PartnerTarget]:
+    """The (id, channels, retry_schedule) rows subscribed to `channel`: no channels means
+    every channel."""
     targets = []
     for pk, channels, schedule in rows:
         subscribed = json.loads(channels) if isinstance(channels, (str, bytes)) else channels
@@ -240,15 +293,17 @@ def partner_targets(*, tenant_id: int, channel: str) -> list[PartnerTarget]:
     return targets
 
 
+CONTACT_FIELDS = ("tenant", "contact_id", "customer_name", "channel", "account_id")
+CONTACT_FIELDS += ("first_seen", "last_seen")
+
+
 @functools.cache
 def _contact_upsert_sql() -> str:
     c = _columns(Contact)
-    names = ("tenant", "contact_id", "customer_name", "channel", "account_id")
-    names += ("first_seen", "last_seen")
     updated = ("customer_name", "channel", "account_id", "last_seen")
     return _insert_sql(
         Contact,
-        names,
+        CONTACT_FIELDS,
         1,
         f" ON CONFLICT ({c['tenant']}, {c['contact_id']}) DO UPDATE SET "
         + ", ".join(f"{c[n]} = EXCLUDED.{c[n]}" for n in updated)
@@ -256,35 +311,36 @@ def _contact_upsert_sql() -> str:
     )
 
 
+def _contact_row(*, tenant_id: int, msg: MessagePayload, now: datetime) -> dict[str, Any]:
+    return dict(
+        zip(
+            CONTACT_FIELDS,
+            (tenant_id, msg.contact_id, msg.customer_name, msg.channel, msg.account_id, now, now),
+            strict=True,
+        )
+    )
+
+
 def contact_upsert(*, tenant_id: int, msg: MessagePayload, now: datetime) -> int:
     """Insert or update the event's contact in one statement; `first_seen` is kept from the
     first insert. Returns the contact's pk."""
-    row = {
-        "tenant": tenant_id,
-        "contact_id": msg.contact_id,
-        "customer_name": msg.customer_name,
-        "channel": msg.channel,
-        "account_id": msg.account_id,
-        "first_seen": now,
-        "last_seen": now,
-    }
+    row = _contact_row(tenant_id=tenant_id, msg=msg, now=now)
     with sql_cursor() as cursor:
         cursor.execute(_contact_upsert_sql(), _values(Contact, row))
         return cursor.fetchone()[0]
 
 
+TICKET_FIELDS = ("tenant", "ticket_number", "contact", "channel", "account_id")
+TICKET_FIELDS += ("customer_name", "created_date", "group_id", "language", "status")
+TICKET_FIELDS += ("closed_by", "closed_at", "last_sequence", "created_at", "updated_at")
+
+
 @functools.cache
-def _ticket_upsert_sql() -> str:
+def _ticket_upsert_tail() -> str:
     table = _qn(Ticket._meta.db_table)
     c = _columns(Ticket)
-    names = ("tenant", "ticket_number", "contact", "channel", "account_id", "customer_name")
-    names += ("created_date", "group_id", "language", "status", "closed_by", "closed_at")
-    names += ("last_sequence", "created_at", "updated_at")
     closed = f"{table}.{c['status']} = '{Ticket.Status.CLOSED}'"
-    return _insert_sql(
-        Ticket,
-        names,
-        1,
+    return (
         f" ON CONFLICT ({c['tenant']}, {c['ticket_number']}) DO UPDATE SET"
         f" {c['contact']} = EXCLUDED.{c['contact']},"
         f" {c['channel']} = EXCLUDED.{c['channel']},"
@@ -303,24 +359,16 @@ def _ticket_upsert_sql() -> str:
         # The event's place in its ticket (SPEC §5 order).
         f" {c['last_sequence']} = {table}.{c['last_sequence']} + 1,"
         f" {c['updated_at']} = EXCLUDED.{c['updated_at']}"
-        f" RETURNING {c['id']}, {c['last_sequence']}",
+        f" RETURNING {c['id']}, {c['last_sequence']}"
     )
 
 
-def ticket_upsert(
-    *, tenant_id: int, msg: MessagePayload, contact_pk: int, created_date: datetime, now: datetime
-) -> tuple[int, int]:
-    """Create or update the ticket of an incoming event and take its next event sequence
-    number, in one statement; returns (ticket pk, sequence). The rules it applies to an
-    existing ticket: channel, accountId, customerName, createdDate and contact are the
-    event's; an empty groupId or language keeps the earlier one; a closed ticket re-opens.
-
-    The statement locks the ticket row until the transaction ends: events of one ticket take
-    their sequence numbers one after the other, in the order they entered. A concurrent first
-    message of a new ticket waits on the unique index and then updates the row the other one
-    inserted (PostgreSQL); SQLite runs one writer at a time.
-    """
-    row = {
+def _ticket_row(
+    *, tenant_id: int, msg: MessagePayload, contact_pk: int | None, created_date: datetime, now
+) -> dict[str, Any]:
+    """The ticket row an incoming event inserts (or updates by `_ticket_upsert_tail`'s
+    rules); `contact_pk` None where the statement takes it from the contact it upserts."""
+    return {
         "tenant": tenant_id,
         "ticket_number": msg.ticket_number,
         "contact": contact_pk,
@@ -337,8 +385,27 @@ def ticket_upsert(
         "created_at": now,
         "updated_at": now,
     }
+
+
+def ticket_upsert(
+    *, tenant_id: int, msg: MessagePayload, contact_pk: int, created_date: datetime, now: datetime
+) -> tuple[int, int]:
+    """Create or update the ticket of an incoming event and take its next event sequence
+    number, in one statement; returns (ticket pk, sequence). The rules it applies to an
+    existing ticket: channel, accountId, customerName, createdDate and contact are the
+    event's; an empty groupId or language keeps the earlier one; a closed ticket re-opens.
+
+    The statement locks the ticket row until the transaction ends: events of one ticket take
+    their sequence numbers one after the other, in the order they entered. A concurrent first
+    message of a new ticket waits on the unique index and then updates the row the other one
+    inserted (PostgreSQL); SQLite runs one writer at a time.
+    """
+    row = _ticket_row(
+        tenant_id=tenant_id, msg=msg, contact_pk=contact_pk, created_date=created_date, now=now
+    )
     with sql_cursor() as cursor:
-        cursor.execute(_ticket_upsert_sql(), _values(Ticket, row))
+        sql = _insert_sql(Ticket, TICKET_FIELDS, 1, _ticket_upsert_tail())
+        cursor.execute(sql, _values(Ticket, row))
         ticket_pk, sequence = cursor.fetchone()
     return ticket_pk, sequence
 
@@ -365,18 +432,30 @@ def event_insert(
     """Store an event with its ticket sequence number (taken under the ticket's row lock);
     returns its new id."""
     event_id = uuid.uuid4()
-    row = dict(
-        zip(
-            EVENT_FIELDS,
-            (event_id, tenant_id, kind, source, partner_id, ticket_id, ticket_number, sequence)
-            + (raw_body, payload, idempotency_key, received_at)
-            + (logs.current("request_id"), tracing.traceparent()),
-            strict=True,
-        )
+    row = _event_row(
+        id=event_id,
+        tenant=tenant_id,
+        kind=kind,
+        source=source,
+        partner=partner_id,
+        ticket=ticket_id,
+        ticket_number=ticket_number,
+        sequence=sequence,
+        raw_body=raw_body,
+        payload=payload,
+        idempotency_key=idempotency_key,
+        received_at=received_at,
     )
     with sql_cursor() as cursor:
         cursor.execute(_insert_sql(Event, EVENT_FIELDS, 1, ""), _values(Event, row))
     return event_id
+
+
+def _event_row(**fields: Any) -> dict[str, Any]:
+    """An event row of `fields`, with the request's id and trace context, in EVENT_FIELDS'
+    order (the order of the placeholders)."""
+    fields.update(request_id=logs.current("request_id"), trace_context=tracing.traceparent())
+    return {name: fields[name] for name in EVENT_FIELDS if name in fields}
 
 
 @dataclass(frozen=True)
@@ -411,13 +490,129 @@ def deliveries_insert(
         return []
     params: list[Any] = []
     for r in rows:
-        values = (event_id, tenant_id, ticket_id, r.partner_id, r.target, r.endpoint, r.status)
-        values += (0, 0, r.next_attempt_at, r.dispatched_at, r.last_error, now, now)
-        params += _values(Delivery, dict(zip(DELIVERY_FIELDS, values, strict=True)))
+        params += _values(Delivery, _delivery_row(event_id, tenant_id, ticket_id, r, now))
     sql = _insert_sql(Delivery, DELIVERY_FIELDS, len(rows), f" RETURNING {_qn('id')}")
     with sql_cursor() as cursor:
         cursor.execute(sql, params)
         return [pk for (pk,) in cursor.fetchall()]
+
+
+def _delivery_row(
+    event_id: uuid.UUID | None, tenant_id: int, ticket_id: int | None, r: NewDelivery, now
+) -> dict[str, Any]:
+    values = (event_id, tenant_id, ticket_id, r.partner_id, r.target, r.endpoint, r.status)
+    values += (0, 0, r.next_attempt_at, r.dispatched_at, r.last_error, now, now)
+    return dict(zip(DELIVERY_FIELDS, values, strict=True))
+
+
+# --- an incoming event in one statement ----------------------------------------------------
+
+# The columns of a new event's deliveries that differ between its rows (the rest are the
+# event's): one array each, unnested into rows by the statement.
+_PER_DELIVERY = ("partner", "target", "status", "next_attempt_at", "dispatched_at", "last_error")
+
+
+@functools.cache
+def _incoming_sql(with_deliveries: bool) -> str:
+    """An incoming event's writes as one statement (PostgreSQL: data-modifying WITH): the
+    contact upsert, the ticket upsert taking its next sequence number from the contact's id,
+    the event on that ticket and sequence, and its deliveries from arrays (`_PER_DELIVERY`).
+    One statement is atomic on its own: it needs no transaction around it."""
+    t = _columns(Ticket)
+    ticket = _insert_select_sql(
+        Ticket, TICKET_FIELDS, "c", {"contact": f"c.{_qn('id')}"}, _ticket_upsert_tail()
+    )
+    ticket_of = {"ticket": f"k.{t['id']}", "sequence": f"k.{t['last_sequence']}"}
+    event = _insert_select_sql(Event, EVENT_FIELDS, "k", ticket_of, "")
+    sql = f"WITH c AS ({_contact_upsert_sql()}), k AS ({ticket}), e AS ({event} RETURNING 1)"
+    if with_deliveries:
+        arrays = ", ".join(
+            f"%s::{Delivery._meta.get_field(n).db_type(connection)}[]" for n in _PER_DELIVERY
+        )
+        rows = f"k, unnest({arrays}) AS x({', '.join(_PER_DELIVERY)})"
+        exprs = {n: f"x.{n}" for n in _PER_DELIVERY} | {"ticket": f"k.{t['id']}"}
+        deliveries = _insert_select_sql(Delivery, DELIVERY_FIELDS, rows, exprs, " RETURNING 1")
+        sql += f", d AS ({deliveries})"
+    return f"{sql} SELECT k.{t['id']}, k.{t['last_sequence']} FROM k"  # noqa: S608
+
+
+def incoming_store(
+    *,
+    tenant_id: int,
+    msg: MessagePayload,
+    created_date: datetime,
+    source: str,
+    partner_id: int | None,
+    raw_body: bytes,
+    payload: dict[str, Any],
+    idempotency_key: str,
+    deliveries: Sequence[NewDelivery],
+    now: datetime,
+) -> uuid.UUID:
+    """Store an incoming event with everything it writes (SPEC §3.1): its contact and ticket
+    upserted by `contact_upsert`'s and `ticket_upsert`'s rules, the event with the ticket's
+    next sequence number, and its delivery rows; returns the event's id.
+
+    Atomic on its own: on PostgreSQL one statement, so without a transaction around it it
+    commits alone (no BEGIN, no COMMIT: one round trip for all of it); elsewhere the four
+    statements in a transaction (a savepoint inside the caller's).
+    """
+    event_fields: dict[str, Any] = {
+        "tenant_id": tenant_id,
+        "kind": Event.Kind.INCOMING.value,
+        "source": source,
+        "partner_id": partner_id,
+        "ticket_number": msg.ticket_number,
+        "raw_body": raw_body,
+        "payload": payload,
+        "idempotency_key": idempotency_key,
+        "received_at": now,
+    }
+    if connection.vendor != "postgresql":
+        with transaction.atomic():
+            contact = contact_upsert(tenant_id=tenant_id, msg=msg, now=now)
+            ticket, sequence = ticket_upsert(
+                tenant_id=tenant_id, msg=msg, contact_pk=contact, created_date=created_date, now=now
+            )
+            event_id = event_insert(ticket_id=ticket, sequence=sequence, **event_fields)
+            deliveries_insert(
+                event_id=event_id, tenant_id=tenant_id, ticket_id=ticket, rows=deliveries, now=now
+            )
+        return event_id
+    event_id = uuid.uuid4()
+    ticket = _ticket_row(
+        tenant_id=tenant_id, msg=msg, contact_pk=None, created_date=created_date, now=now
+    )
+    del ticket["contact"]  # the statement's: the upserted contact's id
+    event = _event_row(  # without ticket and sequence: the statement takes the ticket's
+        id=event_id,
+        tenant=tenant_id,
+        kind=Event.Kind.INCOMING.value,
+        source=source,
+        partner=partner_id,
+        ticket_number=msg.ticket_number,
+        raw_body=raw_body,
+        payload=payload,
+        idempotency_key=idempotency_key,
+        received_at=now,
+    )
+    params = _values(Contact, _contact_row(tenant_id=tenant_id, msg=msg, now=now))
+    params += _values(Ticket, ticket)
+    params += _values(Event, event)
+    if deliveries:
+        if len({r.endpoint for r in deliveries}) != 1:
+            raise ValueError("the deliveries of one event go to one endpoint")
+        first = _delivery_row(event_id, tenant_id, None, deliveries[0], now)
+        shared = {n: v for n, v in first.items() if n not in _PER_DELIVERY and n != "ticket"}
+        params += _values(Delivery, shared)
+        rows = [_values(Delivery, _delivery_row(None, 0, None, r, now)) for r in deliveries]
+        columns = [DELIVERY_FIELDS.index(n) for n in _PER_DELIVERY]
+        params += [[row[i] for row in rows] for i in columns]
+    with sql_cursor() as cursor:
+        cursor.execute(_incoming_sql(bool(deliveries)), params)
+        if cursor.fetchone() is None:  # cannot happen: an upsert always yields its row
+            raise RuntimeError("the incoming event's statement stored no ticket")
+    return event_id
 
 
 @functools.cache

@@ -13,6 +13,7 @@ from integrations.models import Delivery, Partner
 from integrations.outbox import queue, sender
 from tests.conftest import command_body
 from tests.support.outbox import ingest
+from tests.support.processes import free_port
 
 
 @pytest.fixture
@@ -140,13 +141,15 @@ def test_the_engine_relay_has_a_pump_per_tenant(
 
 
 def test_a_cache_that_is_down_still_wakes_a_pump(
-    engine_api, partner, request, monkeypatch, django_capture_on_commit_callbacks
+    engine_api, partner, request, settings, django_capture_on_commit_callbacks
 ):
-    def down(*args, **kwargs):
-        raise ConnectionError("cache down")
-
-    monkeypatch.setattr(cache, "add", down)
-    monkeypatch.setattr(cache, "delete", down)
+    # a Redis cache nobody listens for (a closed loopback port)
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+        }
+    }
     with django_capture_on_commit_callbacks(execute=True):
         ingest(engine_api, ticketNumber="t-1")
         ingest(engine_api, ticketNumber="t-2")
@@ -248,3 +251,13 @@ def test_a_pump_going_on_after_its_slice_renews_its_flag(
     # the chain goes on: its flag has WAKE_TTL seconds again, not the 2 left
     ttl = cache._cache.get_client().ttl(cache.make_and_validate_key(f"portal:pump:{key}"))
     assert ttl > 30
+
+
+def test_a_flag_taken_on_redis_is_the_one_the_cache_api_sees(db):
+    # the flag is set through one kept Redis client, not cache.add: the same key and value
+    key = "partner:flag-check"
+    assert queue.pump_flag_take(key) and not queue.pump_flag_take(key)
+    assert cache.get(f"portal:pump:{key}") == 1
+    queue.pump_flag_drop(key)
+    assert cache.get(f"portal:pump:{key}") is None and queue.pump_flag_take(key)
+    queue.pump_flag_drop(key)

@@ -318,3 +318,23 @@ def test_a_pumps_claim_reads_no_more_candidates_than_its_limit(engine_api, partn
     (read,) = [node for node in _plan_nodes(plan["Plan"]) if node.get("Alias") == "c"]
     assert "Index Name" in read, read
     assert read["Actual Rows"] + read.get("Rows Removed by Filter", 0) <= 5, read
+
+
+def test_db_value_adapts_as_the_orm_does_and_skips_only_what_needs_nothing(tenant):
+    from integrations.models import Event, Tenant
+
+    now = timezone.now()
+    # plain values of plain fields, and (PostgreSQL) aware datetimes and UUIDs, go as they are
+    assert queue.db_value(Delivery, "target", "partner:1") == "partner:1"
+    assert queue.db_value(Delivery, "partner", 7) == 7
+    event_id = uuid.uuid4()
+    for model, field, value in ((Delivery, "updated_at", now), (Event, "id", event_id)):
+        expected = model._meta.get_field(field).get_db_prep_save(value, connection)
+        assert queue.db_value(model, field, value) == expected
+    # a field that adapts its own way (an encrypted secret) still does
+    stored = queue.db_value(Tenant, "engine_token", "s3cret")
+    assert stored != "s3cret" and stored.startswith("enc1:")  # encrypted (Fernet: random IV)
+    # a JSON value is wrapped for the driver as the ORM wraps it
+    wrapped = queue.db_value(Event, "payload", {"a": 1})
+    assert type(wrapped) is type(Event._meta.get_field("payload").get_db_prep_save({}, connection))
+    assert queue.db_values(Delivery, {"target": "x", "attempts": 2}) == ["x", 2]
