@@ -62,6 +62,29 @@ def test_attempt_success_is_signed_recorded_and_final(engine_api, partner_at, si
     assert partner.latency_ms_avg is not None
 
 
+@pytest.mark.parametrize("client", ["curl", "requests"])
+def test_attempt_goes_out_with_the_configured_client(
+    client, engine_api, partner_at, sink, monkeypatch, settings
+):
+    # given PORTAL_DELIVERY_CLIENT, and the transport watched
+    settings.PORTAL_DELIVERY_CLIENT = client
+    partner_at(sink)
+    delivery = _ingest(engine_api)
+    real, used = sender.send_webhook, []
+
+    def watched(**kwargs):
+        used.append(kwargs["client"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(sender, "send_webhook", watched)
+    # when the delivery is attempted
+    assert send_one(delivery_id=delivery.pk) == "succeeded"
+    # then it went out with that client, and the partner got it
+    assert used == [client]
+    assert len(sink.received) == 1
+    assert DeliveryAttempt.objects.get(delivery=delivery).outcome == "success"
+
+
 def test_attempt_503_schedules_retry_from_schedule(
     engine_api, partner_at, partner_server_factory, settings
 ):
