@@ -46,7 +46,7 @@ _MESSAGE_CLASSES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"timed out|Timeout", "timeout"),
         (
             r"ChunkedEncoding|ContentDecoding|InvalidChunkLength"
-            r"|^pycurl\.error \((?:18|61)\)",  # curl: a short or undecodable body
+            r"|^pycurl\.error \((?:8|18|61)\)",  # curl: a broken header, a short body
             "protocol_error",
         ),
         (r"^no usable signing secret|signing secret", "configuration_error"),

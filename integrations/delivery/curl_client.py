@@ -235,7 +235,14 @@ _TLS_ERRORS = {
     )
     if hasattr(pycurl, name)
 }
-_PROTOCOL_ERRORS = {pycurl.E_PARTIAL_FILE, pycurl.E_BAD_CONTENT_ENCODING}
+# libcurl's CURLE_WEIRD_SERVER_REPLY (8; pycurl names it E_FTP_WEIRD_SERVER_REPLY) is also
+# what a NUL byte in a response header gives: libcurl refuses such an answer, where
+# http.client (requests) accepts it.
+_PROTOCOL_ERRORS = {
+    pycurl.E_PARTIAL_FILE,
+    pycurl.E_BAD_CONTENT_ENCODING,
+    pycurl.E_FTP_WEIRD_SERVER_REPLY,
+}
 
 
 def _curl_error_class(code: int, os_errno: int) -> str:
