@@ -622,3 +622,37 @@ def test_send_webhook_threads_do_not_share_a_connection(partner: Partner) -> Non
     # then both were answered, over two connections
     assert [r.outcome for r in results] == [Outcome.SUCCESS, Outcome.SUCCESS]
     assert len({r.client_port for r in partner.received}) == 2
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="needs an IPv6 loopback")
+def test_send_webhook_reaches_a_host_name_with_only_an_ipv6_address(
+    fake_dns: dict[str, list[str]], connect_attempts: list[object]
+) -> None:
+    # given a partner on ::1 only, reached by a name that resolves to ::1 only
+    class Server6(ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    server = Server6(("::1", 0), BaseHTTPRequestHandler)
+    state = Partner(port=server.server_address[1])
+    server.RequestHandlerClass = make_handler(state)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    fake_dns["six.test"] = ["::1"]
+    # when
+    try:
+        result = send(f"http://six.test:{state.port}/ok")
+    finally:
+        server.shutdown()
+        server.server_close()
+    # then it went to ::1, the vetted address
+    assert result.outcome == Outcome.SUCCESS, result.error_message
+    assert [a[:2] for a in connect_attempts] == [("::1", state.port)]
+    assert state.received[0].headers["Host"] == f"six.test:{state.port}"
