@@ -136,7 +136,7 @@ def _header_lines(headers: dict[str, str]) -> list[bytes]:
     lines = []
     for name, value in headers.items():
         if any(c in f"{name}{value}" for c in "\r\n\0"):
-            raise _InvalidHeader(f"invalid header {name!r}: it contains a line break")
+            raise _InvalidHeader(f"invalid header {name!r}: it contains a line break or NUL")
         lines.append(f"{name}: {value}".encode("latin-1"))
     # libcurl would add "Expect: 100-continue" to a large POST and wait for a 100 reply.
     lines.append(b"Expect:")
