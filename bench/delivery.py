@@ -1,45 +1,63 @@
-"""Delivery throughput: real Celery workers draining queued deliveries against a bare loop.
+"""Delivery throughput: real Celery workers draining queued deliveries against bare loops.
 
     .venv/bin/python bench/delivery.py [--count 20000] [--tickets 2000] [--concurrency 4]
-                                       [--runs 1:20,wake:20,20:20] [--embedded]
+                                       [--runs 1:20,wake:20,20:20] [--client curl|requests]
+                                       [--embedded]
 
 Starts its own PostgreSQL and Redis (scripts/testenv.py) and a sink (tests/support/partner.py,
 its own process, answering {"status":"success"}), migrates, creates a tenant and a partner
 whose base URL is the sink, then bulk-inserts COUNT incoming events with one pending delivery
 each, spread round-robin over TICKETS tickets (so per-ticket ordering does not serialize the
-run).
+run), fresh ones for every portal run and every baseline_db run.
 
-  baseline  CONCURRENCY processes, each a bare `requests.Session` loop, POST the same payload
-            bodies (with a webhook-id header) to the same sink. Run before and after the
-            portal; the mean of the two is the baseline.
-  portal    once per run M:B of --runs, on COUNT fresh deliveries: the ids are queued in
-            messages of M ids of one target (grouped as deliveries.enqueue does), then
-            `celery -A portal worker --concurrency CONCURRENCY` with PORTAL_DELIVERY_BATCH=B
-            drains them: claim, sign, POST, record. 1:1 is one task per delivery (before
-            batches existed); 1:20 is how ingest queued an event for one partner until issue
-            #16 (one message each; tasks top their batch up); wake:20 is how it does now (no
-            message naming a delivery: one wake per event, queue.wake, and pumps claiming
-            from the database); 20:20 is how the dispatcher queues a backlog.
+--client is the HTTP client of both sides: the portal's workers get it as
+PORTAL_DELIVERY_CLIENT (curl, the portal's default, or requests), and the bare loops post
+with the same library (curl: one reused pycurl handle per process; requests: one
+requests.Session per process), so the ratios compare the portal with the client it uses.
+
+  baseline     CONCURRENCY processes, each a bare client loop, POST the same payload bodies
+               (with a webhook-id header) to the same sink. No database.
+  baseline_db  the same bare loop doing the database work too, in bare SQL through psycopg
+               on the portal's tables, over COUNT fresh pending deliveries of its own: each
+               process claims 20 at a time (UPDATE ... WHERE id IN (SELECT ... ORDER BY id
+               LIMIT 20 FOR UPDATE SKIP LOCKED) RETURNING, with the event's raw body), POSTs
+               each, then in one transaction inserts one attempt row per delivery and sets each
+               delivery's status per outcome (succeeded, or retrying). No per-ticket order,
+               fair share, signing, SSRF guard, health counters or queue: what is left is the
+               least any database-backed sender has to do.
+               Both baselines run before and after the portal; the mean of the two is used.
+  portal       once per run M:B of --runs, on COUNT fresh deliveries: the ids are queued in
+               messages of M ids of one target (grouped as deliveries.enqueue does), then
+               `celery -A portal worker --concurrency CONCURRENCY` with PORTAL_DELIVERY_BATCH=B
+               drains them: claim, sign, POST, record. 1:1 is one task per delivery (before
+               batches existed); 1:20 is how ingest queued an event for one partner until issue
+               #16 (one message each; tasks top their batch up); wake:20 is how it does now (no
+               message naming a delivery: one wake per event, queue.wake, and pumps claiming
+               from the database); 20:20 is how the dispatcher queues a backlog.
 
 --embedded runs the portal on the embedded default instead (what `make run` uses: SQLite in
 the bench's var directory, the portalfs:// file-system broker): compare its ratio with a run
 without it, in the same session, to see how far the embedded default's drain rate is from the
-production setup's (PostgreSQL and Redis are started all the same, unused).
+production setup's (PostgreSQL and Redis are started all the same, unused; baseline_db is not
+run: the deliveries it needs would be in SQLite).
 
-Throughput is measured the same way for both, at the sink: (requests - 1) / (last receipt -
+Throughput is measured the same way for all, at the sink: (requests - 1) / (last receipt -
 first receipt). At the end it checks that all COUNT deliveries are `succeeded` and that the
 sink got COUNT requests (both reported, not asserted).
 
-Prints one JSON object; ratio = portal deliveries/s / baseline deliveries/s for the last run
-(20:20 by default); by_batch has every run.
+Prints one JSON object; for the last run (20:20 by default): ratio = portal deliveries/s /
+baseline deliveries/s, ratio_db = portal deliveries/s / baseline_db deliveries/s; by_batch
+has both for every run.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import statistics
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,6 +86,13 @@ def parse_args() -> argparse.Namespace:
         type=float,
         default=60,
         help="give up when the sink sees no new request for this long",
+    )
+    parser.add_argument(
+        "--client",
+        choices=("curl", "requests"),
+        default=os.environ.get("PORTAL_DELIVERY_CLIENT") or "curl",
+        help="HTTP client of the portal's workers (PORTAL_DELIVERY_CLIENT) and of the bare"
+        " loops (default: PORTAL_DELIVERY_CLIENT, else curl)",
     )
     parser.add_argument(
         "--embedded",
@@ -166,18 +191,136 @@ def create_deliveries(
     return [(d.pk, str(e.id), bytes(e.raw_body)) for d, e in zip(deliveries, events, strict=True)]
 
 
-def _bare_sender(url: str, items: list[tuple[str, bytes]], barrier: Any, results: Any) -> None:
-    """One baseline process: a bare requests.Session loop (runs in a spawned child)."""
+def _poster(client: str) -> Callable[[str, bytes, str], int]:
+    """A bare POST with `client` over one kept-alive connection: (url, body, webhook id) ->
+    HTTP status (0 when no answer)."""
+    if client == "curl":
+        import pycurl
+
+        handle = pycurl.Curl()
+        handle.setopt(pycurl.NOSIGNAL, 1)
+        handle.setopt(pycurl.TIMEOUT, 10)
+        handle.setopt(pycurl.WRITEFUNCTION, lambda data: None)
+
+        def post_curl(url: str, body: bytes, msg_id: str) -> int:
+            handle.setopt(pycurl.URL, url)
+            handle.setopt(pycurl.POSTFIELDS, body)
+            handle.setopt(
+                pycurl.HTTPHEADER,
+                ["Content-Type: application/json", f"webhook-id: {msg_id}", "Expect:"],
+            )
+            try:
+                handle.perform()
+            except pycurl.error:
+                return 0
+            return int(handle.getinfo(pycurl.RESPONSE_CODE))
+
+        return post_curl
     import requests
 
     session = requests.Session()
     session.headers["Content-Type"] = "application/json"
+
+    def post_requests(url: str, body: bytes, msg_id: str) -> int:
+        try:
+            response = session.post(url, data=body, headers={"webhook-id": msg_id}, timeout=10)
+        except requests.RequestException:
+            return 0
+        return response.status_code
+
+    return post_requests
+
+
+def _bare_sender(
+    url: str, client: str, items: list[tuple[str, bytes]], barrier: Any, results: Any
+) -> None:
+    """One baseline process: a bare client loop (runs in a spawned child)."""
+    post = _poster(client)
     failed = 0
     barrier.wait(timeout=60)
     for msg_id, body in items:
-        response = session.post(url, data=body, headers={"webhook-id": msg_id}, timeout=10)
-        if response.status_code != 200:
+        if post(url, body, msg_id) != 200:
             failed += 1
+    results.put(failed)
+
+
+_CLIENT_NAMES = {"curl": "pycurl handle", "requests": "requests.Session"}
+
+# baseline_db's statements: bare SQL on the portal's tables (integrations/models/log.py).
+_DB_CLAIM = """
+    UPDATE integrations_delivery AS d
+    SET status = 'delivering', lease_token = %(token)s,
+        lease_expires_at = now() + interval '120 seconds',
+        attempts = d.attempts + 1, updated_at = now()
+    FROM integrations_event AS e
+    WHERE e.id = d.event_id AND d.id IN (
+        SELECT id FROM integrations_delivery
+        WHERE partner_id = %(partner)s AND status = 'pending' AND id BETWEEN %(lo)s AND %(hi)s
+        ORDER BY id LIMIT 20 FOR UPDATE SKIP LOCKED
+    )
+    RETURNING d.id, d.attempts, e.id, e.raw_body
+"""
+_DB_ATTEMPT = """
+    INSERT INTO integrations_deliveryattempt
+        (delivery_id, number, url, request_headers, response_status, response_headers,
+         response_body, duration_ms, outcome, error_class, error_message, created_at)
+    VALUES (%s, %s, %s, '{}', %s, '{}', '', %s, %s, '', %s, now())
+"""
+_DB_FINISH = """
+    UPDATE integrations_delivery
+    SET status = %s, last_status_code = %s, last_error = %s, lease_token = NULL,
+        lease_expires_at = NULL, updated_at = now(),
+        delivered_at = CASE WHEN %s = 'succeeded' THEN now() END,
+        next_attempt_at = CASE WHEN %s = 'retrying' THEN now() + interval '5 seconds' END
+    WHERE id = ANY(%s)
+"""
+
+
+def _bare_db_sender(
+    url: str,
+    client: str,
+    dsn: str,
+    scope: tuple[int, int, int],
+    barrier: Any,
+    results: Any,
+) -> None:
+    """One baseline_db process: claim 20, POST each, record them (runs in a spawned child)."""
+    import uuid
+
+    import psycopg
+
+    partner, lo, hi = scope
+    post = _poster(client)
+    failed = 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        barrier.wait(timeout=60)
+        while True:
+            with conn.transaction():
+                rows = conn.execute(
+                    _DB_CLAIM, {"token": uuid.uuid4(), "partner": partner, "lo": lo, "hi": hi}
+                ).fetchall()
+            if not rows:
+                break
+            attempts, by_status = [], {"succeeded": [], "retrying": []}
+            for delivery_id, number, event_id, body in rows:
+                started = time.monotonic()
+                status = post(url, bytes(body), str(event_id))
+                took = int((time.monotonic() - started) * 1000)
+                ok = status == 200
+                failed += not ok
+                outcome, error = ("success", "") if ok else ("retry", f"HTTP {status}")
+                attempts.append((delivery_id, number, url, status or None, took, outcome, error))
+                by_status["succeeded" if ok else "retrying"].append((delivery_id, status, error))
+            with conn.transaction(), conn.cursor() as cursor:
+                cursor.executemany(_DB_ATTEMPT, attempts)
+                for new_status, done in by_status.items():
+                    for code in {c for _, c, _ in done}:
+                        ids = [d for d, c, _ in done if c == code]
+                        error = "" if new_status == "succeeded" else f"HTTP {code}"
+                        cursor.execute(
+                            _DB_FINISH,
+                            (new_status, code or None, error, new_status, new_status, ids),
+                        )
     results.put(failed)
 
 
@@ -188,19 +331,32 @@ def sink_rate(stats: dict[str, Any]) -> float | None:
 
 
 def run_baseline(
-    bench: Bench, sink: str, items: list[tuple[str, bytes]], concurrency: int
+    bench: Bench,
+    sink: str,
+    concurrency: int,
+    client: str,
+    items: list[tuple[str, bytes]] | None = None,
+    db: tuple[str, int, list[int]] | None = None,
 ) -> dict[str, Any]:
+    """One baseline run: the bare loop over `items`, or with `db` (dsn, partner id, fresh
+    pending delivery ids) the bare loop that claims and records them too."""
     harness.http_json(sink + "/_reset", method="POST")
     cpu_before = bench.cpu_snapshot()
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(concurrency + 1), ctx.Queue()
+    url = sink + "/incoming"
+    if db is None:
+        assert items is not None
+        count = len(items)
+        work = [(_bare_sender, (url, client, items[n::concurrency])) for n in range(concurrency)]
+    else:
+        dsn, partner_id, ids = db
+        count = len(ids)
+        scope = (partner_id, min(ids), max(ids))
+        work = [(_bare_db_sender, (url, client, dsn, scope)) for _ in range(concurrency)]
     procs = [
-        ctx.Process(
-            target=_bare_sender,
-            daemon=True,
-            args=(sink + "/incoming", items[n::concurrency], barrier, results),
-        )
-        for n in range(concurrency)
+        ctx.Process(target=target, daemon=True, args=(*args, barrier, results))
+        for target, args in work
     ]
     try:
         for proc in procs:
@@ -218,14 +374,18 @@ def run_baseline(
                 proc.join(timeout=5)
     stats = harness.http_json(sink + "/_stats")
     rate = sink_rate(stats)
-    log(f"  baseline: {rate:.0f} deliveries/s ({stats['count']} requests, {failed} failed)")
-    return {
+    name = "baseline_db" if db else "baseline"
+    log(f"  {name}: {rate or 0:.0f} deliveries/s ({stats['count']} requests, {failed} failed)")
+    result = {
         "deliveries_per_s": rnd(rate, 1),
         "wall_s": rnd(wall),
         "sink_requests": stats["count"],
         "failed": failed,
-        "cpu_ms_per_delivery": harness.cpu_delta(cpu_before, bench.cpu_snapshot(), len(items)),
+        "cpu_ms_per_delivery": harness.cpu_delta(cpu_before, bench.cpu_snapshot(), count),
     }
+    if db is not None:
+        result["statuses"] = _status_counts(db[2])
+    return result
 
 
 def run_portal(
@@ -349,49 +509,74 @@ def main() -> None:
     args = parse_args()
     with Bench("delivery") as bench:
         env = bench.start_databases()
+        env["PORTAL_DELIVERY_CLIENT"] = args.client  # the workers' client (and the ORM's view)
+        dsn = env["DATABASE_URL"]
         if args.embedded:
             # no database or broker URL: SQLite in PORTAL_VAR_DIR and portalfs://
             for name in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"):
                 env.pop(name, None)
         sink = harness.start_sink(bench, env)
         seeds = bench.setup_portal(env, partner_url=sink)
+        partner_id = int(seeds["partner_id"])
         harness.django_setup(env)
+
+        def fresh(prefix: str) -> list[tuple[int, str, bytes]]:
+            started = time.monotonic()
+            rows = create_deliveries(args.count, args.tickets, partner_id, prefix=prefix)
+            log(
+                f"created {len(rows)} pending deliveries on {min(args.tickets, args.count)} "
+                f"tickets in {time.monotonic() - started:.1f}s"
+            )
+            return rows
+
+        def baselines(when: str, items: list[tuple[str, bytes]]) -> dict[str, Any]:
+            log(f"baseline ({when}), {args.client}")
+            bare = run_baseline(bench, sink, args.concurrency, args.client, items=items)
+            if args.embedded:
+                return {"bare": bare, "db": None}
+            log(f"baseline_db ({when}), {args.client}")
+            ids = [row[0] for row in fresh(f"bare-db-{when}")]
+            db = (dsn, partner_id, ids)
+            with_db = run_baseline(bench, sink, args.concurrency, args.client, db=db)
+            return {"bare": bare, "db": with_db}
 
         runs: list[dict[str, Any]] = []
         items: list[tuple[str, bytes]] = []
         before: dict[str, Any] = {}
         for n, (message_size, batch) in enumerate(args.runs):
-            started = time.monotonic()
-            rows = create_deliveries(
-                args.count, args.tickets, int(seeds["partner_id"]), prefix=f"run{n}"
-            )
-            log(
-                f"created {len(rows)} pending deliveries on {min(args.tickets, args.count)} "
-                f"tickets in {time.monotonic() - started:.1f}s"
-            )
+            rows = fresh(f"run{n}")
             ids = [row[0] for row in rows]
             if not items:
                 items = [(row[1], row[2]) for row in rows]
-                log("baseline (before)")
-                before = run_baseline(bench, sink, items, args.concurrency)
+                before = baselines("before", items)
             shape = f"messages of {message_size}" if message_size else "wakes"
-            log(f"portal, {shape}, PORTAL_DELIVERY_BATCH={batch}")
+            log(f"portal, {shape}, PORTAL_DELIVERY_BATCH={batch}, {args.client}")
             portal, worker_cmd = run_portal(bench, env, sink, ids, args, message_size, batch)
             runs.append(portal)
-        log("baseline (after)")
-        after = run_baseline(bench, sink, items, args.concurrency)
+        after = baselines("after", items)
 
-        baseline_rate = statistics.mean([before["deliveries_per_s"], after["deliveries_per_s"]])
+        def mean_rate(name: str) -> float | None:
+            rates = [b[name]["deliveries_per_s"] for b in (before, after) if b[name]]
+            return statistics.mean(rates) if rates and all(rates) else None
+
+        baseline_rate, baseline_db_rate = mean_rate("bare"), mean_rate("db")
         for portal in runs:
-            portal["ratio"] = rnd((portal["deliveries_per_s"] or 0) / baseline_rate, 3)
+            rate = portal["deliveries_per_s"] or 0
+            portal["ratio"] = rnd(rate / baseline_rate, 3) if baseline_rate else None
+            portal["ratio_db"] = rnd(rate / baseline_db_rate, 3) if baseline_db_rate else None
         portal = runs[-1]
         result = {
             "benchmark": "delivery",
             "ratio": portal["ratio"],
+            "ratio_db": portal["ratio_db"],
+            "client": args.client,
             "by_batch": runs,
-            "ratio_definition": "portal deliveries/s / baseline deliveries/s (mean of the "
-            "baseline runs before and after), both measured at the sink; for the last run "
-            "(by_batch: every run)",
+            "ratio_definition": "portal deliveries/s / baseline deliveries/s (the bare client "
+            "loop, mean of the runs before and after), both measured at the sink; for the last "
+            "run (by_batch: every run)",
+            "ratio_db_definition": "portal deliveries/s / baseline_db deliveries/s (the bare "
+            "client loop that also claims and records through bare SQL, mean of the runs "
+            "before and after), both measured at the sink; for the last run",
             "goal": "ratio >= 0.7 (reported, not asserted)",
             "count": args.count,
             "all_succeeded": portal["succeeded"] == args.count,
@@ -399,8 +584,13 @@ def main() -> None:
             "portal": portal,
             "baseline": {
                 "deliveries_per_s": rnd(baseline_rate, 1),
-                "before": before,
-                "after": after,
+                "before": before["bare"],
+                "after": after["bare"],
+            },
+            "baseline_db": {
+                "deliveries_per_s": rnd(baseline_db_rate, 1),
+                "before": before["db"],
+                "after": after["db"],
             },
             "config": {
                 "setup": "embedded (SQLite, portalfs://)"
@@ -409,8 +599,11 @@ def main() -> None:
                 "count": args.count,
                 "tickets": min(args.tickets, args.count),
                 "concurrency": args.concurrency,
-                "baseline": f"{args.concurrency} processes, one requests.Session "
+                "client": args.client,
+                "baseline": f"{args.concurrency} processes, one {_CLIENT_NAMES[args.client]} "
                 "each, same bodies, same sink",
+                "baseline_db": f"{args.concurrency} processes, the same loop claiming 20 "
+                "deliveries at a time and recording them with bare SQL (psycopg)",
             },
             "commands": {
                 "worker": harness.short_cmd(worker_cmd),

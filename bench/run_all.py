@@ -104,7 +104,10 @@ def rows_ingest(r: dict[str, Any]) -> list[str]:
 
 
 def rows_delivery(r: dict[str, Any]) -> list[str]:
-    b = r["baseline"]
+    b, b_db = r["baseline"], r.get("baseline_db") or {}
+    # Runs before the curl client existed sent (and measured) with requests only.
+    client = r.get("client") or "requests"
+    loop = "pycurl" if client == "curl" else "`requests.Session`"
     rows = []
     for p in r.get("by_batch") or [r["portal"]]:
         if "batch" not in p:
@@ -119,9 +122,15 @@ def rows_delivery(r: dict[str, Any]) -> list[str]:
             f"(concurrency {r['config']['concurrency']}; {how}) "
             f"| {_f(p['deliveries_per_s'])} deliveries/s; {p['succeeded']:,}/{r['count']:,} "
             f"succeeded, sink got {p['sink_requests']:,} "
-            f"| bare `requests.Session` loop, {r['config']['concurrency']} processes: "
-            f"{_f(b['deliveries_per_s'])} /s "
-            f"| **{ratio}×** | ≥ 0.7× — {_goal(ratio is not None and ratio >= 0.7)} |"
+            f"| bare {loop} loop, {r['config']['concurrency']} processes: "
+            f"{_f(b['deliveries_per_s'])} /s"
+            + (
+                f"; with bare-SQL claim and record (baseline_db): "
+                f"{_f(b_db['deliveries_per_s'])} /s, ratio {p.get('ratio_db')}×"
+                if b_db.get("deliveries_per_s")
+                else ""
+            )
+            + f" | **{ratio}×** | ≥ 0.7× — {_goal(ratio is not None and ratio >= 0.7)} |"
         )
     return rows
 
@@ -349,6 +358,11 @@ def diagnostics(results: dict[str, Any]) -> list[str]:
             f"| delivery baseline (per delivery) "
             f"| {cpu_text(d['baseline']['before']['cpu_ms_per_delivery'])} | 0 |"
         )
+        if (d.get("baseline_db") or {}).get("before"):
+            lines.append(
+                f"| delivery baseline_db (per delivery) "
+                f"| {cpu_text(d['baseline_db']['before']['cpu_ms_per_delivery'])} | — |"
+            )
     if "latency" in results:
         for phase in results["latency"]["phases"]:
             cpu = phase["portal"].get("cpu_ms_per_event")

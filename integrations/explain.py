@@ -31,11 +31,24 @@ _MESSAGE_CLASSES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
             r"NameResolution|Name or service not known|getaddrinfo|resolved to no address",
             "dns_error",
         ),
-        (r"SSLError|SSL:|CERTIFICATE_VERIFY|WRONG_VERSION_NUMBER", "tls_error"),
+        (
+            r"SSLError|SSL:|CERTIFICATE_VERIFY|WRONG_VERSION_NUMBER"
+            # the curl client's: "pycurl.error (60): SSL certificate problem: ..."
+            r"|^pycurl\.error \((?:35|51|53|54|58|59|60|64|66|77|80|82|83|90|91|98)\)",
+            "tls_error",
+        ),
         (r"Connection refused|ConnectionRefused", "connect_error"),
-        (r"ConnectionReset|Connection reset|BrokenPipe|RemoteDisconnected", "connection_reset"),
+        (
+            r"ConnectionReset|Connection reset|BrokenPipe|RemoteDisconnected"
+            r"|^pycurl\.error \(52\)",  # curl: "Empty reply from server"
+            "connection_reset",
+        ),
         (r"timed out|Timeout", "timeout"),
-        (r"ChunkedEncoding|ContentDecoding|InvalidChunkLength", "protocol_error"),
+        (
+            r"ChunkedEncoding|ContentDecoding|InvalidChunkLength"
+            r"|^pycurl\.error \((?:8|18|61)\)",  # curl: a broken header, a short body
+            "protocol_error",
+        ),
         (r"^no usable signing secret|signing secret", "configuration_error"),
         (r"^HTTP \d{3}$", ""),
     )

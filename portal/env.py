@@ -47,6 +47,16 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     return value
 
 
+def env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """Return one of ``choices`` (any case); unset or empty is the first."""
+    value = env_str(name).lower()
+    if not value:
+        return choices[0]
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} must be one of {', '.join(choices)}.")
+    return value
+
+
 def env_list(name: str, default: str = "") -> list[str]:
     """Return a comma-separated list with blanks and empty items dropped."""
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]

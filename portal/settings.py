@@ -16,6 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 from portal import observability
 from portal.env import (
     env_bool,
+    env_choice,
     env_int,
     env_list,
     env_str,
@@ -205,6 +206,10 @@ PORTAL_DELIVERY_LEASE_SECONDS = env_int("PORTAL_DELIVERY_LEASE_SECONDS", 120, mi
 PORTAL_DELIVERY_BATCH = env_int("PORTAL_DELIVERY_BATCH", 20, minimum=1)
 # Requests one batch has in flight at once (a slow ticket does not hold up the others).
 PORTAL_DELIVERY_PARALLEL = env_int("PORTAL_DELIVERY_PARALLEL", 4, minimum=1)
+# The HTTP client outbound requests are sent with (integrations/delivery/): pycurl (the
+# default) or requests. Both keep the same guarantees (SSRF guard at connect time, deadline,
+# no redirects, no proxies, capped answers); "requests" is the fallback.
+PORTAL_DELIVERY_CLIENT = env_choice("PORTAL_DELIVERY_CLIENT", ("curl", "requests"))
 # Pumps one target may have at once (outbox/queue.py): an event wakes one; a pump that finds
 # a full batch waiting recruits another, up to this many (slow partners: fair share below).
 PORTAL_PUMPS_PER_TARGET = env_int("PORTAL_PUMPS_PER_TARGET", 4, minimum=1)

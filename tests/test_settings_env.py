@@ -43,6 +43,7 @@ def load_settings(**overrides) -> subprocess.CompletedProcess:
         ("PORT", "eighty", "not a whole number"),
         ("DATABASE_URL", "nosuch://x", "not a database URL"),
         ("PORTAL_LOG_FORMAT", "xml", "PORTAL_LOG_FORMAT must be one of plain, json"),
+        ("PORTAL_DELIVERY_CLIENT", "httpx", "must be one of curl, requests"),
     ],
 )
 def test_settings_bad_value_fails_loudly(name, value, message):

@@ -48,7 +48,13 @@ from integrations.outbox.record import (
     storable,
     unanswered,
 )
-from integrations.outbox.targets import Target, delivery_target, outbound_policy, retry_schedule
+from integrations.outbox.targets import (
+    Target,
+    delivery_client,
+    delivery_target,
+    outbound_policy,
+    retry_schedule,
+)
 from integrations.payloads import canonical_json
 from integrations.webhooks import Outcome
 
@@ -157,6 +163,7 @@ def _delivery_send(delivery: Delivery, target: Target, schedule: Sequence[int]) 
             bearer_token=target.bearer_token,
             connect_timeout=target.connect_timeout,
             deadline=target.deadline,
+            client=delivery_client(),
         )
     except ValueError as exc:
         # A configuration problem (no usable signing secret, say): retrying cannot fix it,

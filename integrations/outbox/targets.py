@@ -1,5 +1,5 @@
 """Where and how a delivery goes (SPEC §5 and §6): URL, live signing secrets, bearer token,
-timeouts, retry schedule and SSRF policy.
+timeouts, retry schedule, SSRF policy and HTTP client.
 
 The one place that reads a partner's or a tenant's delivery settings: ingest asks it whether
 the engine relay is configured and when a first attempt is due, the sender asks it where to
@@ -161,3 +161,10 @@ def _policy(entries: tuple[str, ...]) -> OutboundPolicy:
 def outbound_policy() -> OutboundPolicy:
     """The SSRF policy of PORTAL_OUTBOUND_ALLOWLIST (cached per value)."""
     return _policy(tuple(settings.PORTAL_OUTBOUND_ALLOWLIST))
+
+
+def delivery_client() -> str:
+    """The HTTP client every outbound request is sent with (PORTAL_DELIVERY_CLIENT: "curl"
+    or "requests"): the one place that reads it, for the sender and the test event."""
+    client: str = settings.PORTAL_DELIVERY_CLIENT
+    return client

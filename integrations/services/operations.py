@@ -17,7 +17,12 @@ from integrations.errors import Conflict
 from integrations.models import Delivery, Event, Partner, Tenant
 from integrations.outbox.notices import PARTNER_RESUMED, notice_queue
 from integrations.outbox.queue import queue_next_in_order
-from integrations.outbox.targets import outbound_policy, partner_target, relay_url
+from integrations.outbox.targets import (
+    delivery_client,
+    outbound_policy,
+    partner_target,
+    relay_url,
+)
 from integrations.payloads import canonical_json, format_created_date
 from integrations.services.idempotency import idempotency_prune
 
@@ -188,6 +193,7 @@ def partner_send_test_event(*, partner: Partner) -> ProbeResult:
             policy=outbound_policy(),
             connect_timeout=target.connect_timeout,
             deadline=target.deadline,
+            client=delivery_client(),
         )
     except ValueError as exc:  # nothing valid to sign with: say so instead of failing
         return ProbeResult(

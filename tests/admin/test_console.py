@@ -192,6 +192,12 @@ def test_what_waiting_rows_wait_for_costs_one_query_per_page(support_client, eng
             "(TLS) failed",
         ),
         ({"message": "ConnectionError: [Errno 111] Connection refused"}, "refused the connection"),
+        (
+            {"message": "pycurl.error (60): SSL certificate problem: self-signed certificate"},
+            "(TLS) failed",
+        ),
+        ({"message": "pycurl.error (28): Operation timed out after 1000 ms"}, "request timed out."),
+        ({"message": "ConnectionRefusedError: [Errno 111] Connection refused"}, "refused the"),
         ({"message": "Cancelled by an operator."}, ""),
     ],
 )

@@ -62,6 +62,29 @@ def test_attempt_success_is_signed_recorded_and_final(engine_api, partner_at, si
     assert partner.latency_ms_avg is not None
 
 
+@pytest.mark.parametrize("client", ["curl", "requests"])
+def test_attempt_goes_out_with_the_configured_client(
+    client, engine_api, partner_at, sink, monkeypatch, settings
+):
+    # given PORTAL_DELIVERY_CLIENT, and the transport watched
+    settings.PORTAL_DELIVERY_CLIENT = client
+    partner_at(sink)
+    delivery = _ingest(engine_api)
+    real, used = sender.send_webhook, []
+
+    def watched(**kwargs):
+        used.append(kwargs["client"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(sender, "send_webhook", watched)
+    # when the delivery is attempted
+    assert send_one(delivery_id=delivery.pk) == "succeeded"
+    # then it went out with that client, and the partner got it
+    assert used == [client]
+    assert len(sink.received) == 1
+    assert DeliveryAttempt.objects.get(delivery=delivery).outcome == "success"
+
+
 def test_attempt_503_schedules_retry_from_schedule(
     engine_api, partner_at, partner_server_factory, settings
 ):
@@ -293,21 +316,55 @@ def test_key_use_is_recorded(partner_api, partner):
     assert ApiKey.objects.get(partner=partner).last_used_at is not None
 
 
+@pytest.mark.parametrize("client", ["curl", "requests"])
 def test_answer_with_nul_bytes_is_recorded_with_replacement_characters(
-    engine_api, partner_at, partner_server_factory
+    client, engine_api, partner_at, partner_server_factory, settings
 ):
-    # given a partner whose 2xx answer carries NUL bytes in its body and in a header
+    # given a partner whose 2xx answer carries NUL bytes in its body
     # (PostgreSQL text and jsonb refuse NUL: recording the attempt used to fail, so the
     # delivery looked like a lost worker and was sent again and again until "dead")
+    settings.PORTAL_DELIVERY_CLIENT = client
     body = b'{"status":"success"}\x00\x00'
-    partner_at(partner_server_factory(lambda r, n: (200, body, {"X-Junk": "a\x00b"})))
+    partner_at(partner_server_factory(lambda r, n: (200, body, {})))
     delivery = _ingest(engine_api)
     # when it is attempted
     assert send_one(delivery_id=delivery.pk) == "succeeded"
     # then the attempt is stored, U+FFFD in place of each NUL
     attempt = DeliveryAttempt.objects.get(delivery=delivery)
     assert attempt.response_body == '{"status":"success"}\ufffd\ufffd'
+
+
+def test_answer_with_a_nul_byte_in_a_header_is_recorded_with_requests(
+    engine_api, partner_at, partner_server_factory, settings
+):
+    # given the requests client (http.client accepts a NUL in a header value) and a partner
+    # answering with one
+    settings.PORTAL_DELIVERY_CLIENT = "requests"
+    body = b'{"status":"success"}'
+    partner_at(partner_server_factory(lambda r, n: (200, body, {"X-Junk": "a\x00b"})))
+    delivery = _ingest(engine_api)
+    # when it is attempted
+    assert send_one(delivery_id=delivery.pk) == "succeeded"
+    # then the header is stored, U+FFFD in place of the NUL
+    attempt = DeliveryAttempt.objects.get(delivery=delivery)
     assert attempt.response_headers["X-Junk"] == "a\ufffdb"
+
+
+def test_answer_with_a_nul_byte_in_a_header_is_a_protocol_error_with_curl(
+    engine_api, partner_at, partner_server_factory, settings
+):
+    # given the curl client (libcurl refuses a NUL in a header) and a partner answering
+    # with one
+    settings.PORTAL_DELIVERY_CLIENT = "curl"
+    body = b'{"status":"success"}'
+    partner_at(partner_server_factory(lambda r, n: (200, body, {"X-Junk": "a\x00b"})))
+    delivery = _ingest(engine_api)
+    # when it is attempted
+    assert send_one(delivery_id=delivery.pk) == "retrying"
+    # then the broken answer is recorded as such, and retried
+    attempt = DeliveryAttempt.objects.get(delivery=delivery)
+    assert (attempt.outcome, attempt.error_class) == ("retry", "protocol_error")
+    assert attempt.error_message.startswith("pycurl.error (8): ")
 
 
 def test_url_credentials_are_not_stored_with_the_attempt(engine_api, partner, sink):

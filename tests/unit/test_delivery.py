@@ -1,7 +1,9 @@
-"""Unit tests of the outbound webhook transport (integrations/delivery.py).
+"""Unit tests of the outbound webhook transport (integrations/delivery/).
 
 No database and no network beyond loopback: tests/unit/conftest.py guards every connect and
-fakes the resolver. Real HTTP goes to partner servers started here on 127.0.0.1.
+fakes the resolver. Real HTTP goes to partner servers started here on 127.0.0.1. Every test
+runs once per HTTP client (PORTAL_DELIVERY_CLIENT: curl and requests): both keep the same
+guarantees.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from integrations import delivery
-from integrations.delivery import send_webhook
+from integrations.delivery import curl_client, requests_client, send_webhook
 from integrations.ssrf import OutboundPolicy
 from integrations.webhooks import Outcome
 from tests.unit.test_ssrf import BLOCKED_ADDRESSES
@@ -34,6 +36,15 @@ SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 BODY = json.dumps({"eventId": "evt_1", "message": "héllo"}).encode()
 STRICT = OutboundPolicy()
 LOOPBACK = OutboundPolicy.from_setting("127.0.0.0/8,::1")
+CLIENT = "curl"  # the client of the running test (set by the `client` fixture)
+
+
+@pytest.fixture(autouse=True, params=sorted(delivery.CLIENTS))
+def client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test runs with each HTTP client; `send` uses it."""
+    monkeypatch.setattr(f"{__name__}.CLIENT", request.param)
+    name: str = request.param
+    return name
 
 
 # --- partner servers on loopback -----------------------------------------------------------
@@ -123,7 +134,7 @@ def partner() -> Iterator[Partner]:
 
 def send(url: str, policy: OutboundPolicy = LOOPBACK, **kwargs: object) -> delivery.DeliveryResult:
     return send_webhook(
-        url=url, body=BODY, msg_id="evt_1", secrets=[SECRET], policy=policy, **kwargs
+        url=url, body=BODY, msg_id="evt_1", secrets=[SECRET], policy=policy, client=CLIENT, **kwargs
     )
 
 
@@ -423,7 +434,10 @@ def test_send_webhook_https_keeps_host_name_for_sni_and_certificate(
     state, stop = start_partner(lambda s: context.wrap_socket(s, server_side=True))
     fake_dns["partner.local"] = ["127.0.0.1"]
     policy = OutboundPolicy.from_setting("127.0.0.0/8")
-    monkeypatch.setattr(delivery._session_for(policy), "verify", str(cert))
+    if CLIENT == "curl":
+        monkeypatch.setattr(curl_client, "CA_BUNDLE", str(cert))
+    else:
+        monkeypatch.setattr(requests_client._session_for(policy), "verify", str(cert))
     # when
     try:
         result = send(f"https://partner.local:{state.port}/ok", policy=policy)
@@ -434,11 +448,211 @@ def test_send_webhook_https_keeps_host_name_for_sni_and_certificate(
     assert seen_sni == ["partner.local"]
 
 
-def test_session_for_is_shared_and_rebuilt_after_fork(monkeypatch: pytest.MonkeyPatch) -> None:
-    # given
-    first = delivery._session_for(LOOPBACK)
-    assert delivery._session_for(LOOPBACK) is first
-    # when the process id changes (we are a forked child)
-    monkeypatch.setattr(os, "getpid", lambda: -1)
-    # then the parent's pooled sockets are not reused
-    assert delivery._session_for(LOOPBACK) is not first
+def test_send_webhook_rejects_an_unknown_client(partner: Partner) -> None:
+    # when / then
+    with pytest.raises(ValueError, match="unknown delivery client"):
+        send_webhook(
+            url=partner.url("/ok"),
+            body=BODY,
+            msg_id="e",
+            secrets=[SECRET],
+            policy=LOOPBACK,
+            client="telnet",
+        )
+    assert partner.received == []
+
+
+def test_send_webhook_dns_rebinding_never_reaches_the_new_address(
+    partner: Partner, monkeypatch: pytest.MonkeyPatch, connect_attempts: list[object]
+) -> None:
+    # given a name that resolves to the (allowlisted) partner, then to a private address,
+    # and a partner that closes every connection so the second request must connect anew
+    answers = iter([["127.0.0.1"], ["10.0.0.5"]])
+    lookups: list[str] = []
+    monkeypatch.setattr(
+        delivery, "resolve", lambda host, port: lookups.append(host) or next(answers)
+    )
+    partner.routes["/close"] = lambda h: respond(h, 200, b"{}", Connection="close")
+    url = partner.url("/close", host="rebind.test")
+    # when
+    first, second = send(url), send(url)
+    # then each connection resolved once, and only the vetted loopback address was dialled
+    assert first.outcome == Outcome.SUCCESS, first.error_message
+    assert (second.outcome, second.error_class) == (Outcome.DEAD, "blocked_destination")
+    assert "10.0.0.5" in second.error_message
+    assert lookups == ["rebind.test", "rebind.test"]
+    assert connect_attempts == [("127.0.0.1", partner.port)]
+    assert len(partner.received) == 1
+
+
+def test_send_webhook_strict_policy_never_reuses_a_lenient_connection(partner: Partner) -> None:
+    # given a kept-alive connection opened under a policy that allows loopback
+    assert send(partner.url("/ok"), policy=LOOPBACK).outcome == Outcome.SUCCESS
+    # when the same URL is sent under the strict policy
+    result = send(partner.url("/ok"), policy=STRICT)
+    # then the guard refuses it instead of reusing the open connection
+    assert result.error_class == "blocked_destination"
+    assert len(partner.received) == 1
+
+
+@pytest.mark.parametrize("variable", ["http_proxy", "HTTP_PROXY", "ALL_PROXY", "all_proxy"])
+def test_send_webhook_ignores_proxies_from_the_environment(
+    variable: str,
+    partner: Partner,
+    fake_dns: dict[str, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    connect_attempts: list[object],
+) -> None:
+    # given a proxy in the environment, on a loopback port where nothing listens
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, f"http://127.0.0.1:{closed_port}")
+    fake_dns["partner.test"] = ["127.0.0.1"]
+    # when
+    result = send(partner.url("/ok", host="partner.test"))
+    # then the request went straight to the partner, in origin form (not through a proxy)
+    assert result.outcome == Outcome.SUCCESS, result.error_message
+    assert [r.path for r in partner.received] == ["/ok"]
+    assert connect_attempts == [("127.0.0.1", partner.port)]
+
+
+def test_send_webhook_ignores_netrc(
+    partner: Partner,
+    fake_dns: dict[str, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # given a .netrc with credentials for the partner's host
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine partner.test login user password hunter2\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(netrc))
+    fake_dns["partner.test"] = ["127.0.0.1"]
+    # when
+    result = send(partner.url("/ok", host="partner.test"))
+    # then no credentials were attached
+    assert result.outcome == Outcome.SUCCESS
+    assert "Authorization" not in partner.received[0].headers
+
+
+def test_send_webhook_url_credentials_travel_as_basic_auth_and_are_redacted(
+    partner: Partner,
+) -> None:
+    # when
+    result = send(f"http://user:p%40ss@127.0.0.1:{partner.port}/ok")
+    # then
+    expected = "Basic " + base64.b64encode(b"user:p@ss").decode()
+    assert partner.received[0].headers["Authorization"] == expected
+    assert result.request_headers["Authorization"] == "Bearer ***"
+
+
+def test_send_webhook_records_the_headers_sent(partner: Partner) -> None:
+    # when
+    result = send(partner.url("/ok"), bearer_token="t")
+    # then what was recorded is what the partner got (Authorization redacted)
+    received = partner.received[0].headers
+    for name, value in result.request_headers.items():
+        assert received[name] == ("Bearer t" if name == "Authorization" else value)
+    assert result.request_headers["Content-Length"] == str(len(BODY))
+
+
+def test_send_webhook_parses_response_headers(partner: Partner) -> None:
+    # given an answer with a repeated header
+    def twice(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(202)
+        h.send_header("X-Seen", "a")
+        h.send_header("X-Seen", "b")
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    partner.routes["/twice"] = twice
+    # when
+    result = send(partner.url("/twice"))
+    # then
+    assert result.status_code == 202
+    assert result.response_headers["X-Seen"] == "a, b"
+    assert result.response_headers["Content-Length"] == "0"
+
+
+def test_send_webhook_fresh_connection_after_fork(partner: Partner) -> None:
+    # given a kept-alive connection in this process
+    send(partner.url("/ok"))
+    read_end, write_end = os.pipe()
+    # when a forked child sends
+    pid = os.fork()
+    if pid == 0:  # the child: report its outcome, never return into pytest
+        code = 1
+        try:
+            result = send(partner.url("/ok"))
+            os.write(write_end, str(result.outcome).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    outcome = os.read(read_end, 100).decode()
+    os.close(read_end)
+    send(partner.url("/ok"))
+    # then the child used a connection of its own, and the parent's still works
+    assert status == 0 and outcome == Outcome.SUCCESS
+    ports = [r.client_port for r in partner.received]
+    assert len(ports) == 3
+    assert ports[1] != ports[0]
+    assert ports[2] == ports[0]
+
+
+def test_send_webhook_threads_do_not_share_a_connection(partner: Partner) -> None:
+    # given two requests in flight at once
+    gate = threading.Barrier(2, timeout=5)
+    partner.routes["/wait"] = lambda h: (gate.wait(), ok_route(h))
+    results: list[delivery.DeliveryResult] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(send(partner.url("/wait"))))
+        for _ in range(2)
+    ]
+    # when
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    # then both were answered, over two connections
+    assert [r.outcome for r in results] == [Outcome.SUCCESS, Outcome.SUCCESS]
+    assert len({r.client_port for r in partner.received}) == 2
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="needs an IPv6 loopback")
+def test_send_webhook_reaches_a_host_name_with_only_an_ipv6_address(
+    fake_dns: dict[str, list[str]], connect_attempts: list[object]
+) -> None:
+    # given a partner on ::1 only, reached by a name that resolves to ::1 only
+    class Server6(ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    server = Server6(("::1", 0), BaseHTTPRequestHandler)
+    state = Partner(port=server.server_address[1])
+    server.RequestHandlerClass = make_handler(state)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    fake_dns["six.test"] = ["::1"]
+    # when
+    try:
+        result = send(f"http://six.test:{state.port}/ok")
+    finally:
+        server.shutdown()
+        server.server_close()
+    # then it went to ::1, the vetted address
+    assert result.outcome == Outcome.SUCCESS, result.error_message
+    assert [a[:2] for a in connect_attempts] == [("::1", state.port)]
+    assert state.received[0].headers["Host"] == f"six.test:{state.port}"
