@@ -9,6 +9,7 @@ few statements per batch instead of per delivery (bench/delivery.py).
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import threading
@@ -406,10 +407,12 @@ def _send_claimed(
     *,
     top_up: bool,
     fill: bool = True,
+    recruit: Callable[[], object] | None = None,
 ) -> dict[int, SendResult]:
     """Send what a claim under `token` took (see `deliveries_send`): top up (`fill`: at
     once to PORTAL_DELIVERY_BATCH; and while waiting on a slow answer), check the fair
-    share, run the batch. Returns `results` with these deliveries' results added."""
+    share, `recruit` another pump when the target is one with no fair share to keep (see
+    `_unlimited`), run the batch. Returns `results` with these deliveries' results added."""
     taken = [pk for pk, _ in claimed]
     results.update(dict.fromkeys(taken, SendResult.NOT_CLAIMED))
     partners = {partner_id for _, partner_id in claimed}
@@ -434,8 +437,25 @@ def _send_claimed(
         deliveries_hand_back(delivery_ids=taken, token=token)
         results.update(dict.fromkeys(taken, SendResult.HANDED_BACK))
         return results
+    if recruit is not None and _unlimited(deliveries):
+        recruit()
     results.update(Batch(token, deliveries, started, top_up=more).run())
     return results
+
+
+def _unlimited(deliveries: Sequence[Delivery]) -> bool:
+    """Whether these deliveries' target may have batches in flight side by side: the engine
+    relay, or a partner known to be fast. A slow or unproven partner gets one batch at a
+    time (its fair share, `_surplus`): a second pump's batch would be handed back, and while
+    it was in flight the first pump's next claim would find nothing it may take, so both
+    would end and leave the backlog to the dispatcher."""
+    partners = {d.partner for d in deliveries}
+    if partners == {None}:
+        return True
+    if len(partners) != 1:
+        return False
+    average = partners.pop().latency_ms_avg  # type: ignore[union-attr]
+    return average is not None and average < settings.PORTAL_SLOW_PARTNER_MS
 
 
 def deliveries_pump(*, key: str, slot: int = 0) -> dict[int, SendResult]:
@@ -449,11 +469,11 @@ def deliveries_pump(*, key: str, slot: int = 0) -> dict[int, SendResult]:
     slow partner's fair share, a window of held-up messages of one ticket) are marked not
     queued, so the dispatcher queues each as soon as it may go. A full batch means a
     backlog: the pump recruits another (queue.pump_recruit, up to PORTAL_PUMPS_PER_TARGET at
-    once). After SLICE seconds the pump queues itself again, flag up, and ends: the worker
-    slot goes back to the queue, where other targets' tasks wait their turn. A batch beyond
-    a slow partner's fair share, or cut short by a failure, is handed back and the pump
-    ends, marking the rest not queued as above (the batch running already, and then the
-    dispatcher, take it).
+    once) when the target may have batches side by side (`_unlimited`). After SLICE seconds
+    the pump queues itself again, flag up, and ends: the worker slot goes back to the queue,
+    where other targets' tasks wait their turn. A batch beyond a slow partner's fair share,
+    or cut short by a failure, is handed back and the pump ends, marking the rest not
+    queued as above (the batch running already, and then the dispatcher, take it).
     """
     try:
         return _pump(key, slot)
@@ -484,9 +504,11 @@ def _pump(key: str, slot: int) -> dict[int, SendResult]:
                 _send_claimed(claimed, token, now, begun, results, top_up=True, fill=False)
                 return results
             lowered = False
-        if len(claimed) >= limit:
-            pump_recruit(key)
-        sent = _send_claimed(claimed, token, now, begun, results, top_up=True, fill=False)
+        # a full batch: a backlog, which another pump may help with
+        helper = functools.partial(pump_recruit, key) if len(claimed) >= limit else None
+        sent = _send_claimed(
+            claimed, token, now, begun, results, top_up=True, fill=False, recruit=helper
+        )
         if any(sent[pk] == SendResult.HANDED_BACK for pk, _ in claimed):
             pump_flag_drop(key, slot)
             deliveries_release_target(key=key, now=timezone.now())

@@ -183,6 +183,26 @@ def test_a_pump_that_finds_a_backlog_recruits_another_up_to_the_limit(
     assert cache.get(f"portal:pump:{key}#1") is None
 
 
+@pytest.mark.parametrize("latency", [None, 60_000.0], ids=["unproven", "slow"])
+def test_a_pump_recruits_no_helper_for_a_partner_that_gets_one_batch_at_a_time(
+    engine_api, partner, sink, request, settings, latency
+):
+    # given a partner not yet known to be fast (no answer yet, or slow answers) with a
+    # backlog of full batches
+    settings.PORTAL_DELIVERY_BATCH = 2
+    settings.PORTAL_PUMPS_PER_TARGET = 2
+    Partner.objects.filter(pk=partner.pk).update(latency_ms_avg=latency)
+    key = f"partner:{partner.pk}"
+    queue.pump_flag_take(key)
+    batch = [ingest(engine_api, ticketNumber=f"t-{i}") for i in range(2)]
+    # when its pump takes the one full batch
+    results = sender.deliveries_pump(key=key)
+    # then it sends it alone: a helper's batch would be handed back (fair share), and both
+    # pumps could end with the backlog left to the dispatcher
+    assert results == {d.pk: "succeeded" for d in batch}
+    assert request.node.queued_pumps == []
+
+
 def test_a_delayed_first_attempt_is_the_dispatchers_not_a_pumps(
     engine_api, partner, request, django_capture_on_commit_callbacks
 ):

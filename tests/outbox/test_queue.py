@@ -260,6 +260,24 @@ def test_the_hot_path_sql_runs_as_prepared_statements_on_postgresql(engine_api, 
         assert cursor.fetchall() == [(3,)]
 
 
+def test_the_orms_repeated_statements_are_prepared_too_on_postgresql(engine_api, partner):
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL prepared statements")
+    # given an ORM query run seven times on one connection (server-side binding; psycopg
+    # prepares a statement on its sixth run: prepare_threshold 5)
+    assert connection.settings_dict["OPTIONS"].get("server_side_binding") is True
+    for _ in range(7):
+        list(Partner.objects.filter(pk=partner.pk, name="not-this-one"))
+    # then PostgreSQL holds it as a prepared statement of this session
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT generic_plans + custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE %s",
+            ['%FROM "integrations_partner"%"integrations_partner"."name" = $1%'],
+        )
+        assert [runs for (runs,) in cursor.fetchall()] in ([1], [2])
+
+
 def test_behind_pgbouncer_and_while_queries_are_logged_the_ordinary_cursor_is_used(db, settings):
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL prepared statements")
