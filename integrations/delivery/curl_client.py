@@ -20,6 +20,13 @@ How the guarantees of `send_webhook` are kept with libcurl:
 - At most max_body bytes: the WRITEFUNCTION keeps them, then aborts the transfer, and
   libcurl closes that connection instead of draining the rest.
 
+One difference from the requests client is libcurl's own and cannot be switched off: when a
+kept-alive connection dies before any byte of the answer arrives, libcurl sends the POST again
+on a fresh connection (opened by the guard as above) within the same transfer. A partner that
+read the request and dropped the connection without answering can get it twice under one
+recorded attempt, with the same webhook-id (SPEC §5: receivers deduplicate on it); requests
+records a failed attempt instead and the retry comes later.
+
 After a fork the child makes its own handles; the parent's are kept referenced and never
 cleaned up in the child (cleanup could write a TLS close_notify into the parent's session).
 """

@@ -61,8 +61,8 @@ def sql_cursor() -> Any:
     if (
         connection.vendor != "postgresql"
         or connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
-        # Queries are being logged (DEBUG, tests counting them): Django can show a statement
-        # bound on the client only, so these statements go as the others do.
+        # Queries are being logged (DEBUG, tests counting them): these statements go through
+        # Django's own cursor, as the others do, so the log shows them as it shows those.
         or connection.queries_logged
         # Traces are on: the psycopg instrumentation traces the cursors it makes, so these
         # statements keep their spans (and give up preparing).
@@ -102,24 +102,20 @@ def db_values(model: type[models.Model], row: dict[str, Any]) -> list[Any]:
 def _adapted(model: type[models.Model], field: str, value: Any, conn: Any) -> Any:
     as_is, prep = _db_prep(model, field, conn.vendor)
     if value is None or (type(value) in as_is and getattr(value, "tzinfo", True) is not None):
-        return value
+        return value  # (a naive datetime has tzinfo None: the field warns and converts it)
     return prep(value, conn)
 
 
-# Fields whose adaptation gives a plain str, int or bool back as it came. Exact classes only:
-# a subclass (an encrypted text field) adapts its own way.
-_AS_IS: tuple[type[models.Field[Any, Any]], ...] = (
-    models.CharField,
-    models.TextField,
-    models.IntegerField,
-    models.BigIntegerField,
-    models.PositiveIntegerField,
-    models.PositiveSmallIntegerField,
-    models.SmallIntegerField,
-    models.BooleanField,
-    models.BigAutoField,
-    models.AutoField,
-)
+# Fields whose adaptation gives a value of one plain type back as it came, by exact field
+# class (a subclass, such as an encrypted text field, adapts its own way) and exact value
+# type (an int for a text field is still converted by the field). Integers are not among
+# them: Django wraps each in its column's size (Int4, Int8), so a statement's parameter types
+# do not change with the values, and a prepared statement fits every call.
+_AS_IS: dict[type[models.Field[Any, Any]], tuple[type, ...]] = {
+    models.CharField: (str,),
+    models.TextField: (str,),
+    models.BooleanField: (bool,),
+}
 
 
 @functools.cache
@@ -131,10 +127,8 @@ def _db_prep(model: type[models.Model], field: str, vendor: str) -> tuple[tuple[
     model_field = model._meta.get_field(field)
     assert isinstance(model_field, models.Field)
     target = getattr(model_field, "target_field", model_field)  # a foreign key's: its target's
-    as_is: tuple[type, ...] = ()
-    if type(target) in _AS_IS:
-        as_is = (str, int, bool)
-    elif vendor == "postgresql" and type(target) is models.DateTimeField:
+    as_is = _AS_IS.get(type(target), ())
+    if vendor == "postgresql" and type(target) is models.DateTimeField:
         as_is = (datetime,)  # aware ones only (`_adapted`): a naive one gets the ORM's warning
     elif vendor == "postgresql" and type(target) is models.UUIDField:
         as_is = (uuid.UUID,)

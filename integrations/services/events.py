@@ -1,6 +1,8 @@
-"""Accepting events (SPEC §3): one service takes a parsed, valid event, owns the transaction
-that stores it (event, ticket, contact, one delivery row per target) and completes its
-Idempotency-Key record; the outbox sends the deliveries after the commit (SPEC §5).
+"""Accepting events (SPEC §3): one service takes a parsed, valid event, stores it atomically
+(event, ticket, contact, one delivery row per target: in a transaction it owns, or for an
+incoming event without an Idempotency-Key in one statement that needs none) and completes
+its Idempotency-Key record in the same transaction; the outbox sends the deliveries after
+the commit (SPEC §5).
 """
 
 from __future__ import annotations
@@ -127,7 +129,8 @@ def _accepted(event_id: uuid.UUID) -> dict[str, Any]:
     return {"status": "success", "eventId": str(event_id)}
 
 
-# --- one function per route; each runs inside event_accept's transaction -------------------
+# --- one function per route; each runs inside event_accept's transaction, but for the routes
+# --- of _ATOMIC_ALONE without an Idempotency-Key (their writes are atomic on their own) -----
 
 
 def _source(principal: Principal) -> str:

@@ -4,10 +4,12 @@ Every accepted event runs these statements, and building them through the ORM's 
 compiler took about a quarter of the web process's CPU per request (py-spy on
 bench/ingest.py, docs/PERFORMANCE.md). So each statement below is one function with its
 reason; its text is built once per process from the models' metadata (table and column names
-are never spelled out by hand) and only the values are adapted per call, by each field's own
-get_db_prep_save (JSON, bytes, UUIDs and datetimes come out right on PostgreSQL and SQLite
-alike). INSERT … ON CONFLICT and RETURNING run on PostgreSQL and on SQLite >= 3.35. Only names
-from the models' metadata, fixed SQL and placeholders are formatted in (hence S608).
+are never spelled out by hand) and only the values are adapted per call, as each field's own
+get_db_prep_save would (queue.db_values: JSON, bytes, UUIDs and datetimes come out right on
+PostgreSQL and SQLite alike). INSERT … ON CONFLICT and RETURNING run on PostgreSQL and on
+SQLite >= 3.35; an incoming event's writes are one statement on PostgreSQL only (a
+data-modifying WITH). Only names from the models' metadata, fixed SQL and placeholders are
+formatted in (hence S608).
 """
 
 from __future__ import annotations
@@ -368,23 +370,11 @@ def _ticket_row(
 ) -> dict[str, Any]:
     """The ticket row an incoming event inserts (or updates by `_ticket_upsert_tail`'s
     rules); `contact_pk` None where the statement takes it from the contact it upserts."""
-    return {
-        "tenant": tenant_id,
-        "ticket_number": msg.ticket_number,
-        "contact": contact_pk,
-        "channel": msg.channel,
-        "account_id": msg.account_id,
-        "customer_name": msg.customer_name,
-        "created_date": created_date,
-        "group_id": msg.group_id,
-        "language": msg.language,
-        "status": Ticket.Status.OPEN.value,
-        "closed_by": "",
-        "closed_at": None,
-        "last_sequence": 1,  # a new ticket's first event
-        "created_at": now,
-        "updated_at": now,
-    }
+    values = (tenant_id, msg.ticket_number, contact_pk, msg.channel, msg.account_id)
+    values += (msg.customer_name, created_date, msg.group_id, msg.language)
+    # a new ticket is open, and this event is its first (sequence 1)
+    values += (Ticket.Status.OPEN.value, "", None, 1, now, now)
+    return dict(zip(TICKET_FIELDS, values, strict=True))
 
 
 def ticket_upsert(
@@ -526,14 +516,22 @@ def _incoming_sql(with_deliveries: bool) -> str:
     event = _insert_select_sql(Event, EVENT_FIELDS, "k", ticket_of, "")
     sql = f"WITH c AS ({_contact_upsert_sql()}), k AS ({ticket}), e AS ({event} RETURNING 1)"
     if with_deliveries:
-        arrays = ", ".join(
-            f"%s::{Delivery._meta.get_field(n).db_type(connection)}[]" for n in _PER_DELIVERY
-        )
+        arrays = ", ".join(f"%s::{_array_type(n)}[]" for n in _PER_DELIVERY)
         rows = f"k, unnest({arrays}) AS x({', '.join(_PER_DELIVERY)})"
         exprs = {n: f"x.{n}" for n in _PER_DELIVERY} | {"ticket": f"k.{t['id']}"}
         deliveries = _insert_select_sql(Delivery, DELIVERY_FIELDS, rows, exprs, " RETURNING 1")
         sql += f", d AS ({deliveries})"
     return f"{sql} SELECT k.{t['id']}, k.{t['last_sequence']} FROM k"  # noqa: S608
+
+
+def _array_type(name: str) -> str:
+    """The element type of a delivery column's array: text for strings (an explicit cast to
+    varchar(n) would cut a longer value short where the column's own assignment refuses it),
+    else the column's type."""
+    field = Delivery._meta.get_field(name)
+    if field.get_internal_type() in ("CharField", "TextField"):
+        return "text"
+    return str(field.db_type(connection))
 
 
 def incoming_store(

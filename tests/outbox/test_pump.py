@@ -278,6 +278,9 @@ def test_a_flag_taken_on_redis_is_the_one_the_cache_api_sees(db):
     key = "partner:flag-check"
     assert queue.pump_flag_take(key) and not queue.pump_flag_take(key)
     assert cache.get(f"portal:pump:{key}") == 1
+    if hasattr(cache, "_cache"):  # Redis: the flag expires after WAKE_TTL, as cache.add's would
+        ttl = cache._cache.get_client().ttl(cache.make_and_validate_key(f"portal:pump:{key}"))
+        assert 0 < ttl <= queue.WAKE_TTL
     queue.pump_flag_drop(key)
     assert cache.get(f"portal:pump:{key}") is None and queue.pump_flag_take(key)
     queue.pump_flag_drop(key)

@@ -355,4 +355,11 @@ def test_db_value_adapts_as_the_orm_does_and_skips_only_what_needs_nothing(tenan
     # a JSON value is wrapped for the driver as the ORM wraps it
     wrapped = queue.db_value(Event, "payload", {"a": 1})
     assert type(wrapped) is type(Event._meta.get_field("payload").get_db_prep_save({}, connection))
-    assert queue.db_values(Delivery, {"target": "x", "attempts": 2}) == ["x", 2]
+    # an integer keeps the ORM's typed wrapper (psycopg's Int4 and Int8 on PostgreSQL), and a
+    # value of another plain type than the field's is converted by the field, as before
+    for name, value in (("attempts", 2), ("partner", 7), ("attempts", True)):
+        expected = Delivery._meta.get_field(name).get_db_prep_save(value, connection)
+        adapted = queue.db_value(Delivery, name, value)
+        assert adapted == expected and type(adapted) is type(expected)
+    assert queue.db_value(Delivery, "target", 7) == "7"
+    assert queue.db_values(Delivery, {"target": "x", "status": "pending"}) == ["x", "pending"]

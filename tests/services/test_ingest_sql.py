@@ -1,6 +1,7 @@
 """The ingest write path (services/ingest_sql.py): each hand-written statement, the rules it
 keeps, and how many statements one accepted event costs (issue #7)."""
 
+import contextlib
 import json
 import threading
 
@@ -199,6 +200,11 @@ def test_active_tenant_targets_refuses_as_active_tenant_does(tenant, other_tenan
     # an unknown owner, a tenant this key does not name, an inactive tenant: none
     assert ingest_sql.active_tenant_targets("nobody", channel="whatsapp") is None
     other_key, _ = api_key_create(kind=ApiKey.Kind.ENGINE, tenants=[other_tenant])
+    own_key, _ = api_key_create(kind=ApiKey.Kind.ENGINE, tenants=[tenant, other_tenant])
+    named = ingest_sql.active_tenant_targets(
+        tenant.owner, channel="whatsapp", named_by_key=own_key.pk
+    )
+    assert named is not None and named[0].pk == tenant.pk  # a key that names it finds it
     assert (
         ingest_sql.active_tenant_targets(tenant.owner, channel="x", named_by_key=other_key.pk)
         is None
@@ -208,15 +214,27 @@ def test_active_tenant_targets_refuses_as_active_tenant_does(tenant, other_tenan
     assert ingest_sql.active_tenant_targets(tenant.owner, channel="whatsapp") is None
 
 
+def _skip_unless_postgresql(path: str) -> None:
+    if path == "one statement" and connection.vendor != "postgresql":
+        pytest.skip("one statement is PostgreSQL's (data-modifying WITH)")
+
+
+@contextlib.contextmanager
+def _taking(path: str, monkeypatch):
+    """incoming_store's `path`: SQLite's (statements in a transaction), which runs on
+    PostgreSQL as well, is taken by making the connection say it is SQLite for the call."""
+    with monkeypatch.context() as patch:
+        if path != "one statement":
+            patch.setattr(connection, "vendor", "sqlite")
+        yield
+
+
 @pytest.mark.parametrize("path", ["one statement", "statements in a transaction"])
 def test_incoming_store_writes_contact_ticket_event_and_deliveries(tenant, monkeypatch, path):
     from integrations.models import Delivery
     from integrations.services import ingest_sql
 
-    if path != "one statement":  # SQLite's way, which runs on PostgreSQL as well
-        monkeypatch.setattr(connection, "vendor", "sqlite")
-    elif connection.vendor != "postgresql":
-        pytest.skip("one statement is PostgreSQL's (data-modifying WITH)")
+    _skip_unless_postgresql(path)
     now = timezone.now()
     later = now + timezone.timedelta(seconds=30)
     rows = [
@@ -225,18 +243,19 @@ def test_incoming_store_writes_contact_ticket_event_and_deliveries(tenant, monke
     ]
 
     def store(message, deliveries):
-        return ingest_sql.incoming_store(
-            tenant_id=tenant.pk,
-            msg=_message(message=message),
-            created_date=now,
-            source="engine",
-            partner_id=None,
-            raw_body=message.encode(),
-            payload={"message": message},
-            idempotency_key="k-" + message,
-            deliveries=deliveries,
-            now=now,
-        )
+        with _taking(path, monkeypatch):
+            return ingest_sql.incoming_store(
+                tenant_id=tenant.pk,
+                msg=_message(message=message),
+                created_date=now,
+                source="engine",
+                partner_id=None,
+                raw_body=message.encode(),
+                payload={"message": message},
+                idempotency_key="k-" + message,
+                deliveries=deliveries,
+                now=now,
+            )
 
     # when two events of one new ticket are stored, the first with two deliveries
     first, second = store("one", rows), store("two", [])
@@ -335,14 +354,11 @@ def test_incoming_store_is_all_or_nothing_without_a_transaction_around(tenant, m
 
     from integrations.services import ingest_sql
 
-    if path != "one statement":
-        monkeypatch.setattr(connection, "vendor", "sqlite")
-    elif connection.vendor != "postgresql":
-        pytest.skip("one statement is PostgreSQL's (data-modifying WITH)")
+    _skip_unless_postgresql(path)
     now = timezone.now()
     # a delivery row naming a partner that does not exist fails the last write
     ghost = ingest_sql.NewDelivery(987654, "partner:987654", "incoming", "pending", now, now)
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError), _taking(path, monkeypatch):
         ingest_sql.incoming_store(
             tenant_id=tenant.pk,
             msg=_message(),
