@@ -255,8 +255,13 @@ _PROTOCOL_ERRORS = {
 def _curl_error_class(code: int, os_errno: int) -> str:
     """The error class of a libcurl failure (the names the requests client gives the same
     trouble)."""
-    if code in (pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCOL):
+    if code == pycurl.E_URL_MALFORMAT:
         return "invalid_url"
+    if code == pycurl.E_UNSUPPORTED_PROTOCOL:
+        # send_webhook refuses a URL that is not http(s) before any client runs: here it is
+        # the answer's protocol, e.g. "Received HTTP/0.9 when not allowed" (garbage instead
+        # of a status line), which requests calls a network error; retried, as that is
+        return "protocol_error"
     if code == pycurl.E_COULDNT_RESOLVE_HOST:
         return "dns_error"
     if code in _TLS_ERRORS:

@@ -17,6 +17,7 @@ from datetime import timedelta
 import pytest
 
 from integrations.models import ApiKey, Delivery, DeliveryAttempt, Partner
+from integrations.outbox.targets import delivery_client
 from integrations.services.accounts import api_key_create
 from integrations.services.partners import partner_create
 from tests.conftest import Caller, incoming_body
@@ -302,7 +303,16 @@ def check_huge(name, partner, deliveries, attempts, server):
 
 
 def check_nul_bytes(name, partner, deliveries, attempts, server):
-    # an answer with NUL bytes (body, header) is recorded, with U+FFFD in their place
+    if delivery_client() == "curl":
+        # libcurl refuses an answer with a NUL byte in a header (no option allows it): a
+        # malformed answer, tried again and recorded with libcurl's words each time
+        assert deliveries and {d.status for d in deliveries} <= {"retrying", "dead"}
+        assert attempts and all(
+            a.outcome == "retry" and a.error_class == "protocol_error" for a in attempts
+        )
+        assert all("Nul byte in header" in a.error_message for a in attempts)
+        return
+    # requests: an answer with NUL bytes (body, header) is recorded, with U+FFFD in their place
     _all(deliveries, "succeeded")
     assert all(d.attempts == 1 for d in deliveries)
     assert all("\x00" not in a.response_body and "\ufffd" in a.response_body for a in attempts)

@@ -416,6 +416,22 @@ def test_send_webhook_connection_reset_retries(partner: Partner) -> None:
     assert (result.outcome, result.error_class) == (Outcome.RETRY, "connection_reset")
 
 
+def test_send_webhook_garbage_instead_of_a_status_line_retries(partner: Partner) -> None:
+    # given a partner that answers bytes that are not HTTP at all
+    def garbage(h: BaseHTTPRequestHandler) -> None:
+        h.wfile.write(b"\x00\x01\x02 not http\x00\r\n\r\n")
+        h.wfile.flush()
+        h.close_connection = True
+
+    partner.routes["/garbage"] = garbage
+    # when
+    result = send(partner.url("/garbage"))
+    # then it is a broken answer, tried again later (not a dead URL): libcurl calls it
+    # HTTP/0.9, http.client a bad status line
+    assert result.outcome == Outcome.RETRY and result.status_code is None
+    assert result.error_class in ("protocol_error", "network_error") and result.error_message
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 def test_send_webhook_https_keeps_host_name_for_sni_and_certificate(
     tmp_path: Path, fake_dns: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch
