@@ -27,7 +27,7 @@ from opentelemetry import context as otel_context
 
 from integrations import logs, tracing
 from integrations.delivery import DeliveryResult, send_webhook
-from integrations.models import Delivery
+from integrations.models import Delivery, Partner
 from integrations.outbox.queue import (
     batch_key,
     batch_outranked,
@@ -452,9 +452,12 @@ def _unlimited(deliveries: Sequence[Delivery]) -> bool:
     partners = {d.partner for d in deliveries}
     if partners == {None}:
         return True
-    if len(partners) != 1:
-        return False
-    average = partners.pop().latency_ms_avg  # type: ignore[union-attr]
+    return len(partners) == 1 and _known_fast(partners.pop())
+
+
+def _known_fast(partner: Partner | None) -> bool:
+    """A partner whose answers average under PORTAL_SLOW_PARTNER_MS: no fair share to keep."""
+    average = partner.latency_ms_avg if partner is not None else None
     return average is not None and average < settings.PORTAL_SLOW_PARTNER_MS
 
 
@@ -525,13 +528,13 @@ def _surplus(deliveries: Sequence[Delivery], token: uuid.UUID, now: datetime) ->
     if len(partners) != 1:
         return False
     partner = partners.pop()
-    if partner is None:
-        return False
-    average = partner.latency_ms_avg
-    if average is not None and average < settings.PORTAL_SLOW_PARTNER_MS:
+    if partner is None or _known_fast(partner):
         return False
     return batch_outranked(
-        partner_id=partner.pk, known_slow=average is not None, token=token, now=now
+        partner_id=partner.pk,
+        known_slow=partner.latency_ms_avg is not None,
+        token=token,
+        now=now,
     )
 
 
