@@ -58,22 +58,23 @@ def sql_cursor() -> Any:
     mode (PORTAL_PGBOUNCER) a prepared statement would not be on the next transaction's
     server connection: there, as on SQLite, the ordinary cursor.
     """
+    conn = connections[DEFAULT_DB_ALIAS]  # this thread's, not the proxy (a lookup a use)
     if (
-        connection.vendor != "postgresql"
-        or connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
+        conn.vendor != "postgresql"
+        or conn.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
         # Queries are being logged (DEBUG, tests counting them): these statements go through
         # Django's own cursor, as the others do, so the log shows them as it shows those.
-        or connection.queries_logged
+        or conn.queries_logged
         # Traces are on: the psycopg instrumentation traces the cursors it makes, so these
         # statements keep their spans (and give up preparing).
         or PsycopgInstrumentor().is_instrumented_by_opentelemetry
     ):
-        return connection.cursor()
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    with connection.wrap_database_errors:
-        cursor = _PreparedCursor(connection.connection)
-        return connection._prepare_cursor(cursor)  # type: ignore[attr-defined]
+        return conn.cursor()
+    conn.close_if_health_check_failed()
+    conn.ensure_connection()
+    with conn.wrap_database_errors:
+        cursor = _PreparedCursor(conn.connection)
+        return conn._prepare_cursor(cursor)  # type: ignore[attr-defined]
 
 
 class _PreparedCursor(psycopg.Cursor):
