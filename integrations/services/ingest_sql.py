@@ -555,24 +555,25 @@ def incoming_store(
     commits alone (no BEGIN, no COMMIT: one round trip for all of it); elsewhere the four
     statements in a transaction (a savepoint inside the caller's).
     """
-    event_fields: dict[str, Any] = {
-        "tenant_id": tenant_id,
-        "kind": Event.Kind.INCOMING.value,
-        "source": source,
-        "partner_id": partner_id,
-        "ticket_number": msg.ticket_number,
-        "raw_body": raw_body,
-        "payload": payload,
-        "idempotency_key": idempotency_key,
-        "received_at": now,
-    }
     if connection.vendor != "postgresql":
         with transaction.atomic():
             contact = contact_upsert(tenant_id=tenant_id, msg=msg, now=now)
             ticket, sequence = ticket_upsert(
                 tenant_id=tenant_id, msg=msg, contact_pk=contact, created_date=created_date, now=now
             )
-            event_id = event_insert(ticket_id=ticket, sequence=sequence, **event_fields)
+            event_id = event_insert(
+                tenant_id=tenant_id,
+                kind=Event.Kind.INCOMING.value,
+                source=source,
+                partner_id=partner_id,
+                ticket_id=ticket,
+                ticket_number=msg.ticket_number,
+                sequence=sequence,
+                raw_body=raw_body,
+                payload=payload,
+                idempotency_key=idempotency_key,
+                received_at=now,
+            )
             deliveries_insert(
                 event_id=event_id, tenant_id=tenant_id, ticket_id=ticket, rows=deliveries, now=now
             )
@@ -603,9 +604,11 @@ def incoming_store(
         first = _delivery_row(event_id, tenant_id, None, deliveries[0], now)
         shared = {n: v for n, v in first.items() if n not in _PER_DELIVERY and n != "ticket"}
         params += _values(Delivery, shared)
-        rows = [_values(Delivery, _delivery_row(None, 0, None, r, now)) for r in deliveries]
-        columns = [DELIVERY_FIELDS.index(n) for n in _PER_DELIVERY]
-        params += [[row[i] for row in rows] for i in columns]
+        rows = []  # each row's own columns only, adapted; then one array per column
+        for r in deliveries:
+            row = _delivery_row(None, 0, None, r, now)
+            rows.append(_values(Delivery, {n: row[n] for n in _PER_DELIVERY}))
+        params += [list(column) for column in zip(*rows, strict=True)]
     with sql_cursor() as cursor:
         cursor.execute(_incoming_sql(bool(deliveries)), params)
         if cursor.fetchone() is None:  # cannot happen: an upsert always yields its row
