@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/delivery.py [--count 20000] [--tickets 2000] [--concurrency 4]
                                        [--runs 1:20,wake:20,20:20] [--client curl|requests]
-                                       [--embedded]
+                                       [--db-batch 20] [--embedded]
 
 Starts its own PostgreSQL and Redis (scripts/testenv.py) and a sink (tests/support/partner.py,
 its own process, answering {"status":"success"}), migrates, creates a tenant and a partner
@@ -19,12 +19,12 @@ requests.Session per process), so the ratios compare the portal with the client 
                (with a webhook-id header) to the same sink. No database.
   baseline_db  the same bare loop doing the database work too, in bare SQL through psycopg
                on the portal's tables, over COUNT fresh pending deliveries of its own: each
-               process claims 20 at a time (UPDATE ... WHERE id IN (SELECT ... ORDER BY id
-               LIMIT 20 FOR UPDATE SKIP LOCKED) RETURNING, with the event's raw body), POSTs
-               each, then in one transaction inserts one attempt row per delivery and sets each
-               delivery's status per outcome (succeeded, or retrying). No per-ticket order,
-               fair share, signing, SSRF guard, health counters or queue: what is left is the
-               least any database-backed sender has to do.
+               process claims --db-batch (20) at a time (UPDATE ... WHERE id IN (SELECT ...
+               ORDER BY id LIMIT 20 FOR UPDATE SKIP LOCKED) RETURNING, with the event's raw
+               body), POSTs each, then in one transaction inserts one attempt row per delivery
+               and sets each delivery's status per outcome (succeeded, or retrying). No
+               per-ticket order, fair share, signing, SSRF guard, health counters or queue:
+               what is left is the least any database-backed sender has to do.
                Both baselines run before and after the portal; the mean of the two is used.
   portal       once per run M:B of --runs, on COUNT fresh deliveries: the ids are queued in
                messages of M ids of one target (grouped as deliveries.enqueue does), then
@@ -95,6 +95,13 @@ def parse_args() -> argparse.Namespace:
         " loops (default: PORTAL_DELIVERY_CLIENT, else curl)",
     )
     parser.add_argument(
+        "--db-batch",
+        type=int,
+        default=20,
+        help="deliveries baseline_db claims and records at a time (default 20, the portal's"
+        " PORTAL_DELIVERY_BATCH default)",
+    )
+    parser.add_argument(
         "--embedded",
         action="store_true",
         help="the portal on SQLite and the file-system broker (the embedded default)",
@@ -107,8 +114,8 @@ def parse_args() -> argparse.Namespace:
         ]
     except ValueError:
         parser.error("--runs: comma-separated MESSAGE_SIZE:BATCH pairs, e.g. 1:20 or wake:20")
-    if args.count < 2 or args.tickets < 1 or args.concurrency < 1:
-        parser.error("--count >= 2, --tickets >= 1, --concurrency >= 1")
+    if args.count < 2 or args.tickets < 1 or args.concurrency < 1 or args.db_batch < 1:
+        parser.error("--count >= 2, --tickets >= 1, --concurrency >= 1, --db-batch >= 1")
     return args
 
 
@@ -256,7 +263,7 @@ _DB_CLAIM = """
     WHERE e.id = d.event_id AND d.id IN (
         SELECT id FROM integrations_delivery
         WHERE partner_id = %(partner)s AND status = 'pending' AND id BETWEEN %(lo)s AND %(hi)s
-        ORDER BY id LIMIT 20 FOR UPDATE SKIP LOCKED
+        ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
     )
     RETURNING d.id, d.attempts, e.id, e.raw_body
 """
@@ -280,16 +287,17 @@ def _bare_db_sender(
     url: str,
     client: str,
     dsn: str,
-    scope: tuple[int, int, int],
+    scope: tuple[int, int, int, int],
     barrier: Any,
     results: Any,
 ) -> None:
-    """One baseline_db process: claim 20, POST each, record them (runs in a spawned child)."""
+    """One baseline_db process: claim `limit` (--db-batch), POST each, record them (runs in a
+    spawned child)."""
     import uuid
 
     import psycopg
 
-    partner, lo, hi = scope
+    partner, lo, hi, limit = scope
     post = _poster(client)
     failed = 0
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -297,7 +305,14 @@ def _bare_db_sender(
         while True:
             with conn.transaction():
                 rows = conn.execute(
-                    _DB_CLAIM, {"token": uuid.uuid4(), "partner": partner, "lo": lo, "hi": hi}
+                    _DB_CLAIM,
+                    {
+                        "token": uuid.uuid4(),
+                        "partner": partner,
+                        "lo": lo,
+                        "hi": hi,
+                        "limit": limit,
+                    },
                 ).fetchall()
             if not rows:
                 break
@@ -337,6 +352,7 @@ def run_baseline(
     client: str,
     items: list[tuple[str, bytes]] | None = None,
     db: tuple[str, int, list[int]] | None = None,
+    db_batch: int = 20,
 ) -> dict[str, Any]:
     """One baseline run: the bare loop over `items`, or with `db` (dsn, partner id, fresh
     pending delivery ids) the bare loop that claims and records them too."""
@@ -352,7 +368,7 @@ def run_baseline(
     else:
         dsn, partner_id, ids = db
         count = len(ids)
-        scope = (partner_id, min(ids), max(ids))
+        scope = (partner_id, min(ids), max(ids), db_batch)
         work = [(_bare_db_sender, (url, client, dsn, scope)) for _ in range(concurrency)]
     procs = [
         ctx.Process(target=target, daemon=True, args=(*args, barrier, results))
@@ -537,7 +553,9 @@ def main() -> None:
             log(f"baseline_db ({when}), {args.client}")
             ids = [row[0] for row in fresh(f"bare-db-{when}")]
             db = (dsn, partner_id, ids)
-            with_db = run_baseline(bench, sink, args.concurrency, args.client, db=db)
+            with_db = run_baseline(
+                bench, sink, args.concurrency, args.client, db=db, db_batch=args.db_batch
+            )
             return {"bare": bare, "db": with_db}
 
         runs: list[dict[str, Any]] = []
@@ -602,8 +620,8 @@ def main() -> None:
                 "client": args.client,
                 "baseline": f"{args.concurrency} processes, one {_CLIENT_NAMES[args.client]} "
                 "each, same bodies, same sink",
-                "baseline_db": f"{args.concurrency} processes, the same loop claiming 20 "
-                "deliveries at a time and recording them with bare SQL (psycopg)",
+                "baseline_db": f"{args.concurrency} processes, the same loop claiming "
+                f"{args.db_batch} deliveries at a time and recording them with bare SQL (psycopg)",
             },
             "commands": {
                 "worker": harness.short_cmd(worker_cmd),
