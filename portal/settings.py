@@ -216,6 +216,10 @@ PORTAL_DELIVERY_CLIENT = env_choice("PORTAL_DELIVERY_CLIENT", ("curl", "requests
 # Pumps one target may have at once (outbox/queue.py): an event wakes one; a pump that finds
 # a full batch waiting recruits another, up to this many (slow partners: fair share below).
 PORTAL_PUMPS_PER_TARGET = env_int("PORTAL_PUMPS_PER_TARGET", 4, minimum=1)
+# How long (ms) a pump with nothing left waits for its target's next event before it ends
+# (Redis only; 0: never): while it waits, an event costs a bell, not a queue message and a
+# task. A waiting pump gives its worker slot back as soon as another task waits for one.
+PORTAL_PUMP_LINGER_MS = env_int("PORTAL_PUMP_LINGER_MS", 1000, minimum=0)
 # Fair share (SPEC §5): a partner whose average answer takes this long (ms), or that has not
 # answered yet, is sent one batch at a time; slow partners share PORTAL_SLOW_PARTNER_BATCHES
 # batches at once between them, so the other worker slots stay free for everyone else.

@@ -159,6 +159,9 @@ def _no_broker(request, monkeypatch, settings):
         return True
 
     monkeypatch.setattr("integrations.outbox.queue.publish", publish)
+    # and a pump the test runs ends as soon as nothing is left (no lingering on its bell),
+    # unless the test turns lingering on
+    settings.PORTAL_PUMP_LINGER_MS = 0
     request.node.queued_deliveries = queued
     request.node.queued_pumps = pumps
 

@@ -652,12 +652,18 @@ def _flag(key: str, slot: int) -> str:
     return f"portal:pump:{key}" if slot == 0 else f"portal:pump:{key}#{slot}"
 
 
+def _bell(key: str) -> str:
+    return f"portal:bell:{key}"
+
+
 def wake(keys: Iterable[str]) -> None:
     """Make sure a pump will look at each of these targets (batch keys) after now: queue one
-    unless one is queued or running already (its flag is up). Never raises: a cache or
-    broker that is down must not fail the caller (the dispatcher finds the rows later)."""
+    unless one is queued or running already (its flag is up), and then ring its bell (a
+    pump with nothing left lingers on it a moment: `pump_bell_wait`). Never raises: a
+    cache or broker that is down must not fail the caller (the dispatcher finds the rows
+    later)."""
     for key in sorted(set(keys)):
-        if pump_flag_take(key):
+        if pump_flag_take(key, ring=True):
             pump_requeue(key)  # or, refused, the flag goes down: the next event tries again
 
 
@@ -684,31 +690,98 @@ def pump_recruit(key: str) -> bool:
     return False
 
 
-def pump_flag_take(key: str, slot: int = 0) -> bool:
+def pump_flag_take(key: str, slot: int = 0, *, ring: bool = False) -> bool:
     """Raise the flag of the target's pump `slot` (0: the one events wake); False when it
-    was up already. A cache that is down counts as not up (one pump too many is harmless,
-    one too few a delay)."""
+    was up already, and then, with `ring`, its bell is rung (in the same round trip). A
+    cache that is down counts as not up (one pump too many is harmless, one too few a
+    delay)."""
     try:
-        return _flag_add(_flag(key, slot))
+        return _flag_add(_flag(key, slot), _bell(key) if ring else None)
     except Exception:
         logger.warning("pump flag of %s: cache unavailable", key, exc_info=True)
         return True
 
 
-def _flag_add(name: str) -> bool:
-    """cache.add(name, 1, WAKE_TTL): on Redis through one client kept on this thread's cache
-    (Django's RedisCache builds a client object on every call: more CPU than the round
-    trip, and every accepted event takes a flag); the same key and value cache.add writes,
-    so cache.delete and cache.touch see it."""
+# SET the flag NX, or else ring the bell: leave one entry in its list (a pump waiting on it
+# pops it; a busy pump finds it when it next waits, and looks once more for nothing).
+_TAKE_OR_RING = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
+if redis.call('LLEN', KEYS[2]) == 0 then
+    redis.call('RPUSH', KEYS[2], '1')
+    redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+return 0
+"""
+
+
+def _redis(backend: RedisCache) -> Any:
+    """One redis-py client kept on this thread's cache backend (Django's RedisCache builds a
+    client object on every call: more CPU than the round trip, and every accepted event
+    takes a flag)."""
+    client = backend.__dict__.get("_pump_client")
+    if client is None:
+        redis = backend._cache  # type: ignore[attr-defined]  # Django's RedisCacheClient
+        client = backend.__dict__["_pump_client"] = redis.get_client(write=True)
+    return client
+
+
+def _flag_add(name: str, bell: str | None = None) -> bool:
+    """cache.add(name, 1, WAKE_TTL), and when it was there already and `bell` is given, ring
+    that bell. On Redis through one client kept on this thread's cache (`_redis`), with the
+    same key and value cache.add writes, so cache.delete and cache.touch see it; elsewhere
+    there is no bell (pumps do not linger there: `bells`)."""
     backend = caches[DEFAULT_CACHE_ALIAS]  # this thread's
     if not isinstance(backend, RedisCache):
         return bool(cache.add(name, 1, WAKE_TTL))
-    redis = backend._cache  # type: ignore[attr-defined]  # Django's RedisCacheClient
-    client = backend.__dict__.get("_pump_client")
-    if client is None:
-        client = backend.__dict__["_pump_client"] = redis.get_client(write=True)
+    client = _redis(backend)
     key = backend.make_and_validate_key(name)
-    return bool(client.set(key, redis._serializer.dumps(1), nx=True, ex=WAKE_TTL))
+    value = backend._cache._serializer.dumps(1)  # type: ignore[attr-defined]
+    if bell is None:
+        return bool(client.set(key, value, nx=True, ex=WAKE_TTL))
+    script = backend.__dict__.get("_take_or_ring")
+    if script is None:
+        script = backend.__dict__["_take_or_ring"] = client.register_script(_TAKE_OR_RING)
+    ring = backend.make_and_validate_key(bell)
+    return bool(script(keys=[key, ring], args=[value, WAKE_TTL], client=client))
+
+
+def bells() -> bool:
+    """Whether pumps have bells here: the cache is Redis (elsewhere a pump with nothing left
+    ends at once, and the next event queues another)."""
+    return isinstance(caches[DEFAULT_CACHE_ALIAS], RedisCache)
+
+
+# Shortest wait on a bell: Redis reads a BLPOP timeout of 0 as "for ever".
+_LEAST_WAIT = 0.01
+
+
+def pump_bell_wait(key: str, timeout: float) -> bool:
+    """Wait up to `timeout` seconds for the target's bell (`wake` rings it when the pump's
+    flag is up already); True when it rang. False at once without bells, or when the cache
+    is down (the pump then ends, as it would have without lingering)."""
+    backend = caches[DEFAULT_CACHE_ALIAS]
+    if not isinstance(backend, RedisCache):
+        return False
+    try:
+        ring = backend.make_and_validate_key(_bell(key))
+        return _redis(backend).blpop([ring], timeout=max(timeout, _LEAST_WAIT)) is not None
+    except Exception:
+        logger.warning("pump bell of %s: cache unavailable", key, exc_info=True)
+        return False
+
+
+def tasks_waiting() -> bool:
+    """Whether a queue message waits on the broker for a worker slot (a lingering pump then
+    gives its slot back). True when the broker cannot say (not lingering is always safe)."""
+    try:
+        with current_app.pool.acquire(block=True, timeout=1) as conn:
+            name = current_app.conf.task_default_queue
+            # not passive: Redis drops an empty list, and a passive look at a queue that is
+            # not there is an error; declaring a queue there writes nothing
+            return bool(conn.default_channel.queue_declare(queue=name)[1])
+    except Exception:
+        logger.warning("could not read the broker's queue length", exc_info=True)
+        return True
 
 
 def pump_flag_drop(key: str, slot: int = 0) -> None:

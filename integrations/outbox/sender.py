@@ -31,16 +31,19 @@ from integrations.models import Delivery, Partner
 from integrations.outbox.queue import (
     batch_key,
     batch_outranked,
+    bells,
     deliveries_claim,
     deliveries_claim_due,
     deliveries_claim_more,
     deliveries_hand_back,
     deliveries_release,
     deliveries_release_target,
+    pump_bell_wait,
     pump_flag_drop,
     pump_flag_take,
     pump_recruit,
     pump_requeue,
+    tasks_waiting,
 )
 from integrations.outbox.record import (
     Finished,
@@ -68,6 +71,9 @@ PROBE = 0.25
 SLICE = 5.0
 # Seconds between looks for new work while every request of a batch is in flight.
 POLL = 0.1
+# Longest single wait of a lingering pump on its bell: between two, it looks whether a queue
+# message waits for a worker slot (then it stops lingering and gives the slot back).
+LINGER_STEP = 0.1
 MAX_RETRY_AFTER = 10 * 3600
 JITTER = 0.2
 
@@ -466,6 +472,9 @@ def deliveries_pump(*, key: str, slot: int = 0) -> dict[int, SendResult]:
     of up to PORTAL_DELIVERY_BATCH after the other, until none may go now; returns each
     id's SendResult.
 
+    With nothing left, the pump in slot 0 lingers up to PORTAL_PUMP_LINGER_MS on the
+    target's bell (`_lingered`): an event accepted meanwhile finds the flag up and rings it,
+    and the pump claims again, so a steady trickle of events costs one task, not one each.
     Then the pump's flag is lowered and the database looked at once more, so an event
     committed while the flag was still up (its wake queued nothing) is not left behind; and
     the target's new deliveries it could not take (a failing partner's attempt in flight, a
@@ -498,6 +507,8 @@ def _pump(key: str, slot: int) -> dict[int, SendResult]:
             if lowered:
                 deliveries_release_target(key=key, now=now)
                 return results
+            if slot == 0 and _lingered(key, started):
+                continue
             pump_flag_drop(key, slot)
             lowered = True
             continue
@@ -519,6 +530,24 @@ def _pump(key: str, slot: int) -> dict[int, SendResult]:
         if time.monotonic() - started > SLICE:
             pump_requeue(key, slot, refresh=True)
             return results
+
+
+def _lingered(key: str, started: float) -> bool:
+    """Wait on the target's bell for up to PORTAL_PUMP_LINGER_MS (within the pump's SLICE),
+    in steps of LINGER_STEP, while no queue message waits for a worker slot; True when it
+    rang (an event for the target was accepted: claim again), False when the pump should
+    end. A lingering pump holds a worker slot, so it gives the slot back as soon as another
+    task waits for one (`queue.tasks_waiting`): other targets' pumps, the dispatcher."""
+    linger = settings.PORTAL_PUMP_LINGER_MS / 1000
+    if linger <= 0 or not bells():
+        return False
+    until = min(time.monotonic() + linger, started + SLICE)
+    while (left := until - time.monotonic()) > 0:
+        if tasks_waiting():
+            return False
+        if pump_bell_wait(key, min(LINGER_STEP, left)):
+            return True
+    return False
 
 
 def _surplus(deliveries: Sequence[Delivery], token: uuid.UUID, now: datetime) -> bool:

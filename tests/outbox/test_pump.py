@@ -3,10 +3,13 @@ naming its deliveries in queue messages; one pump per target, flagged in the cac
 that target's due deliveries from the database until none may go, against a real loopback
 partner and the real cache (Redis)."""
 
+import threading
 import uuid
 
 import pytest
+from celery import current_app
 from django.core.cache import cache
+from django.db import connection
 from django.utils import timezone
 
 from integrations.models import Delivery, Partner
@@ -284,3 +287,100 @@ def test_a_flag_taken_on_redis_is_the_one_the_cache_api_sees(db):
     queue.pump_flag_drop(key)
     assert cache.get(f"portal:pump:{key}") is None and queue.pump_flag_take(key)
     queue.pump_flag_drop(key)
+
+
+# --- lingering on the bell ---------------------------------------------------------------------
+
+
+def test_a_wake_under_a_raised_flag_rings_the_bell_once(db):
+    key = "partner:bell-check"
+    assert queue.pump_flag_take(key, ring=True)  # down: taken, nothing rung
+    assert not queue.pump_bell_wait(key, 0.05)
+    # up: three wakes ring it, and leave one ring for the pump, not three
+    for _ in range(3):
+        assert not queue.pump_flag_take(key, ring=True)
+    assert queue.pump_bell_wait(key, 0.05)
+    assert not queue.pump_bell_wait(key, 0.05)
+    queue.pump_flag_drop(key)
+
+
+def test_without_redis_there_is_no_bell_and_a_pump_does_not_linger(
+    engine_api, partner, sink, settings, monkeypatch
+):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    settings.PORTAL_PUMP_LINGER_MS = 60_000
+    waited = []
+    monkeypatch.setattr(sender, "pump_bell_wait", lambda *args: waited.append(args))
+    delivery = ingest(engine_api)
+    assert not queue.bells()
+    assert sender.deliveries_pump(key=f"partner:{partner.pk}") == {delivery.pk: "succeeded"}
+    assert waited == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pump_with_nothing_left_lingers_and_takes_the_next_event_on_its_bell(
+    engine_api, partner, sink, request, settings, monkeypatch
+):
+    settings.PORTAL_PUMP_LINGER_MS = 1500
+    monkeypatch.setattr(sender, "tasks_waiting", lambda: False)  # no other task waits
+    key = f"partner:{partner.pk}"
+    first = ingest(engine_api, message="one")  # its wake queues the pump: the flag is up
+    assert request.node.queued_pumps == [key]
+    later: dict[str, object] = {}
+
+    def accept_another():  # while the pump, with nothing left, waits on the bell
+        try:
+            later["delivery"] = ingest(engine_api, message="two")
+        finally:
+            connection.close()  # this thread's own connection
+
+    threading.Timer(0.5, accept_another).start()
+    results = sender.deliveries_pump(key=key)
+    # the second event rang the bell: the running pump sent it; no second pump was queued
+    second = later["delivery"]
+    assert results == {first.pk: "succeeded", second.pk: "succeeded"}  # type: ignore[attr-defined]
+    assert request.node.queued_pumps == [key]
+    assert [r.json["message"] for r in sink.received] == ["one", "two"]
+    # then, nothing more within the linger, it ended with its flag down
+    assert not _flag_up(key)
+
+
+def test_a_pump_does_not_linger_while_a_task_waits_for_a_worker_slot(
+    engine_api, partner, sink, request, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    settings.PORTAL_PUMP_LINGER_MS = 60_000
+    monkeypatch.setattr(sender, "tasks_waiting", lambda: True)
+    waited = []
+    monkeypatch.setattr(sender, "pump_bell_wait", lambda *args: waited.append(args))
+    key = f"partner:{partner.pk}"
+    with django_capture_on_commit_callbacks(execute=True):
+        first = ingest(engine_api)
+    # it ends at once, its slot given back, its flag down: the next event queues a pump
+    assert sender.deliveries_pump(key=key) == {first.pk: "succeeded"}
+    assert waited == []
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest(engine_api)
+    assert request.node.queued_pumps == [key, key]
+
+
+def test_tasks_waiting_reads_the_brokers_queue():
+    name, default = f"test-{uuid.uuid4().hex}", current_app.conf.task_default_queue
+    current_app.conf.task_default_queue = name
+    try:
+        assert not queue.tasks_waiting()
+        current_app.send_task("integrations.tasks.ping", args=["waiting"], queue=name)
+        assert queue.tasks_waiting()
+        with current_app.connection_for_write() as conn:
+            conn.default_channel.queue_purge(name)
+        assert not queue.tasks_waiting()
+    finally:
+        current_app.conf.task_default_queue = default
+
+
+def test_a_broker_that_cannot_say_counts_as_a_task_waiting(monkeypatch):
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("broker down")
+
+    # do not linger then: a worker slot held for nothing is worse than a pump ending
+    monkeypatch.setattr(current_app.pool, "acquire", unreachable)
+    assert queue.tasks_waiting()
