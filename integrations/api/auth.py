@@ -28,10 +28,16 @@ def _bearer(request, what: str, word: str, invalid: str) -> str:
 
 
 class ApiKeyAuthentication(BaseAuthentication):
-    """`Authorization: Bearer <key>`; sets request.user to the Principal."""
+    """`Authorization: Bearer <key>`; sets request.user to the Principal. A view with
+    `key_checked_later` may get an unchecked engine key from the process's cache
+    (`principal_authenticate`): it reads the key's row itself, before anything else."""
 
     def authenticate(self, request):
-        principal = principal_authenticate(_bearer(request, "your API key", "key", "invalid_key"))
+        raw = _bearer(request, "your API key", "key", "invalid_key")
+        view = request.parser_context.get("view") if request.parser_context else None
+        principal = principal_authenticate(
+            raw, check_later=getattr(view, "key_checked_later", False)
+        )
         return principal, principal.api_key
 
     def authenticate_header(self, request) -> str:

@@ -24,6 +24,7 @@ from integrations.api.auth import (
 )
 from integrations.errors import PortalError
 from integrations.services import events as event_services
+from integrations.services.accounts import Principal, principal_checked
 from integrations.services.events import Route
 from integrations.services.idempotency import IdempotencyRequest, request_fingerprint
 
@@ -63,16 +64,17 @@ class _IngestView(PortalView):
                 errors={"Idempotency-Key": ["Too long (max 255)."]},
             )
         payload = self.parse(payloads.parse_json_object(raw))
-        idempotency = None
-        if key:
+        principal, idempotency = request.user, None
+        if key:  # a replay answers at once: the key's row is read first
+            principal = principal_checked(principal)
             idempotency = IdempotencyRequest(
-                holder=request.user.holder,
+                holder=principal.holder,
                 key=key,
                 fingerprint=request_fingerprint(request.method, request.path, raw),
             )
         answer = event_services.event_accept(
             route=self.route,
-            principal=request.user,
+            principal=principal,
             payload=payload,
             raw_body=raw,
             status=self.success_status,
@@ -80,6 +82,17 @@ class _IngestView(PortalView):
         )
         headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
         return Response(answer.body, status=answer.status, headers=headers)
+
+    def handle_exception(self, exc: Exception) -> Response:
+        """An engine key taken unchecked from the cache (`key_checked_later`) is checked
+        before any error is answered: a revoked key gets its 401, not the body's 400."""
+        principal = self.request.__dict__.get("_user") if self.request is not None else None
+        if isinstance(principal, Principal) and not principal.checked:
+            try:
+                principal_checked(principal)
+            except PortalError as refused:
+                exc = refused
+        return super().handle_exception(exc)
 
 
 def read_json_body(request: Request) -> bytes:
@@ -139,6 +152,9 @@ class EngineIncomingView(_IngestView):
     permission_classes = [IsEngine]
     success_status = 202
     route = Route.ENGINE_INCOMING
+    # the hot path: a known engine key's row is read with the event's tenant, one SELECT
+    # (Principal.tenant_targets_for_owner)
+    key_checked_later = True
 
     @_ingest_schema(
         schemas.IncomingEventSerializer,

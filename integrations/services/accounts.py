@@ -197,10 +197,14 @@ def api_key_revoke(*, key: ApiKey) -> ApiKey:
 @dataclass(frozen=True)
 class Principal:
     """Who is calling the API: a partner's key or an engine key (read by
-    `principal_authenticate`, never cached across requests)."""
+    `principal_authenticate`). `checked` is False for an engine key taken from the
+    process's cache: its row has not been read in this request yet, and must be before
+    anything is done or answered for it (`tenant_targets_for_owner` reads it with the
+    tenant; `principal_checked` on any other path)."""
 
     api_key: CallerKey
     partner: CallerPartner | None
+    checked: bool = True
 
     @property
     def is_engine(self) -> bool:
@@ -230,6 +234,16 @@ class Principal:
         if self.partner is not None:
             tenant = self.tenant_for_owner(owner)
             return tenant, ingest_sql.partner_targets(tenant_id=tenant.pk, channel=channel)
+        if not self.checked:  # the key's row is read with the tenant: one round trip
+            read = ingest_sql.key_tenant_targets(self.api_key, owner, channel=channel)
+            if read is None:  # deleted since this process cached it
+                raise Unauthorized("The API key is not valid.", code="invalid_key")
+            state, found = read
+            _credential_valid(state, noun="API key", code="key")
+            credential_used(ApiKey, state)
+            if found is None:
+                raise Forbidden("This key may not act for that owner.", code="owner_forbidden")
+            return found
         named_by = None if self.api_key.all_tenants else self.api_key.pk
         found = ingest_sql.active_tenant_targets(owner, channel=channel, named_by_key=named_by)
         if found is None:
@@ -265,11 +279,17 @@ def credential_lookup(
     expected = getattr(row, hash_field) if row is not None else "0" * 64
     if not hmac.compare_digest(expected, hash_credential(raw)) or row is None:
         raise Unauthorized(f"The {noun} is not valid.", code=f"invalid_{code}")
+    _credential_valid(row, noun=noun, code=code)
+    return row
+
+
+def _credential_valid(row: Any, *, noun: str, code: str) -> None:
+    """Raise Unauthorized when the credential `row` (`revoked_at`, `expires_at`) is revoked
+    or expired."""
     if row.revoked_at is not None:
         raise Unauthorized(f"The {noun} has been revoked.", code=f"{code}_revoked")
     if row.expires_at is not None and row.expires_at <= timezone.now():
         raise Unauthorized(f"The {noun} has expired.", code=f"{code}_expired")
-    return row
 
 
 def credential_used(model: type[ApiKey | ManagementToken], row: Any) -> None:
@@ -282,13 +302,28 @@ def credential_used(model: type[ApiKey | ManagementToken], row: Any) -> None:
         model.objects.filter(pk=row.pk).update(last_used_at=now)
 
 
-def principal_authenticate(raw: str) -> Principal:
+# Engine keys this process has let in: the raw key's SHA-256 -> the key as read then. Only
+# for a caller whose next statement reads the key's row again (`Principal.checked`), so a
+# revoked, expired or deleted key is still refused by the very next request.
+_ENGINE_KEYS: dict[str, CallerKey] = {}
+_ENGINE_KEYS_MAX = 1000
+
+
+def principal_authenticate(raw: str, *, check_later: bool = False) -> Principal:
     """Resolve a bearer key to its principal: one SELECT of the key, its partner and the
-    partner's tenant (ingest_sql.key_lookup), on every call.
+    partner's tenant (ingest_sql.key_lookup).
+
+    With `check_later`, an engine key this process has let in before is taken from its
+    cache without a SELECT, as an unchecked principal: the caller must read the key's row
+    before it does or answers anything else (`Principal.tenant_targets_for_owner` does it
+    in the same SELECT as the tenant; `principal_checked` does it alone).
 
     Raises Unauthorized (unknown, malformed, revoked or expired key) and Forbidden (the
     partner is disabled by an admin, or its tenant is inactive).
     """
+    digest = hash_credential(raw)
+    if check_later and (cached := _ENGINE_KEYS.get(digest)) is not None:
+        return Principal(api_key=cached, partner=None, checked=False)
     key: CallerKey = credential_lookup(
         ingest_sql.key_lookup, raw, hash_field="key_hash", noun="API key", code="key"
     )
@@ -301,7 +336,25 @@ def principal_authenticate(raw: str) -> Principal:
         if not partner.tenant.is_active:
             raise Forbidden("This tenant is inactive.", code="tenant_inactive")
     credential_used(ApiKey, key)
+    if key.kind == ApiKey.Kind.ENGINE:
+        if len(_ENGINE_KEYS) >= _ENGINE_KEYS_MAX:
+            _ENGINE_KEYS.clear()
+        _ENGINE_KEYS[digest] = key
     return Principal(api_key=key, partner=partner)
+
+
+def principal_checked(principal: Principal) -> Principal:
+    """The principal, its key's row read again when it came unchecked from the process's
+    cache (`principal_authenticate(check_later=True)`); raises Unauthorized when the key
+    was revoked, has expired or is gone."""
+    if principal.checked:
+        return principal
+    row = ingest_sql.key_lookup(principal.api_key.prefix)
+    if row is None or not hmac.compare_digest(row.key_hash, principal.api_key.key_hash):
+        raise Unauthorized("The API key is not valid.", code="invalid_key")
+    _credential_valid(row, noun="API key", code="key")
+    credential_used(ApiKey, row)
+    return Principal(api_key=row, partner=None)
 
 
 def user_create(*, tenant: Tenant, username: str, role: str, email: str = "") -> tuple[object, str]:

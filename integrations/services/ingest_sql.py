@@ -284,6 +284,61 @@ def active_tenant_targets(
     return _tenant(rows[0][:width]), _subscribed(partners, channel)
 
 
+@dataclass(frozen=True)
+class KeyState:
+    """What a request must check again of an API key it took from the process's cache."""
+
+    pk: int
+    revoked_at: datetime | None
+    expires_at: datetime | None
+    last_used_at: datetime | None
+
+
+@functools.cache
+def _key_tenant_targets_sql() -> str:
+    k, t, p = _columns(ApiKey), _columns(Tenant), _columns(Partner)
+    through = ApiKey.tenants.through
+    n = _columns(through)
+    columns = [f"k.{k[name]}" for name in ("revoked_at", "expires_at", "last_used_at")]
+    columns += [f"t.{t[name]}" for name in _TENANT_FIELDS]
+    columns += [f"p.{p[name]}" for name in ("id", "channels", "retry_schedule")]
+    return (
+        f"SELECT {', '.join(columns)} FROM {_qn(ApiKey._meta.db_table)} k"  # noqa: S608
+        f" LEFT JOIN {_qn(Tenant._meta.db_table)} t"
+        f" ON t.{t['owner']} = %s AND t.{t['is_active']} AND (k.{k['all_tenants']} OR EXISTS"
+        f" (SELECT 1 FROM {_qn(through._meta.db_table)} n"
+        f" WHERE n.{n['apikey']} = k.{k['id']} AND n.{n['tenant']} = t.{t['id']}))"
+        f" LEFT JOIN {_qn(Partner._meta.db_table)} p"
+        f" ON p.{p['tenant']} = t.{t['id']} AND p.{p['state']} <> %s"
+        f" WHERE k.{k['id']} = %s AND k.{k['key_hash']} = %s AND k.{k['partner']} IS NULL"
+        f" ORDER BY p.{p['name']}"
+    )
+
+
+def key_tenant_targets(
+    key: CallerKey, owner: str, *, channel: str
+) -> tuple[KeyState, tuple[CallerTenant, list[PartnerTarget]] | None] | None:
+    """`active_tenant_targets` for the engine key `key` (all its tenants, or those it names,
+    read now), with the key's row read again in the same SELECT: None when the key is gone,
+    else its state and the tenant and targets (None when the key may not act for `owner`).
+    For a key the process took from its cache (accounts.principal_authenticate): its check
+    and the tenant's lookup are one round trip."""
+    key_id = key.pk
+    params = [owner, Partner.State.DISABLED.value, key_id, key.key_hash]
+    with sql_cursor() as cursor:
+        cursor.execute(_key_tenant_targets_sql(), params)
+        rows = cursor.fetchall()
+    if not rows:
+        return None
+    revoked, expires, used = rows[0][:3]
+    state = KeyState(key_id, _datetime(revoked), _datetime(expires), _datetime(used))
+    width = len(_TENANT_FIELDS)
+    if rows[0][3] is None:
+        return state, None
+    partners = [row[3 + width :] for row in rows if row[3 + width] is not None]
+    return state, (_tenant(rows[0][3 : 3 + width]), _subscribed(partners, channel))
+
+
 def _subscribed(rows: Sequence[Sequence[Any]], channel: str) -> list[PartnerTarget]:
     """The (id, channels, retry_schedule) rows subscribed to `channel`: no channels means
     every channel."""
