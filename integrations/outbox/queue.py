@@ -25,16 +25,15 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg
 from celery import current_app
 from django.conf import settings
 from django.core.cache import DEFAULT_CACHE_ALIAS, cache, caches
 from django.core.cache.backends.redis import RedisCache
-from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
-from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
-from integrations.models import Delivery, Partner
+from integrations.models import Delivery, DeliveryAttempt, Partner
+from integrations.outbox.sql import db_value, db_values, sql_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -43,97 +42,6 @@ logger = logging.getLogger(__name__)
 SEND_BATCH_TASK = "integrations.tasks.delivery_send_batch"
 
 Claimed = tuple[int, int | None]  # (delivery id, partner id or None for the engine relay)
-
-
-def sql_cursor() -> Any:
-    """The cursor of the hot-path SQL (this module and services/ingest_sql.py).
-
-    On PostgreSQL it binds parameters on the server and prepares each statement on its first
-    run on a connection, so PostgreSQL parses it once and, once its plan cache settles on a
-    generic plan (after five runs), plans it no more: planning the claim cost more than
-    running it (about 1 ms each, EXPLAIN ANALYZE, docs/PERFORMANCE.md). Django's cursor
-    wrapper stays around it, so its execute wrappers, query logging and error translation
-    work as for any other statement (while queries are logged, or traces are on, they go as
-    the others do, so the log and the traces show them). Behind PgBouncer in transaction
-    mode (PORTAL_PGBOUNCER) a prepared statement would not be on the next transaction's
-    server connection: there, as on SQLite, the ordinary cursor.
-    """
-    conn = connections[DEFAULT_DB_ALIAS]  # this thread's, not the proxy (a lookup a use)
-    if (
-        conn.vendor != "postgresql"
-        or conn.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
-        # Queries are being logged (DEBUG, tests counting them): these statements go through
-        # Django's own cursor, as the others do, so the log shows them as it shows those.
-        or conn.queries_logged
-        # Traces are on: the psycopg instrumentation traces the cursors it makes, so these
-        # statements keep their spans (and give up preparing).
-        or PsycopgInstrumentor().is_instrumented_by_opentelemetry
-    ):
-        return conn.cursor()
-    conn.close_if_health_check_failed()
-    conn.ensure_connection()
-    with conn.wrap_database_errors:
-        cursor = _PreparedCursor(conn.connection)
-        return conn._prepare_cursor(cursor)  # type: ignore[attr-defined]
-
-
-class _PreparedCursor(psycopg.Cursor):
-    """Server-side binding, every statement prepared on its first run (Django turns
-    psycopg's automatic preparing off: prepare_threshold None)."""
-
-    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        kwargs.setdefault("prepare", True)
-        return super().execute(query, params, **kwargs)
-
-
-def db_value(model: type[models.Model], field: str, value: Any) -> Any:
-    """`value` as the database driver takes it for `model.field` (the ORM's own adaptation:
-    datetimes and UUIDs come out right on PostgreSQL and SQLite alike)."""
-    return _adapted(model, field, value, connections[DEFAULT_DB_ALIAS])
-
-
-def db_values(model: type[models.Model], row: dict[str, Any]) -> list[Any]:
-    """`db_value` of each of a row's fields, in the row's order."""
-    # the connection itself, not the thread-local proxy: a field's adaptation asks it for its
-    # features and operations several times, each a thread-local lookup through the proxy
-    conn = connections[DEFAULT_DB_ALIAS]
-    return [_adapted(model, name, value, conn) for name, value in row.items()]
-
-
-def _adapted(model: type[models.Model], field: str, value: Any, conn: Any) -> Any:
-    as_is, prep = _db_prep(model, field, conn.vendor)
-    if value is None or (type(value) in as_is and getattr(value, "tzinfo", True) is not None):
-        return value  # (a naive datetime has tzinfo None: the field warns and converts it)
-    return prep(value, conn)
-
-
-# Fields whose adaptation gives a value of one plain type back as it came, by exact field
-# class (a subclass, such as an encrypted text field, adapts its own way) and exact value
-# type (an int for a text field is still converted by the field). Integers are not among
-# them: Django wraps each in its column's size (Int4, Int8), so a statement's parameter types
-# do not change with the values, and a prepared statement fits every call.
-_AS_IS: dict[type[models.Field[Any, Any]], tuple[type, ...]] = {
-    models.CharField: (str,),
-    models.TextField: (str,),
-    models.BooleanField: (bool,),
-}
-
-
-@functools.cache
-def _db_prep(model: type[models.Model], field: str, vendor: str) -> tuple[tuple[type, ...], Any]:
-    """The value types `model.field` takes as they are on `vendor` (an accepted event adapts
-    ~50 values: the field's get_db_prep_save for each was a tenth of its CPU), and the
-    field's adaptation for the others. On PostgreSQL an aware datetime and a UUID go as they
-    are too (psycopg adapts them; SQLite wants text)."""
-    model_field = model._meta.get_field(field)
-    assert isinstance(model_field, models.Field)
-    target = getattr(model_field, "target_field", model_field)  # a foreign key's: its target's
-    as_is = _AS_IS.get(type(target), ())
-    if vendor == "postgresql" and type(target) is models.DateTimeField:
-        as_is = (datetime,)  # aware ones only (`_adapted`): a naive one gets the ORM's warning
-    elif vendor == "postgresql" and type(target) is models.UUIDField:
-        as_is = (uuid.UUID,)
-    return as_is, model_field.get_db_prep_save
 
 
 # --- claiming --------------------------------------------------------------------------------
@@ -395,6 +303,33 @@ def deliveries_locked(*, delivery_ids: Sequence[int], token: uuid.UUID) -> set[i
     with sql_cursor() as cursor:
         cursor.execute(sql, [db_value(Delivery, "lease_token", token), *ids])
         return {pk for (pk,) in cursor.fetchall()}
+
+
+ATTEMPT_FIELDS = ("delivery", "number", "url", "request_headers", "response_status")
+ATTEMPT_FIELDS += ("response_headers", "response_body", "duration_ms", "outcome", "error_class")
+ATTEMPT_FIELDS += ("error_message", "created_at")
+
+
+@functools.cache
+def _attempts_insert_sql(rows: int) -> str:
+    meta = DeliveryAttempt._meta
+    columns = ", ".join(connection.ops.quote_name(meta.get_field(n).column) for n in ATTEMPT_FIELDS)
+    row = "(" + ", ".join(["%s"] * len(ATTEMPT_FIELDS)) + ")"
+    return (
+        f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns})"  # noqa: S608
+        f" VALUES {', '.join([row] * rows)}"
+    )
+
+
+def attempts_insert(rows: Sequence[dict[str, Any]]) -> None:
+    """Insert a batch's attempt rows (each a dict of ATTEMPT_FIELDS, in that order) in one
+    statement: DeliveryAttempt.objects.bulk_create built it through the ORM's compiler, more
+    CPU than PostgreSQL spent inserting (one statement text per row count, prepared)."""
+    if not rows:
+        return
+    params = [value for row in rows for value in db_values(DeliveryAttempt, row)]
+    with sql_cursor() as cursor:
+        cursor.execute(_attempts_insert_sql(len(rows)), params)
 
 
 def deliveries_finish(

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from integrations import instruments
 from integrations.delivery import DeliveryResult, redact_url
-from integrations.models import Delivery, DeliveryAttempt
+from integrations.models import Delivery
 from integrations.outbox import queue
 from integrations.outbox.health import partner_failure, partner_successes
 from integrations.outbox.notices import DELIVERY_DEAD, notice_queue
@@ -100,24 +100,25 @@ def storable(result: DeliveryResult) -> DeliveryResult:
     )
 
 
-def _attempt_row(finished: Finished) -> DeliveryAttempt:
+def _attempt_row(finished: Finished, now: datetime) -> dict[str, object]:
+    """The attempt's row (queue.ATTEMPT_FIELDS), recorded at `now` with its batch."""
     result = finished.result
     assert result is not None
-    return DeliveryAttempt(
-        delivery=finished.delivery,
-        number=finished.delivery.attempts,
-        url=redact_url(finished.url),
-        request_headers=result.request_headers,
-        response_status=result.status_code,
-        response_headers=result.response_headers,
-        response_body=storable_text(
-            result.response_body[:STORED_BODY_BYTES].decode("utf-8", "replace")
-        ),
-        duration_ms=result.duration_ms,
-        outcome=result.outcome,
-        error_class=result.error_class,
-        error_message=result.error_message[:1000],
+    row = (
+        finished.delivery.pk,
+        finished.delivery.attempts,
+        redact_url(finished.url),
+        result.request_headers,
+        result.status_code,
+        result.response_headers,
+        storable_text(result.response_body[:STORED_BODY_BYTES].decode("utf-8", "replace")),
+        result.duration_ms,
+        str(result.outcome),
+        result.error_class,
+        result.error_message[:1000],
+        now,
     )
+    return dict(zip(queue.ATTEMPT_FIELDS, row, strict=True))
 
 
 def _changes(finished: Finished, now: datetime) -> tuple[tuple[str, object], ...]:
@@ -150,9 +151,7 @@ def batch_record(*, token: uuid.UUID, finished: list[Finished]) -> dict[int, Sen
     results: dict[int, SendResult] = {}
     with transaction.atomic():
         ours = queue.deliveries_locked(delivery_ids=[f.delivery.pk for f in finished], token=token)
-        attempts = [_attempt_row(f) for f in finished if f.result is not None]
-        if attempts:
-            DeliveryAttempt.objects.bulk_create(attempts)
+        queue.attempts_insert([_attempt_row(f, now) for f in finished if f.result is not None])
         groups: dict[tuple[tuple[str, object], ...], list[int]] = defaultdict(list)
         for f in finished:
             if f.delivery.pk in ours:

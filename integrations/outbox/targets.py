@@ -16,9 +16,11 @@ from typing import Protocol
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db.models import Q
+from django.db import connection
 
+from integrations.encryption import decrypt
 from integrations.models import Delivery, Partner, SigningSecret, Tenant
+from integrations.outbox.sql import db_value, sql_cursor
 from integrations.ssrf import OutboundPolicy
 from portal.env import parse_retry_schedule
 
@@ -103,12 +105,26 @@ def operations_target(tenant: Tenant) -> Target:
     )
 
 
-def live_secrets(partner: Partner, now: datetime) -> tuple[str, ...]:
-    """The partner's signing secrets that have not expired (two during a rotation)."""
-    live = SigningSecret.objects.filter(partner=partner).filter(
-        Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+@functools.cache
+def _live_secrets_sql() -> str:
+    meta = SigningSecret._meta
+    c = {f.name: connection.ops.quote_name(f.column) for f in meta.concrete_fields}
+    return (
+        f"SELECT {c['secret']} FROM {connection.ops.quote_name(meta.db_table)}"  # noqa: S608
+        f" WHERE {c['partner']} = %s AND ({c['expires_at']} IS NULL OR {c['expires_at']} > %s)"
+        f" ORDER BY {c['created_at']} DESC, {c['id']} DESC"
     )
-    return tuple(live.values_list("secret", flat=True))  # newest first (model ordering)
+
+
+def live_secrets(partner: Partner, now: datetime) -> tuple[str, ...]:
+    """The partner's signing secrets that have not expired (two during a rotation), newest
+    first. Read for every batch: one hand-written SELECT (the ORM's compiler cost more CPU
+    than the query), decrypted as the field would (encryption.decrypt keeps what it opened)."""
+    with sql_cursor() as cursor:
+        cursor.execute(
+            _live_secrets_sql(), [partner.pk, db_value(SigningSecret, "expires_at", now)]
+        )
+        return tuple(decrypt(secret) for (secret,) in cursor.fetchall())
 
 
 def partner_target(partner: Partner, endpoint: str, now: datetime) -> Target:

@@ -5,7 +5,7 @@ compiler took about a quarter of the web process's CPU per request (py-spy on
 bench/ingest.py, docs/PERFORMANCE.md). So each statement below is one function with its
 reason; its text is built once per process from the models' metadata (table and column names
 are never spelled out by hand) and only the values are adapted per call, as each field's own
-get_db_prep_save would (queue.db_values: JSON, bytes, UUIDs and datetimes come out right on
+get_db_prep_save would (outbox.sql.db_values: JSON, bytes, UUIDs and datetimes come out right on
 PostgreSQL and SQLite alike). INSERT … ON CONFLICT and RETURNING run on PostgreSQL and on
 SQLite >= 3.35; an incoming event's writes are one statement on PostgreSQL only (a
 data-modifying WITH). Only names from the models' metadata, fixed SQL and placeholders are
@@ -36,7 +36,7 @@ from integrations.models import (
     Tenant,
     Ticket,
 )
-from integrations.outbox.queue import db_values, sql_cursor
+from integrations.outbox.sql import db_values, sql_cursor
 from integrations.payloads import MessagePayload
 
 

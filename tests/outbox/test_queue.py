@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from integrations.models import Delivery, Partner
-from integrations.outbox import queue
+from integrations.outbox import queue, sql
 from tests.conftest import incoming_body, outgoing_body
 
 IN = "/api/v1/engine/incoming"
@@ -281,15 +281,15 @@ def test_the_orms_repeated_statements_are_prepared_too_on_postgresql(engine_api,
 def test_behind_pgbouncer_and_while_queries_are_logged_the_ordinary_cursor_is_used(db, settings):
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL prepared statements")
-    with queue.sql_cursor() as cursor:
+    with sql.sql_cursor() as cursor:
         assert type(cursor.cursor).__name__ == "_PreparedCursor"
     connection.settings_dict["DISABLE_SERVER_SIDE_CURSORS"] = True
     try:
-        with queue.sql_cursor() as cursor:
+        with sql.sql_cursor() as cursor:
             assert type(cursor.cursor).__name__ != "_PreparedCursor"
     finally:
         connection.settings_dict["DISABLE_SERVER_SIDE_CURSORS"] = False
-    with CaptureQueriesContext(connection), queue.sql_cursor() as cursor:
+    with CaptureQueriesContext(connection), sql.sql_cursor() as cursor:
         assert type(cursor.cursor).__name__ != "_PreparedCursor"
 
 
@@ -299,7 +299,7 @@ def test_with_traces_on_the_hot_path_sql_keeps_its_spans(db, monkeypatch):
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
     monkeypatch.setattr(PsycopgInstrumentor, "is_instrumented_by_opentelemetry", True)
-    with queue.sql_cursor() as cursor:  # the instrumented connection's own cursor
+    with sql.sql_cursor() as cursor:  # the instrumented connection's own cursor
         assert type(cursor.cursor).__name__ != "_PreparedCursor"
 
 

@@ -1,0 +1,110 @@
+"""The hot path's SQL cursor and its parameters: statements every event or batch runs
+(outbox/queue.py, outbox/targets.py, services/ingest_sql.py) go through `sql_cursor`, with
+their values adapted by `db_value(s)` as each field's own get_db_prep_save would.
+
+Each statement that uses them is hand-written in one function that says why: built through
+the ORM's compiler, they cost more CPU than the database spent running them
+(docs/PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from django.db import DEFAULT_DB_ALIAS, connections, models
+from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+
+def sql_cursor() -> Any:
+    """The cursor of the hot-path SQL (see the module).
+
+    On PostgreSQL it binds parameters on the server and prepares each statement on its first
+    run on a connection, so PostgreSQL parses it once and, once its plan cache settles on a
+    generic plan (after five runs), plans it no more: planning the claim cost more than
+    running it (about 1 ms each, EXPLAIN ANALYZE, docs/PERFORMANCE.md). Django's cursor
+    wrapper stays around it, so its execute wrappers, query logging and error translation
+    work as for any other statement (while queries are logged, or traces are on, they go as
+    the others do, so the log and the traces show them). Behind PgBouncer in transaction
+    mode (PORTAL_PGBOUNCER) a prepared statement would not be on the next transaction's
+    server connection: there, as on SQLite, the ordinary cursor.
+    """
+    conn = connections[DEFAULT_DB_ALIAS]  # this thread's, not the proxy (a lookup a use)
+    if (
+        conn.vendor != "postgresql"
+        or conn.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
+        # Queries are being logged (DEBUG, tests counting them): these statements go through
+        # Django's own cursor, as the others do, so the log shows them as it shows those.
+        or conn.queries_logged
+        # Traces are on: the psycopg instrumentation traces the cursors it makes, so these
+        # statements keep their spans (and give up preparing).
+        or PsycopgInstrumentor().is_instrumented_by_opentelemetry
+    ):
+        return conn.cursor()
+    conn.close_if_health_check_failed()
+    conn.ensure_connection()
+    with conn.wrap_database_errors:
+        cursor = _PreparedCursor(conn.connection)
+        return conn._prepare_cursor(cursor)  # type: ignore[attr-defined]
+
+
+class _PreparedCursor(psycopg.Cursor):
+    """Server-side binding, every statement prepared on its first run (Django turns
+    psycopg's automatic preparing off: prepare_threshold None)."""
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        kwargs.setdefault("prepare", True)
+        return super().execute(query, params, **kwargs)
+
+
+def db_value(model: type[models.Model], field: str, value: Any) -> Any:
+    """`value` as the database driver takes it for `model.field` (the ORM's own adaptation:
+    datetimes and UUIDs come out right on PostgreSQL and SQLite alike)."""
+    return _adapted(model, field, value, connections[DEFAULT_DB_ALIAS])
+
+
+def db_values(model: type[models.Model], row: dict[str, Any]) -> list[Any]:
+    """`db_value` of each of a row's fields, in the row's order."""
+    # the connection itself, not the thread-local proxy: a field's adaptation asks it for its
+    # features and operations several times, each a thread-local lookup through the proxy
+    conn = connections[DEFAULT_DB_ALIAS]
+    return [_adapted(model, name, value, conn) for name, value in row.items()]
+
+
+def _adapted(model: type[models.Model], field: str, value: Any, conn: Any) -> Any:
+    as_is, prep = _db_prep(model, field, conn.vendor)
+    if value is None or (type(value) in as_is and getattr(value, "tzinfo", True) is not None):
+        return value  # (a naive datetime has tzinfo None: the field warns and converts it)
+    return prep(value, conn)
+
+
+# Fields whose adaptation gives a value of one plain type back as it came, by exact field
+# class (a subclass, such as an encrypted text field, adapts its own way) and exact value
+# type (an int for a text field is still converted by the field). Integers are not among
+# them: Django wraps each in its column's size (Int4, Int8), so a statement's parameter types
+# do not change with the values, and a prepared statement fits every call.
+_AS_IS: dict[type[models.Field[Any, Any]], tuple[type, ...]] = {
+    models.CharField: (str,),
+    models.TextField: (str,),
+    models.BooleanField: (bool,),
+}
+
+
+@functools.cache
+def _db_prep(model: type[models.Model], field: str, vendor: str) -> tuple[tuple[type, ...], Any]:
+    """The value types `model.field` takes as they are on `vendor` (an accepted event adapts
+    ~50 values: the field's get_db_prep_save for each was a tenth of its CPU), and the
+    field's adaptation for the others. On PostgreSQL an aware datetime and a UUID go as they
+    are too (psycopg adapts them; SQLite wants text)."""
+    model_field = model._meta.get_field(field)
+    assert isinstance(model_field, models.Field)
+    target = getattr(model_field, "target_field", model_field)  # a foreign key's: its target's
+    as_is = _AS_IS.get(type(target), ())
+    if vendor == "postgresql" and type(target) is models.DateTimeField:
+        as_is = (datetime,)  # aware ones only (`_adapted`): a naive one gets the ORM's warning
+    elif vendor == "postgresql" and type(target) is models.UUIDField:
+        as_is = (uuid.UUID,)
+    return as_is, model_field.get_db_prep_save
