@@ -478,6 +478,9 @@ def queue_next_in_order(finished: Iterable[Delivery]) -> None:
         rows = [(pk, batch_key(target, tenant)) for pk, target, tenant in cursor.fetchall()]
     if rows:
         transaction.on_commit(lambda: enqueue(rows), robust=True)
+        # and a pump lingering on the target takes it at once (whichever comes first: the
+        # other finds it claimed)
+        transaction.on_commit(lambda: pump_bells_ring(key for _, key in rows), robust=True)
 
 
 # --- the dispatcher ---------------------------------------------------------------------------
@@ -678,6 +681,37 @@ def _flag_add(name: str, bell: str | None = None) -> bool:
         script = backend.__dict__["_take_or_ring"] = client.register_script(_TAKE_OR_RING)
     ring = backend.make_and_validate_key(bell)
     return bool(script(keys=[key, ring], args=[value, WAKE_TTL], client=client))
+
+
+# Ring the bell whether or not the flag is up (a pump that is not lingering finds the ring
+# when it next waits: one look for nothing).
+_RING = """
+for i, bell in ipairs(KEYS) do
+    if redis.call('LLEN', bell) == 0 then
+        redis.call('RPUSH', bell, '1')
+        redis.call('EXPIRE', bell, ARGV[1])
+    end
+end
+return 0
+"""
+
+
+def pump_bells_ring(keys: Iterable[str]) -> None:
+    """Ring these targets' bells (a lingering pump claims at once); nothing without bells.
+    Never raises: a ring that is lost leaves the row to its queue message."""
+    backend = caches[DEFAULT_CACHE_ALIAS]
+    names = sorted(set(keys))
+    if not names or not isinstance(backend, RedisCache):
+        return
+    try:
+        script = backend.__dict__.get("_ring")
+        client = _redis(backend)
+        if script is None:
+            script = backend.__dict__["_ring"] = client.register_script(_RING)
+        bells = [backend.make_and_validate_key(_bell(key)) for key in names]
+        script(keys=bells, args=[WAKE_TTL], client=client)
+    except Exception:
+        logger.warning("pump bells of %s: cache unavailable", names, exc_info=True)
 
 
 def bells() -> bool:

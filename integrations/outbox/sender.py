@@ -500,6 +500,7 @@ def _pump(key: str, slot: int) -> dict[int, SendResult]:
     results: dict[int, SendResult] = {}
     limit = settings.PORTAL_DELIVERY_BATCH
     started, lowered = time.monotonic(), False
+    waited = False  # a linger ran out since the last claim that took something
     while True:
         token, now, begun = uuid.uuid4(), timezone.now(), time.monotonic()
         claimed = deliveries_claim_due(key=key, limit=limit, token=token, now=now)
@@ -507,11 +508,12 @@ def _pump(key: str, slot: int) -> dict[int, SendResult]:
             if lowered:
                 deliveries_release_target(key=key, now=now)
                 return results
-            if slot == 0 and _lingered(key, started):
+            if slot == 0 and not waited and _lingered(key, started):
                 continue
             pump_flag_drop(key, slot)
             lowered = True
             continue
+        waited = False
         if lowered:
             if not pump_flag_take(key, slot):
                 # a newer pump is queued in this slot: this batch is the last of this one
@@ -530,6 +532,14 @@ def _pump(key: str, slot: int) -> dict[int, SendResult]:
         if time.monotonic() - started > SLICE:
             pump_requeue(key, slot, refresh=True)
             return results
+        if slot == 0 and len(claimed) < limit:
+            # The claim took all it could: whatever comes after it rings the bell (a new
+            # event's wake; the next message of a ticket this batch finished), so the pump
+            # waits for that instead of claiming again for nothing (a claim that finds
+            # nothing costs about what one that finds a row does).
+            if _lingered(key, started):
+                continue
+            waited = True  # it ran out: look once more, then end
 
 
 def _lingered(key: str, started: float) -> bool:

@@ -384,3 +384,31 @@ def test_a_broker_that_cannot_say_counts_as_a_task_waiting(monkeypatch):
     # do not linger then: a worker slot held for nothing is worse than a pump ending
     monkeypatch.setattr(current_app.pool, "acquire", unreachable)
     assert queue.tasks_waiting()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lingering_pump_takes_a_tickets_next_message_on_the_ring_of_its_recording(
+    engine_api, partner, sink, settings, monkeypatch
+):
+    settings.PORTAL_PUMP_LINGER_MS = 3000
+    monkeypatch.setattr(sender, "tasks_waiting", lambda: False)
+    key = f"partner:{partner.pk}"
+    first = ingest(engine_api, message="one")
+    second = ingest(engine_api, message="two")  # the same ticket: held until the first is done
+    # the second event's wake rang the bell (the flag was up): start without that ring
+    cache._cache.get_client().delete(cache.make_and_validate_key(f"portal:bell:{key}"))
+    waits: list[bool] = []
+    real_wait = sender.pump_bell_wait
+
+    def wait(target: str, timeout: float) -> bool:
+        waits.append(real_wait(target, timeout))
+        return waits[-1]
+
+    monkeypatch.setattr(sender, "pump_bell_wait", wait)
+    results = sender.deliveries_pump(key=key)
+    assert results == {first.pk: "succeeded", second.pk: "succeeded"}
+    assert [r.json["message"] for r in sink.received] == ["one", "two"]
+    # recording the first made the second the ticket's next and rang the bell: the pump's
+    # first wait after the first batch ended on that ring, not when its linger ran out
+    assert waits[0] is True
+    assert not _flag_up(key)
