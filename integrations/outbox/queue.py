@@ -305,18 +305,17 @@ def deliveries_locked(*, delivery_ids: Sequence[int], token: uuid.UUID) -> set[i
         return {pk for (pk,) in cursor.fetchall()}
 
 
-ATTEMPT_FIELDS = ("delivery", "number", "url", "request_headers", "response_status")
-ATTEMPT_FIELDS += ("response_headers", "response_body", "duration_ms", "outcome", "error_class")
-ATTEMPT_FIELDS += ("error_message", "created_at")
+ATTEMPT_FIELDS: tuple[str, ...] = ("delivery", "number", "url", "request_headers")
+ATTEMPT_FIELDS += ("response_status", "response_headers", "response_body", "duration_ms")
+ATTEMPT_FIELDS += ("outcome", "error_class", "error_message", "created_at")
 
 
 @functools.cache
 def _attempts_insert_sql(rows: int) -> str:
-    meta = DeliveryAttempt._meta
-    columns = ", ".join(connection.ops.quote_name(meta.get_field(n).column) for n in ATTEMPT_FIELDS)
+    columns = ", ".join(_column(DeliveryAttempt, name) for name in ATTEMPT_FIELDS)
     row = "(" + ", ".join(["%s"] * len(ATTEMPT_FIELDS)) + ")"
     return (
-        f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns})"  # noqa: S608
+        f"INSERT INTO {connection.ops.quote_name(DeliveryAttempt._meta.db_table)} ({columns})"  # noqa: S608
         f" VALUES {', '.join([row] * rows)}"
     )
 

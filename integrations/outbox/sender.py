@@ -9,14 +9,16 @@ few statements per batch instead of per delivery (bench/delivery.py).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import random
+import signal
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from datetime import datetime, timedelta
@@ -552,12 +554,32 @@ def _lingered(key: str, started: float) -> bool:
     if linger <= 0 or not bells():
         return False
     until = min(time.monotonic() + linger, started + SLICE)
-    while (left := until - time.monotonic()) > 0:
-        if tasks_waiting():
-            return False
-        if pump_bell_wait(key, min(LINGER_STEP, left)):
-            return True
+    with _stopped_by_sigterm() as stopped:
+        while (left := until - time.monotonic()) > 0 and not stopped():
+            if tasks_waiting():
+                return False
+            if pump_bell_wait(key, min(LINGER_STEP, left)):
+                return True
     return False
+
+
+@contextlib.contextmanager
+def _stopped_by_sigterm() -> Iterator[Callable[[], bool]]:
+    """While a pump lingers, SIGTERM ends the wait instead of the process: a stop that
+    signals the worker's whole process group (a deploy, `make run`, the tests) reaches the
+    pool process in the middle of a task only because it was waiting for work; it ends
+    within LINGER_STEP, its task completes, and the worker's warm shutdown stops it as any
+    idle pool process. Yields whether a SIGTERM came. Only in the main thread (where Python
+    runs signal handlers); elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        yield lambda: bool(received)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _surplus(deliveries: Sequence[Delivery], token: uuid.UUID, now: datetime) -> bool:

@@ -412,3 +412,26 @@ def test_a_lingering_pump_takes_a_tickets_next_message_on_the_ring_of_its_record
     # first wait after the first batch ended on that ring, not when its linger ran out
     assert waits[0] is True
     assert not _flag_up(key)
+
+
+def test_sigterm_ends_a_linger_not_the_process(db, settings, monkeypatch):
+    # a stop that signals the worker's whole group reaches a lingering pool process: it stops
+    # waiting (its task then completes) instead of dying in the middle of the task
+    import os
+    import signal
+    import time
+
+    settings.PORTAL_PUMP_LINGER_MS = 30_000
+    monkeypatch.setattr(sender, "tasks_waiting", lambda: False)
+    outside: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: outside.append(signum))
+    try:
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        started = time.monotonic()
+        assert sender._lingered("partner:sigterm-check", started) is False
+        assert time.monotonic() - started < 10  # not the whole linger (30 s)
+        assert outside == []  # the linger took it
+        os.kill(os.getpid(), signal.SIGTERM)  # and handed SIGTERM back afterwards
+        assert outside == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -253,8 +253,12 @@ def gunicorn_cmd(
 
 
 # What Celery writes itself, outside logging, on a worker's way out (its start-up banner is
-# left out with --quiet).
-CELERY_OWN_LINES = re.compile(r"worker: (Warm|Cold) shutdown \(MainProcess\)")
+# left out with --quiet); and billiard's line for a pool process that a SIGTERM to the whole
+# group ended while the worker still waited for a task (a pump lingering on its bell) to end.
+CELERY_OWN_LINES = re.compile(
+    r"worker: (Warm|Cold) shutdown \(MainProcess\)"
+    r"|Process 'ForkPoolWorker-\d+' pid:\d+ exited with 'signal 15 \(SIGTERM\)'"
+)
 
 
 def json_log_lines(text: str) -> list[dict]:
