@@ -125,7 +125,7 @@ else:
     PGBOUNCER = env_bool("PORTAL_PGBOUNCER", False)
     DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = PGBOUNCER
     if not PGBOUNCER:
-        # The hot-path SQL's cursor prepares its statements (outbox/queue.sql_cursor); the
+        # The hot-path SQL's cursor prepares its statements (outbox/sql.sql_cursor); the
         # rest of Django binds on the server too, so the statements a process repeats (a
         # worker's reload of the rows it claimed: 0.33 ms of planning each time) are prepared
         # after five runs (docs/PERFORMANCE.md, issue #16).

@@ -3,6 +3,7 @@ selectors; the views only glue them to HTTP."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from urllib.parse import urlencode
 
@@ -27,6 +28,8 @@ from integrations.services import events as event_services
 from integrations.services.accounts import Principal, principal_checked
 from integrations.services.events import Route
 from integrations.services.idempotency import IdempotencyRequest, request_fingerprint
+
+logger = logging.getLogger(__name__)
 
 _ERRORS = {code: schemas.ErrorSerializer for code in (400, 401, 403, 404, 409, 411, 413, 415, 429)}
 _GET_ERRORS = {code: schemas.ErrorSerializer for code in (400, 401, 403, 404, 429)}
@@ -92,6 +95,8 @@ class _IngestView(PortalView):
                 principal_checked(principal)
             except PortalError as refused:
                 exc = refused
+            except Exception:  # the key could not be read (database down): the first error
+                logger.warning("could not check the API key again", exc_info=True)
         return super().handle_exception(exc)
 
 

@@ -123,13 +123,22 @@ _PICKED += "c.ticket_id, c.tenant_id"
 
 
 def _claim(candidates: str, params: list[Any], token: uuid.UUID, now: datetime) -> list[Claimed]:
+    """`_claim_looked` without how many rows it looked at."""
+    return _claim_looked(candidates, params, token, now)[0]
+
+
+def _claim_looked(
+    candidates: str, params: list[Any], token: uuid.UUID, now: datetime
+) -> tuple[list[Claimed], int | None]:
     """The claim: of the deliveries `candidates` selects (`_PICKED` of `c`), take those that
     may be attempted now: status `delivering`, a new lease token and expiry, and the attempt
     counted here, so a delivery whose worker dies mid-attempt still uses up its tries and
     ends `dead` instead of looping. Rows another transaction has locked (being claimed or
     recorded) are skipped rather than waited for, so concurrent claims neither queue up nor
-    deadlock (SQLite has one writer at a time anyway). Returns (id, partner id), by id."""
-    skip_locked = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    deadlock (SQLite has one writer at a time anyway). Returns (id, partner id), by id, and
+    how many rows the candidates picked when any was taken (on PostgreSQL; else None)."""
+    postgresql = connection.vendor == "postgresql"
+    skip_locked = " FOR UPDATE SKIP LOCKED" if postgresql else ""
     at = db_value(Delivery, "updated_at", now)
     lease = timedelta(seconds=settings.PORTAL_DELIVERY_LEASE_SECONDS)
     # The candidates are picked once (MATERIALIZED): as a subquery of the UPDATE, a plan
@@ -151,7 +160,7 @@ def _claim(candidates: str, params: list[Any], token: uuid.UUID, now: datetime) 
         SET status = %s, lease_token = %s, lease_expires_at = %s,
             attempts = attempts + 1, updated_at = %s
         WHERE {taken}
-        RETURNING id, partner_id
+        RETURNING id, partner_id{", (SELECT count(*) FROM picked)" if postgresql else ""}
     """  # noqa: S608
     values = [
         *params,
@@ -163,7 +172,9 @@ def _claim(candidates: str, params: list[Any], token: uuid.UUID, now: datetime) 
     ]
     with sql_cursor() as cursor:
         cursor.execute(sql, values)
-        return sorted(cursor.fetchall())
+        rows = cursor.fetchall()
+    looked = int(rows[0][2]) if rows and postgresql else None
+    return sorted((row[0], row[1]) for row in rows), looked
 
 
 def deliveries_claim(
@@ -215,6 +226,13 @@ def _target_scope(key: str, alias: str) -> tuple[str, list[Any]]:
 
 
 def deliveries_claim_due(*, key: str, limit: int, token: uuid.UUID, now: datetime) -> list[Claimed]:
+    """`deliveries_claim_due_looked` without how many rows it looked at."""
+    return deliveries_claim_due_looked(key=key, limit=limit, token=token, now=now)[0]
+
+
+def deliveries_claim_due_looked(
+    *, key: str, limit: int, token: uuid.UUID, now: datetime
+) -> tuple[list[Claimed], int | None]:
     """A pump's claim (see `wake`): of the `limit` oldest new (`pending`, due) deliveries of
     the batch key `key` (a partner, or one tenant's engine relay or operations URL), take
     those that may be attempted now; returns (id, partner id), by id.
@@ -224,6 +242,8 @@ def deliveries_claim_due(*, key: str, limit: int, token: uuid.UUID, now: datetim
     long its backlog. Retries are not looked for here: with two statuses the index gives no
     id order, and the plan read and sorted every waiting row of the target (585 rows for a
     batch of 20 on a backlog, EXPLAIN ANALYZE); the dispatcher queues due retries by id.
+    Also returns how many rows it looked at (`_claim_looked`): fewer than `limit` means it
+    saw every new due delivery of the target, the ones it could not take held back.
     """
     scope, params = _target_scope(key, "c")
     candidates = f"""
@@ -232,7 +252,7 @@ def deliveries_claim_due(*, key: str, limit: int, token: uuid.UUID, now: datetim
         ORDER BY c.id LIMIT %s
     """  # noqa: S608
     params += [Delivery.Status.PENDING.value, db_value(Delivery, "updated_at", now), limit]
-    return _claim(candidates, params, token, now)
+    return _claim_looked(candidates, params, token, now)
 
 
 def deliveries_release_target(*, key: str, now: datetime) -> int:
@@ -723,19 +743,20 @@ def bells() -> bool:
 _LEAST_WAIT = 0.01
 
 
-def pump_bell_wait(key: str, timeout: float) -> bool:
+def pump_bell_wait(key: str, timeout: float) -> bool | None:
     """Wait up to `timeout` seconds for the target's bell (`wake` rings it when the pump's
-    flag is up already); True when it rang. False at once without bells, or when the cache
-    is down (the pump then ends, as it would have without lingering)."""
+    flag is up already); True when it rang, False when it did not. None, at once, when
+    there is no bell to wait on: not Redis, or the cache failed (down, or a Redis older than
+    6.0 refusing a timeout under a second): the pump then ends, as without lingering."""
     backend = caches[DEFAULT_CACHE_ALIAS]
     if not isinstance(backend, RedisCache):
-        return False
+        return None
     try:
         ring = backend.make_and_validate_key(_bell(key))
         return _redis(backend).blpop([ring], timeout=max(timeout, _LEAST_WAIT)) is not None
     except Exception:
         logger.warning("pump bell of %s: cache unavailable", key, exc_info=True)
-        return False
+        return None
 
 
 def tasks_waiting() -> bool:

@@ -35,7 +35,7 @@ from integrations.outbox.queue import (
     batch_outranked,
     bells,
     deliveries_claim,
-    deliveries_claim_due,
+    deliveries_claim_due_looked,
     deliveries_claim_more,
     deliveries_hand_back,
     deliveries_release,
@@ -505,7 +505,14 @@ def _pump(key: str, slot: int) -> dict[int, SendResult]:
     waited = False  # a linger ran out since the last claim that took something
     while True:
         token, now, begun = uuid.uuid4(), timezone.now(), time.monotonic()
-        claimed = deliveries_claim_due(key=key, limit=limit, token=token, now=now)
+        if _stopping:
+            # a SIGTERM came while this process lingered: no more claims; the target's new
+            # rows go to the dispatcher (another worker)
+            if not lowered:
+                pump_flag_drop(key, slot)
+            deliveries_release_target(key=key, now=now)
+            return results
+        claimed, looked = deliveries_claim_due_looked(key=key, limit=limit, token=token, now=now)
         if not claimed:
             if lowered:
                 deliveries_release_target(key=key, now=now)
@@ -534,11 +541,12 @@ def _pump(key: str, slot: int) -> dict[int, SendResult]:
         if time.monotonic() - started > SLICE:
             pump_requeue(key, slot, refresh=True)
             return results
-        if slot == 0 and len(claimed) < limit:
-            # The claim took all it could: whatever comes after it rings the bell (a new
-            # event's wake; the next message of a ticket this batch finished), so the pump
-            # waits for that instead of claiming again for nothing (a claim that finds
-            # nothing costs about what one that finds a row does).
+        if slot == 0 and looked is not None and looked < limit:
+            # The claim saw every new due delivery of the target and took what it could:
+            # what comes after it rings the bell (a new event's wake; the next message of a
+            # ticket this batch finished), so the pump waits for that instead of claiming
+            # again for nothing (a claim that finds nothing costs about what one that finds
+            # a row does). A full window may hide takeable rows behind held ones: claim.
             if _lingered(key, started):
                 continue
             waited = True  # it ran out: look once more, then end
@@ -551,33 +559,46 @@ def _lingered(key: str, started: float) -> bool:
     end. A lingering pump holds a worker slot, so it gives the slot back as soon as another
     task waits for one (`queue.tasks_waiting`): other targets' pumps, the dispatcher."""
     linger = settings.PORTAL_PUMP_LINGER_MS / 1000
-    if linger <= 0 or not bells():
+    if linger <= 0 or _stopping or not bells():
         return False
     until = min(time.monotonic() + linger, started + SLICE)
-    with _stopped_by_sigterm() as stopped:
-        while (left := until - time.monotonic()) > 0 and not stopped():
-            if tasks_waiting():
+    with _stopped_by_sigterm():
+        while (left := until - time.monotonic()) > 0 and not _stopping:
+            rang = pump_bell_wait(key, min(LINGER_STEP, left))
+            if rang is None:  # no bell to wait on after all (the cache failed)
                 return False
-            if pump_bell_wait(key, min(LINGER_STEP, left)):
+            if rang:
                 return True
+            if tasks_waiting():  # a step went by idle: is the slot wanted?
+                return False
     return False
 
 
+# Set for good in a process that got a SIGTERM while a pump lingered (`_stopped_by_sigterm`).
+_stopping = False
+
+
+def _stop(signum: int, frame: object) -> None:
+    global _stopping
+    _stopping = True
+
+
 @contextlib.contextmanager
-def _stopped_by_sigterm() -> Iterator[Callable[[], bool]]:
+def _stopped_by_sigterm() -> Iterator[None]:
     """While a pump lingers, SIGTERM ends the wait instead of the process: a stop that
     signals the worker's whole process group (a deploy, `make run`, the tests) reaches the
-    pool process in the middle of a task only because it was waiting for work; it ends
-    within LINGER_STEP, its task completes, and the worker's warm shutdown stops it as any
-    idle pool process. Yields whether a SIGTERM came. Only in the main thread (where Python
-    runs signal handlers); elsewhere nothing changes."""
+    pool process in the middle of a task only because it was waiting for work. It marks the
+    process as stopping (`_stopping`: no pump of it lingers or claims again; the one that
+    lingered ends within LINGER_STEP, its target's rows left to the dispatcher), and the
+    worker's warm shutdown then stops it as any idle pool process; a second SIGTERM, outside
+    a linger, ends it as before. Only in the main thread (where Python runs signal
+    handlers); elsewhere nothing changes."""
     if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
+        yield
         return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        yield lambda: bool(received)
+        yield
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -241,6 +241,8 @@ class Principal:
             state, found = read
             _credential_valid(state, noun="API key", code="key")
             credential_used(ApiKey, state)
+            # read in this request now: an error answered later need not read it again
+            object.__setattr__(self, "checked", True)
             if found is None:
                 raise Forbidden("This key may not act for that owner.", code="owner_forbidden")
             return found

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import select
 
+import psycopg
 from django.db.backends.postgresql.base import DatabaseWrapper as PostgreSQLDatabaseWrapper
 from psycopg import pq
 
@@ -27,9 +28,18 @@ class DatabaseWrapper(PostgreSQLDatabaseWrapper):
             pgconn = self.connection.pgconn
             if pgconn.status != pq.ConnStatus.OK or self.connection.closed:
                 return False
-            readable, _, _ = select.select([pgconn.socket], [], [], 0)
-        except (OSError, ValueError, AttributeError):
-            readable = [True]
-        if readable:
-            return bool(super().is_usable())
-        return True
+            # only an idle session is taken on the socket's word (one left in the middle of
+            # a result or of a failed transaction gets Django's check)
+            quiet = pgconn.transaction_status == pq.TransactionStatus.IDLE and not _readable(
+                pgconn.socket
+            )
+        except (OSError, ValueError, AttributeError, psycopg.Error):
+            quiet = False
+        return True if quiet else bool(super().is_usable())
+
+
+def _readable(fd: int) -> bool:
+    """Whether the socket has something to read now (poll: no limit on the descriptor)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))

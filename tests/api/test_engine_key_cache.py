@@ -98,3 +98,13 @@ def test_another_key_with_the_same_row_id_is_not_taken_for_the_known_one(known_k
     key, caller = known_key
     ApiKey.objects.filter(pk=key.pk).update(key_hash="0" * 64)
     _refused(caller.post(URL, incoming_body(ticketNumber="second")), 401, "invalid_key")
+
+
+def test_a_revoked_known_key_gets_its_401_on_any_method(known_key):
+    # only the POST reads the key with its tenant: every other method reads it first
+    key, caller = known_key
+    api_key_revoke(key=key)
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {caller.key}"}
+    for method in ("options", "get", "put"):
+        response = getattr(caller.client, method)(URL, **auth)
+        _refused(response, 401, "key_revoked")

@@ -350,14 +350,20 @@ def test_a_pump_does_not_linger_while_a_task_waits_for_a_worker_slot(
 ):
     settings.PORTAL_PUMP_LINGER_MS = 60_000
     monkeypatch.setattr(sender, "tasks_waiting", lambda: True)
-    waited = []
-    monkeypatch.setattr(sender, "pump_bell_wait", lambda *args: waited.append(args))
+    waited: list[float] = []
+
+    def quiet(key: str, timeout: float) -> bool:  # a step that went by with no ring
+        waited.append(timeout)
+        return False
+
+    monkeypatch.setattr(sender, "pump_bell_wait", quiet)
     key = f"partner:{partner.pk}"
     with django_capture_on_commit_callbacks(execute=True):
         first = ingest(engine_api)
-    # it ends at once, its slot given back, its flag down: the next event queues a pump
+    # it ends after one idle step, its slot given back, its flag down: the next event
+    # queues a pump
     assert sender.deliveries_pump(key=key) == {first.pk: "succeeded"}
-    assert waited == []
+    assert waited == [sender.LINGER_STEP]
     with django_capture_on_commit_callbacks(execute=True):
         ingest(engine_api)
     assert request.node.queued_pumps == [key, key]
@@ -423,6 +429,7 @@ def test_sigterm_ends_a_linger_not_the_process(db, settings, monkeypatch):
 
     settings.PORTAL_PUMP_LINGER_MS = 30_000
     monkeypatch.setattr(sender, "tasks_waiting", lambda: False)
+    monkeypatch.setattr(sender, "_stopping", False)  # and back to False after the test
     outside: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: outside.append(signum))
     try:
@@ -433,5 +440,74 @@ def test_sigterm_ends_a_linger_not_the_process(db, settings, monkeypatch):
         assert outside == []  # the linger took it
         os.kill(os.getpid(), signal.SIGTERM)  # and handed SIGTERM back afterwards
         assert outside == [signal.SIGTERM]
+        # the process is stopping: no pump of it lingers again
+        assert sender._stopping
+        assert sender._lingered("partner:sigterm-check", time.monotonic()) is False
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_pump_in_a_stopping_process_claims_nothing_and_leaves_its_rows_to_the_dispatcher(
+    engine_api, partner, sink, monkeypatch
+):
+    monkeypatch.setattr(sender, "_stopping", True)
+    key = f"partner:{partner.pk}"
+    delivery = ingest(engine_api)
+    queue.pump_flag_take(key)
+    assert sender.deliveries_pump(key=key) == {}
+    assert sink.received == []
+    assert not _flag_up(key)
+    # not marked queued: the dispatcher (another worker) queues it at once
+    assert queue.deliveries_due(now=timezone.now()) == [(delivery.pk, key)]
+
+
+def test_a_short_claim_that_looked_at_a_full_window_claims_again_at_once(
+    engine_api, partner, sink, settings, monkeypatch
+):
+    # a ticket's first message failed (retrying, later): its second is held back and sits
+    # in every claim's window of the oldest new rows, so each claim takes one other row and
+    # comes back short; the rows past the window must not wait for a linger to run out
+    settings.PORTAL_DELIVERY_BATCH = 2
+    settings.PORTAL_PUMP_LINGER_MS = 60_000
+    head = ingest(engine_api, ticketNumber="t-1", message="head")
+    Delivery.objects.filter(pk=head.pk).update(
+        status="retrying", next_attempt_at=timezone.now() + timezone.timedelta(hours=1)
+    )
+    held = ingest(engine_api, ticketNumber="t-1", message="held")
+    a = ingest(engine_api, ticketNumber="t-2", message="a")
+    b = ingest(engine_api, ticketNumber="t-3", message="b")
+    sent_before_each_wait: list[int] = []
+
+    def wait(target: str, timeout: float) -> bool:
+        sent_before_each_wait.append(len(sink.received))
+        return False
+
+    monkeypatch.setattr(sender, "pump_bell_wait", wait)
+    monkeypatch.setattr(sender, "tasks_waiting", lambda: True)  # one idle step, then end
+    results = sender.deliveries_pump(key=f"partner:{partner.pk}")
+    assert results[a.pk] == results[b.pk] == "succeeded"
+    assert held.pk not in results or results[held.pk] == "not_claimed"
+    # both went out before the pump first waited on its bell
+    assert sent_before_each_wait[0] == 2
+
+
+def test_a_bell_that_cannot_be_waited_on_ends_the_linger_at_once(db, settings, monkeypatch):
+    # a Redis cache nobody listens on (or one refusing the wait): no spinning for the linger
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+        }
+    }
+    settings.PORTAL_PUMP_LINGER_MS = 60_000
+    monkeypatch.setattr(sender, "tasks_waiting", lambda: False)
+    steps: list[bool | None] = []
+    real_wait = sender.pump_bell_wait
+
+    def wait(key: str, timeout: float) -> bool | None:
+        steps.append(real_wait(key, timeout))
+        return steps[-1]
+
+    monkeypatch.setattr(sender, "pump_bell_wait", wait)
+    assert sender._lingered("partner:no-bell", sender.time.monotonic()) is False
+    assert steps == [None]
