@@ -29,11 +29,11 @@ from celery import current_app
 from django.conf import settings
 from django.core.cache import DEFAULT_CACHE_ALIAS, cache, caches
 from django.core.cache.backends.redis import RedisCache
-from django.db import connection, models, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from integrations.models import Delivery, DeliveryAttempt, Partner
-from integrations.outbox.sql import db_value, db_values, sql_cursor
+from integrations.outbox.sql import columns, db_value, db_values, sql_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -225,12 +225,7 @@ def _target_scope(key: str, alias: str) -> tuple[str, list[Any]]:
     return condition, [target, tenant_id]
 
 
-def deliveries_claim_due(*, key: str, limit: int, token: uuid.UUID, now: datetime) -> list[Claimed]:
-    """`deliveries_claim_due_looked` without how many rows it looked at."""
-    return deliveries_claim_due_looked(key=key, limit=limit, token=token, now=now)[0]
-
-
-def deliveries_claim_due_looked(
+def deliveries_claim_due(
     *, key: str, limit: int, token: uuid.UUID, now: datetime
 ) -> tuple[list[Claimed], int | None]:
     """A pump's claim (see `wake`): of the `limit` oldest new (`pending`, due) deliveries of
@@ -303,12 +298,6 @@ def deliveries_hand_back(*, delivery_ids: Sequence[int], token: uuid.UUID) -> in
 # --- recording a batch (outbox/record.py, outbox/health.py) ------------------------------------
 
 
-def _column(model: type[models.Model], field: str) -> str:
-    model_field = model._meta.get_field(field)
-    assert isinstance(model_field, models.Field)
-    return connection.ops.quote_name(model_field.column)
-
-
 def deliveries_locked(*, delivery_ids: Sequence[int], token: uuid.UUID) -> set[int]:
     """Of these deliveries, lock (until the transaction ends) those still under lease
     `token` and return their ids: the rows a batch may still record its outcomes on."""
@@ -332,10 +321,10 @@ ATTEMPT_FIELDS += ("outcome", "error_class", "error_message", "created_at")
 
 @functools.cache
 def _attempts_insert_sql(rows: int) -> str:
-    columns = ", ".join(_column(DeliveryAttempt, name) for name in ATTEMPT_FIELDS)
+    names = ", ".join(columns(DeliveryAttempt)[name] for name in ATTEMPT_FIELDS)
     row = "(" + ", ".join(["%s"] * len(ATTEMPT_FIELDS)) + ")"
     return (
-        f"INSERT INTO {connection.ops.quote_name(DeliveryAttempt._meta.db_table)} ({columns})"  # noqa: S608
+        f"INSERT INTO {connection.ops.quote_name(DeliveryAttempt._meta.db_table)} ({names})"  # noqa: S608
         f" VALUES {', '.join([row] * rows)}"
     )
 
@@ -360,9 +349,10 @@ def deliveries_finish(
     if not ids:
         return 0
     fields = [*changes, ("lease_token", None), ("lease_expires_at", None), ("updated_at", now)]
-    columns = ", ".join(f"{_column(Delivery, name)} = %s" for name, _ in fields)
+    c = columns(Delivery)
+    assignments = ", ".join(f"{c[name]} = %s" for name, _ in fields)
     sql = f"""
-        UPDATE {Delivery._meta.db_table} SET {columns}
+        UPDATE {Delivery._meta.db_table} SET {assignments}
         WHERE id IN ({", ".join(["%s"] * len(ids))})
     """  # noqa: S608
     params = [db_value(Delivery, name, value) for name, value in fields]
@@ -695,11 +685,17 @@ def _flag_add(name: str, bell: str | None = None) -> bool:
     value = backend._cache._serializer.dumps(1)  # type: ignore[attr-defined]
     if bell is None:
         return bool(client.set(key, value, nx=True, ex=WAKE_TTL))
-    script = backend.__dict__.get("_take_or_ring")
-    if script is None:
-        script = backend.__dict__["_take_or_ring"] = client.register_script(_TAKE_OR_RING)
     ring = backend.make_and_validate_key(bell)
+    script = _script(backend, _TAKE_OR_RING)
     return bool(script(keys=[key, ring], args=[value, WAKE_TTL], client=client))
+
+
+def _script(backend: RedisCache, source: str) -> Any:
+    """The Lua script `source`, registered once on this thread's cache backend."""
+    scripts = backend.__dict__.setdefault("_pump_scripts", {})
+    if source not in scripts:
+        scripts[source] = _redis(backend).register_script(source)
+    return scripts[source]
 
 
 # Ring the bell whether or not the flag is up (a pump that is not lingering finds the ring
@@ -723,12 +719,8 @@ def pump_bells_ring(keys: Iterable[str]) -> None:
     if not names or not isinstance(backend, RedisCache):
         return
     try:
-        script = backend.__dict__.get("_ring")
-        client = _redis(backend)
-        if script is None:
-            script = backend.__dict__["_ring"] = client.register_script(_RING)
         bells = [backend.make_and_validate_key(_bell(key)) for key in names]
-        script(keys=bells, args=[WAKE_TTL], client=client)
+        _script(backend, _RING)(keys=bells, args=[WAKE_TTL], client=_redis(backend))
     except Exception:
         logger.warning("pump bells of %s: cache unavailable", names, exc_info=True)
 

@@ -35,7 +35,7 @@ from integrations.outbox.queue import (
     batch_outranked,
     bells,
     deliveries_claim,
-    deliveries_claim_due_looked,
+    deliveries_claim_due,
     deliveries_claim_more,
     deliveries_hand_back,
     deliveries_release,
@@ -512,7 +512,7 @@ def _pump(key: str, slot: int) -> dict[int, SendResult]:
                 pump_flag_drop(key, slot)
             deliveries_release_target(key=key, now=now)
             return results
-        claimed, looked = deliveries_claim_due_looked(key=key, limit=limit, token=token, now=now)
+        claimed, looked = deliveries_claim_due(key=key, limit=limit, token=token, now=now)
         if not claimed:
             if lowered:
                 deliveries_release_target(key=key, now=now)

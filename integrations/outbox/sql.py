@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from django.db import DEFAULT_DB_ALIAS, connections, models
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
 
@@ -108,3 +108,10 @@ def _db_prep(model: type[models.Model], field: str, vendor: str) -> tuple[tuple[
     elif vendor == "postgresql" and type(target) is models.UUIDField:
         as_is = (uuid.UUID,)
     return as_is, model_field.get_db_prep_save
+
+
+@functools.cache
+def columns(model: type[models.Model]) -> dict[str, str]:
+    """The model's concrete fields by name -> their quoted column names (a foreign key's name
+    gives its id column), for statements built from the models' metadata."""
+    return {f.name: connection.ops.quote_name(f.column) for f in model._meta.concrete_fields}

@@ -20,7 +20,7 @@ from django.db import connection
 
 from integrations.encryption import decrypt
 from integrations.models import Delivery, Partner, SigningSecret, Tenant
-from integrations.outbox.sql import db_value, sql_cursor
+from integrations.outbox.sql import columns, db_value, sql_cursor
 from integrations.ssrf import OutboundPolicy
 from portal.env import parse_retry_schedule
 
@@ -107,10 +107,9 @@ def operations_target(tenant: Tenant) -> Target:
 
 @functools.cache
 def _live_secrets_sql() -> str:
-    meta = SigningSecret._meta
-    c = {f.name: connection.ops.quote_name(f.column) for f in meta.concrete_fields}
+    c = columns(SigningSecret)
     return (
-        f"SELECT {c['secret']} FROM {connection.ops.quote_name(meta.db_table)}"  # noqa: S608
+        f"SELECT {c['secret']} FROM {connection.ops.quote_name(SigningSecret._meta.db_table)}"  # noqa: S608
         f" WHERE {c['partner']} = %s AND ({c['expires_at']} IS NULL OR {c['expires_at']} > %s)"
         f" ORDER BY {c['created_at']} DESC, {c['id']} DESC"
     )

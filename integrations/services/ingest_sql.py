@@ -36,17 +36,13 @@ from integrations.models import (
     Tenant,
     Ticket,
 )
+from integrations.outbox.sql import columns as _columns
 from integrations.outbox.sql import db_values, sql_cursor
 from integrations.payloads import MessagePayload
 
 
 def _qn(name: str) -> str:
     return connection.ops.quote_name(name)
-
-
-def _columns(model: type[models.Model]) -> dict[str, str]:
-    """Field name -> quoted column name."""
-    return {f.name: _qn(f.column) for f in model._meta.concrete_fields}
 
 
 def _values(model: type[models.Model], row: dict[str, Any]) -> list[Any]:

@@ -245,7 +245,7 @@ def test_what_a_pump_may_not_take_now_goes_to_the_dispatcher_at_once(
     key = f"partner:{partner.pk}"
     in_flight = ingest(engine_api, ticketNumber="t-1")
     Partner.objects.filter(pk=partner.pk).update(consecutive_failures=3)
-    assert queue.deliveries_claim_due(key=key, limit=20, token=uuid.uuid4(), now=timezone.now())
+    assert queue.deliveries_claim_due(key=key, limit=20, token=uuid.uuid4(), now=timezone.now())[0]
     # when a new event's pump finds nothing it may take
     with django_capture_on_commit_callbacks(execute=True):
         waiting = ingest(engine_api, ticketNumber="t-2")
