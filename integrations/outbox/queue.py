@@ -23,7 +23,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from celery import current_app
 from django.conf import settings
@@ -33,6 +33,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from integrations.models import Delivery, DeliveryAttempt, Partner
+from integrations.outbox.sendable import Sendable, delivery_returning, sendable_sql, sendables
 from integrations.outbox.sql import columns, db_value, db_values, sql_cursor
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,6 @@ logger = logging.getLogger(__name__)
 # The task that sends a batch (integrations/tasks.py); named, not imported: the outbox sits
 # below the tasks that call it.
 SEND_BATCH_TASK = "integrations.tasks.delivery_send_batch"
-
-Claimed = tuple[int, int | None]  # (delivery id, partner id or None for the engine relay)
-
 
 # --- claiming --------------------------------------------------------------------------------
 
@@ -122,21 +120,22 @@ _PICKED = "c.id, c.status, c.next_attempt_at, c.lease_expires_at, c.partner_id, 
 _PICKED += "c.ticket_id, c.tenant_id"
 
 
-def _claim(candidates: str, params: list[Any], token: uuid.UUID, now: datetime) -> list[Claimed]:
+def _claim(candidates: str, params: list[Any], token: uuid.UUID, now: datetime) -> list[Sendable]:
     """`_claim_looked` without how many rows it looked at."""
     return _claim_looked(candidates, params, token, now)[0]
 
 
 def _claim_looked(
     candidates: str, params: list[Any], token: uuid.UUID, now: datetime
-) -> tuple[list[Claimed], int | None]:
+) -> tuple[list[Sendable], int | None]:
     """The claim: of the deliveries `candidates` selects (`_PICKED` of `c`), take those that
     may be attempted now: status `delivering`, a new lease token and expiry, and the attempt
     counted here, so a delivery whose worker dies mid-attempt still uses up its tries and
     ends `dead` instead of looping. Rows another transaction has locked (being claimed or
     recorded) are skipped rather than waited for, so concurrent claims neither queue up nor
-    deadlock (SQLite has one writer at a time anyway). Returns (id, partner id), by id, and
-    how many rows the candidates picked when any was taken (on PostgreSQL; else None)."""
+    deadlock (SQLite has one writer at a time anyway). Returns the rows taken, ready to send
+    (outbox/sendable.py), by id, and how many rows the candidates picked when any was taken
+    (on PostgreSQL; else None)."""
     postgresql = connection.vendor == "postgresql"
     skip_locked = " FOR UPDATE SKIP LOCKED" if postgresql else ""
     at = db_value(Delivery, "updated_at", now)
@@ -154,18 +153,27 @@ def _claim_looked(
         if connection.vendor == "postgresql"
         else f"u.id IN ({passed})"
     )
-    sql = f"""
-        WITH picked AS MATERIALIZED ({candidates}{skip_locked})
+    update = f"""
         UPDATE {Delivery._meta.db_table} AS u
         SET status = %s, lease_token = %s, lease_expires_at = %s,
             attempts = attempts + 1, updated_at = %s
         WHERE {taken}
-        RETURNING id, partner_id{", (SELECT count(*) FROM picked)" if postgresql else ""}
+        RETURNING {delivery_returning() if postgresql else "id"}
     """  # noqa: S608
+    # On PostgreSQL the rows taken come back joined to what sending them needs, in the same
+    # statement (its UPDATE in a WITH query); SQLite reads them in a SELECT of their own.
+    picked = f"WITH picked AS MATERIALIZED ({candidates}{skip_locked})"
+    joined = sendable_sql("taken", extra="(SELECT count(*) FROM picked)")
+    sql = (
+        f"{picked}, taken AS ({update}) {joined} ORDER BY s.id"
+        if postgresql
+        else f"{picked} {update}"
+    )
+    mine = db_value(Delivery, "lease_token", token)
     values = [
         *params,
         Delivery.Status.DELIVERING.value,
-        db_value(Delivery, "lease_token", token),
+        mine,
         db_value(Delivery, "lease_expires_at", now + lease),
         at,
         *_claimable_params(now, token),
@@ -173,16 +181,26 @@ def _claim_looked(
     with sql_cursor() as cursor:
         cursor.execute(sql, values)
         rows = cursor.fetchall()
-    looked = int(rows[0][2]) if rows and postgresql else None
-    return sorted((row[0], row[1]) for row in rows), looked
+        if postgresql:
+            return sendables(rows), int(rows[0][-1]) if rows else None
+        if not rows:
+            return [], None
+        ids = sorted(pk for (pk,) in rows)
+        cursor.execute(
+            sendable_sql(Delivery._meta.db_table)
+            + f" WHERE s.id IN ({', '.join(['%s'] * len(ids))}) AND s.lease_token = %s"
+            + " ORDER BY s.id",
+            [*ids, mine],
+        )
+        return sendables(cursor.fetchall()), None
 
 
 def deliveries_claim(
     *, delivery_ids: Sequence[int], token: uuid.UUID, now: datetime
-) -> list[Claimed]:
+) -> list[Sendable]:
     """Take those of these deliveries that may be attempted now under lease `token`.
 
-    Returns (id, partner id) of each delivery taken, by id; a delivery is returned to one
+    Returns the deliveries taken, ready to send, by id; a delivery is returned to one
     caller only, so a duplicate queue message or a second worker does nothing.
     """
     ids = [int(pk) for pk in delivery_ids]
@@ -197,9 +215,9 @@ def deliveries_claim(
 
 def deliveries_claim_more(
     *, partner_id: int, limit: int, token: uuid.UUID, now: datetime
-) -> list[int]:
+) -> list[Sendable]:
     """Top a batch up: of this partner's `limit` oldest new (`pending`, due) deliveries, take
-    those that may be attempted now; returns their ids.
+    those that may be attempted now; returns them, ready to send, by id.
 
     Each event queues its own message, so a burst to one partner would otherwise be sent one
     task per delivery; their own messages later find them taken and do nothing. Only `limit`
@@ -212,7 +230,7 @@ def deliveries_claim_more(
         ORDER BY c.id LIMIT %s
     """  # noqa: S608
     params = [partner_id, Delivery.Status.PENDING.value, db_value(Delivery, "updated_at", now)]
-    return [pk for pk, _ in _claim(candidates, [*params, limit], token, now)]
+    return _claim(candidates, [*params, limit], token, now)
 
 
 def _target_scope(key: str, alias: str) -> tuple[str, list[Any]]:
@@ -227,10 +245,10 @@ def _target_scope(key: str, alias: str) -> tuple[str, list[Any]]:
 
 def deliveries_claim_due(
     *, key: str, limit: int, token: uuid.UUID, now: datetime
-) -> tuple[list[Claimed], int | None]:
+) -> tuple[list[Sendable], int | None]:
     """A pump's claim (see `wake`): of the `limit` oldest new (`pending`, due) deliveries of
     the batch key `key` (a partner, or one tenant's engine relay or operations URL), take
-    those that may be attempted now; returns (id, partner id), by id.
+    those that may be attempted now; returns them, ready to send, by id.
 
     Only `limit` rows are looked at, in id order along the (partner, status, id) index, so a
     target whose deliveries are all held back (order, pause) costs one short index read however
@@ -450,7 +468,18 @@ def deliveries_release(*, delivery_ids: Sequence[int]) -> int:
 # --- per-ticket order -------------------------------------------------------------------------
 
 
-def queue_next_in_order(finished: Iterable[Delivery]) -> None:
+class Finishing(Protocol):
+    """A delivery becoming final (a Delivery, or a batch's Sendable)."""
+
+    @property
+    def pk(self) -> Any: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def ticket_id(self) -> int: ...
+
+
+def queue_next_in_order(finished: Iterable[Finishing]) -> None:
     """When deliveries become final, the next open one of each (target, ticket) goes at once
     (marked as queued now; its message is sent on commit).
 

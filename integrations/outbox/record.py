@@ -25,6 +25,7 @@ from integrations.models import Delivery
 from integrations.outbox import queue
 from integrations.outbox.health import partner_failure, partner_successes
 from integrations.outbox.notices import DELIVERY_DEAD, notice_queue
+from integrations.outbox.sendable import Sendable
 from integrations.webhooks import Outcome
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class SendResult(StrEnum):
 class Finished:
     """What became of one claimed delivery, to be recorded with the rest of its batch."""
 
-    delivery: Delivery
+    delivery: Sendable
     status: Delivery.Status
     error: str
     next_at: datetime | None = None
@@ -200,7 +201,7 @@ def _log_outcome(finished: Finished, result: SendResult) -> None:
     lists: INFO when delivered, WARNING otherwise."""
     d, attempt = finished.delivery, finished.result
     fields: dict[str, object] = {
-        "request_id": d.event.request_id or None,
+        "request_id": d.request_id or None,
         "tenant": d.tenant.owner,
         "event_id": str(d.event_id),
         "delivery_id": d.pk,

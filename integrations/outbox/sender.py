@@ -29,7 +29,7 @@ from opentelemetry import context as otel_context
 
 from integrations import logs, tracing
 from integrations.delivery import DeliveryResult, send_webhook
-from integrations.models import Delivery, Partner
+from integrations.models import Delivery
 from integrations.outbox.queue import (
     batch_key,
     batch_outranked,
@@ -54,6 +54,7 @@ from integrations.outbox.record import (
     storable,
     unanswered,
 )
+from integrations.outbox.sendable import PartnerRow, Sendable
 from integrations.outbox.targets import (
     Target,
     delivery_client,
@@ -119,7 +120,7 @@ def next_delay(result: DeliveryResult, tries: int, schedule: Sequence[int]) -> f
 
 
 def delivery_send(
-    delivery: Delivery,
+    delivery: Sendable,
     target: Target,
     schedule: Sequence[int],
     within: otel_context.Context | None = None,
@@ -128,16 +129,15 @@ def delivery_send(
     log lines carry the event's ids and request id, its span joins the event's trace (the
     task's span in `within`, when it is the same trace: the sending thread has no context
     of its own)."""
-    event = delivery.event
     with (
         logs.bound(**attempt_ids(delivery)),
         tracing.attempt_span(
             "delivery attempt",
-            stored=event.trace_context,
+            stored=delivery.trace_context,
             within=within,
             attributes={
                 "portal.delivery_id": str(delivery.pk),
-                "portal.event_id": str(event.pk),
+                "portal.event_id": str(delivery.event_id),
                 **tracing.url_attributes(target.url),
             },
         ) as span,
@@ -150,10 +150,10 @@ def delivery_send(
         return finished
 
 
-def attempt_ids(delivery: Delivery) -> dict[str, object]:
+def attempt_ids(delivery: Sendable) -> dict[str, object]:
     """The ids a log line about this delivery carries (SPEC §10)."""
     return {
-        "request_id": delivery.event.request_id,
+        "request_id": delivery.request_id,
         "tenant": delivery.tenant.owner,
         "event_id": delivery.event_id,
         "delivery_id": delivery.pk,
@@ -161,11 +161,11 @@ def attempt_ids(delivery: Delivery) -> dict[str, object]:
     }
 
 
-def _delivery_send(delivery: Delivery, target: Target, schedule: Sequence[int]) -> Finished:
+def _delivery_send(delivery: Sendable, target: Target, schedule: Sequence[int]) -> Finished:
     try:
         result = send_webhook(
             url=target.url,
-            body=canonical_json(delivery.event.payload),
+            body=canonical_json(delivery.payload),
             msg_id=str(delivery.event_id),
             secrets=list(target.secrets),
             policy=outbound_policy(),
@@ -215,19 +215,19 @@ class Batch:
     def __init__(
         self,
         token: uuid.UUID,
-        deliveries: Sequence[Delivery],
+        deliveries: Sequence[Sendable],
         started: float,
-        top_up: Callable[[int], list[Delivery]] | None = None,
+        top_up: Callable[[int], list[Sendable]] | None = None,
     ) -> None:
         self.token = token
         self.started = started
         self.budget = settings.PORTAL_DELIVERY_LEASE_SECONDS / 2
         self.parallel = settings.PORTAL_DELIVERY_PARALLEL
         self.top_up = top_up
-        self.waiting: deque[Delivery] = deque(deliveries)
-        self.in_flight: dict[Future[Finished], tuple[Delivery, str, float]] = {}
+        self.waiting: deque[Sendable] = deque(deliveries)
+        self.in_flight: dict[Future[Finished], tuple[Sendable, str, float]] = {}
         self.finished: list[Finished] = []  # not recorded yet
-        self.set_aside: list[Delivery] = []  # to hand back
+        self.set_aside: list[Sendable] = []  # to hand back
         self.failing: set[str] = set()  # batch keys whose target failed in this batch
         self.answered: set[str] = set()  # batch keys whose target answered in this batch
         self.careful: set[str] = set()  # batch keys sent one request at a time
@@ -236,7 +236,7 @@ class Batch:
         self.polled = started
         self.results: dict[int, SendResult] = {}
 
-    def _target(self, delivery: Delivery, now: datetime) -> Target:
+    def _target(self, delivery: Sendable, now: datetime) -> Target:
         key = (delivery.target, delivery.tenant_id, delivery.endpoint)
         if key not in self.targets:
             self.targets[key] = delivery_target(delivery, now)
@@ -296,7 +296,7 @@ class Batch:
             self.in_flight[future] = (delivery, key, time.monotonic())
         return True
 
-    def _finish(self, delivery: Delivery, key: str, finished: Finished) -> None:
+    def _finish(self, delivery: Sendable, key: str, finished: Finished) -> None:
         self.finished.append(finished)
         self.answered.add(key)
         if finished.status != Delivery.Status.SUCCEEDED:
@@ -398,16 +398,15 @@ def deliveries_send(*, delivery_ids: Sequence[int], top_up: bool = False) -> dic
     results = dict.fromkeys(ids, SendResult.NOT_CLAIMED)
     token, now, started = uuid.uuid4(), timezone.now(), time.monotonic()
     claimed = deliveries_claim(delivery_ids=ids, token=token, now=now)
-    taken = [pk for pk, _ in claimed]
-    if len(taken) < len(ids):
-        deliveries_release(delivery_ids=sorted(set(ids) - set(taken)))
+    if len(claimed) < len(ids):
+        deliveries_release(delivery_ids=sorted(set(ids) - {d.pk for d in claimed}))
     if not claimed:
         return results
     return _send_claimed(claimed, token, now, started, results, top_up=top_up)
 
 
 def _send_claimed(
-    claimed: Sequence[tuple[int, int | None]],
+    claimed: list[Sendable],
     token: uuid.UUID,
     now: datetime,
     started: float,
@@ -421,27 +420,30 @@ def _send_claimed(
     once to PORTAL_DELIVERY_BATCH; and while waiting on a slow answer), check the fair
     share, `recruit` another pump when the target is one with no fair share to keep (see
     `_unlimited`), run the batch. Returns `results` with these deliveries' results added."""
-    taken = [pk for pk, _ in claimed]
-    results.update(dict.fromkeys(taken, SendResult.NOT_CLAIMED))
-    partners = {partner_id for _, partner_id in claimed}
-    more: Callable[[int], list[Delivery]] | None = None
+    deliveries = list(claimed)
+    results.update(dict.fromkeys((d.pk for d in deliveries), SendResult.NOT_CLAIMED))
+    partners = {d.partner_id for d in deliveries}
+    more: Callable[[int], list[Sendable]] | None = None
     if top_up and len(partners) == 1 and None not in partners:
         partner_id = partners.pop()
         assert partner_id is not None
 
-        def more(limit: int) -> list[Delivery]:
-            pks = deliveries_claim_more(
+        def more(limit: int) -> list[Sendable]:
+            taken = deliveries_claim_more(
                 partner_id=partner_id, limit=limit, token=token, now=timezone.now()
             )
-            results.update(dict.fromkeys(pks, SendResult.NOT_CLAIMED))
-            return _claimed(pks, token)
+            results.update(dict.fromkeys((d.pk for d in taken), SendResult.NOT_CLAIMED))
+            return taken
 
-        room = settings.PORTAL_DELIVERY_BATCH - len(taken)
+        room = settings.PORTAL_DELIVERY_BATCH - len(deliveries)
         if fill and room > 0:
-            taken += deliveries_claim_more(partner_id=partner_id, limit=room, token=token, now=now)
-            results.update(dict.fromkeys(taken, SendResult.NOT_CLAIMED))
-    deliveries = _claimed(taken, token)
+            deliveries += deliveries_claim_more(
+                partner_id=partner_id, limit=room, token=token, now=now
+            )
+            results.update(dict.fromkeys((d.pk for d in deliveries), SendResult.NOT_CLAIMED))
+            deliveries.sort(key=lambda d: d.pk)  # oldest first, whichever claim took it
     if _surplus(deliveries, token, now):
+        taken = [d.pk for d in deliveries]
         deliveries_hand_back(delivery_ids=taken, token=token)
         results.update(dict.fromkeys(taken, SendResult.HANDED_BACK))
         return results
@@ -451,19 +453,28 @@ def _send_claimed(
     return results
 
 
-def _unlimited(deliveries: Sequence[Delivery]) -> bool:
+def _unlimited(deliveries: Sequence[Sendable]) -> bool:
     """Whether these deliveries' target may have batches in flight side by side: the engine
     relay, or a partner known to be fast. A slow or unproven partner gets one batch at a
     time (its fair share, `_surplus`): a second pump's batch would be handed back, and while
     it was in flight the first pump's next claim would find nothing it may take, so both
     would end and leave the backlog to the dispatcher."""
-    partners = {d.partner for d in deliveries}
-    if partners == {None}:
+    partners = _partners(deliveries)
+    if partners == {None: None}:
         return True
-    return len(partners) == 1 and _known_fast(partners.pop())
+    return len(partners) == 1 and _known_fast(next(iter(partners.values())))
 
 
-def _known_fast(partner: Partner | None) -> bool:
+def _partners(deliveries: Sequence[Sendable]) -> dict[int | None, PartnerRow | None]:
+    """These deliveries' partners by id (None: the engine relay or operations URL), each as
+    its first delivery read it (rows of later top-ups may have read newer counters)."""
+    partners: dict[int | None, PartnerRow | None] = {}
+    for d in deliveries:
+        partners.setdefault(d.partner_id, d.partner)
+    return partners
+
+
+def _known_fast(partner: PartnerRow | None) -> bool:
     """A partner whose answers average under PORTAL_SLOW_PARTNER_MS: no fair share to keep."""
     average = partner.latency_ms_avg if partner is not None else None
     return average is not None and average < settings.PORTAL_SLOW_PARTNER_MS
@@ -534,7 +545,7 @@ def _pump(key: str, slot: int) -> dict[int, SendResult]:
         sent = _send_claimed(
             claimed, token, now, begun, results, top_up=True, fill=False, recruit=helper
         )
-        if any(sent[pk] == SendResult.HANDED_BACK for pk, _ in claimed):
+        if any(sent[d.pk] == SendResult.HANDED_BACK for d in claimed):
             pump_flag_drop(key, slot)
             deliveries_release_target(key=key, now=timezone.now())
             return results
@@ -603,13 +614,13 @@ def _stopped_by_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _surplus(deliveries: Sequence[Delivery], token: uuid.UUID, now: datetime) -> bool:
+def _surplus(deliveries: Sequence[Sendable], token: uuid.UUID, now: datetime) -> bool:
     """Whether this batch is beyond its partner's fair share (`queue.batch_outranked`):
     asked only of a batch of one slow or unproven partner (a fast partner has no limit)."""
-    partners = {d.partner for d in deliveries}
+    partners = _partners(deliveries)
     if len(partners) != 1:
         return False
-    partner = partners.pop()
+    partner = next(iter(partners.values()))
     if partner is None or _known_fast(partner):
         return False
     return batch_outranked(
@@ -617,17 +628,4 @@ def _surplus(deliveries: Sequence[Delivery], token: uuid.UUID, now: datetime) ->
         known_slow=partner.latency_ms_avg is not None,
         token=token,
         now=now,
-    )
-
-
-def _claimed(pks: Sequence[int], token: uuid.UUID) -> list[Delivery]:
-    """The deliveries with these ids still under lease `token`, by id, ready to send."""
-    if not pks:
-        return []
-    return list(
-        Delivery.objects.select_related("event", "partner", "tenant")
-        # the bytes received (up to 256 KiB) are not sent: the payload is
-        .defer("event__raw_body")
-        .filter(pk__in=pks, lease_token=token)
-        .order_by("id")
     )

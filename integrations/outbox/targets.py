@@ -12,7 +12,7 @@ import functools
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -20,6 +20,7 @@ from django.db import connection
 
 from integrations.encryption import decrypt
 from integrations.models import Delivery, Partner, SigningSecret, Tenant
+from integrations.outbox.sendable import PartnerRow, Sendable, TenantRow
 from integrations.outbox.sql import columns, db_value, sql_cursor
 from integrations.ssrf import OutboundPolicy
 from portal.env import parse_retry_schedule
@@ -48,12 +49,20 @@ def join_url(base_url: str, path: str) -> str:
     return base_url.rstrip("/") + "/" + path.lstrip("/")
 
 
-class RelaySettings(Protocol):
-    """What `relay_url` reads of a tenant: a Tenant, or what ingest read of one."""
+# A partner or tenant as a model (the admin's test event) or as a batch read it (the sender).
+AnyPartner: TypeAlias = Partner | PartnerRow
+AnyTenant: TypeAlias = Tenant | TenantRow
 
-    engine_base_url: str
-    engine_send_message_path: str
-    engine_command_path: str
+
+class RelaySettings(Protocol):
+    """What `relay_url` reads of a tenant: a Tenant, or what ingest or a batch read of one."""
+
+    @property
+    def engine_base_url(self) -> str: ...
+    @property
+    def engine_send_message_path(self) -> str: ...
+    @property
+    def engine_command_path(self) -> str: ...
 
 
 def relay_url(tenant: RelaySettings, endpoint: str) -> str:
@@ -69,7 +78,7 @@ def relay_url(tenant: RelaySettings, endpoint: str) -> str:
     return join_url(base_url, path) if base_url and path else ""
 
 
-def relay_token(tenant: Tenant) -> str:
+def relay_token(tenant: AnyTenant) -> str:
     """The bearer token sent to the tenant's engine relay.
 
     The portal-wide PORTAL_ENGINE_TOKEN is a credential valid for every tenant: it is only
@@ -82,7 +91,7 @@ def relay_token(tenant: Tenant) -> str:
     return token or str(settings.PORTAL_ENGINE_TOKEN)
 
 
-def relay_target(tenant: Tenant, endpoint: str) -> Target:
+def relay_target(tenant: AnyTenant, endpoint: str) -> Target:
     """The tenant's engine relay for this endpoint, signed with its engine secret."""
     return Target(
         url=relay_url(tenant, endpoint),
@@ -93,7 +102,7 @@ def relay_target(tenant: Tenant, endpoint: str) -> Target:
     )
 
 
-def operations_target(tenant: Tenant) -> Target:
+def operations_target(tenant: AnyTenant) -> Target:
     """The tenant's operations URL (SPEC §10), signed with its operations secret; the
     relay's limits. No URL (removed since): the notice is `not_configured`."""
     return Target(
@@ -115,7 +124,7 @@ def _live_secrets_sql() -> str:
     )
 
 
-def live_secrets(partner: Partner, now: datetime) -> tuple[str, ...]:
+def live_secrets(partner: AnyPartner, now: datetime) -> tuple[str, ...]:
     """The partner's signing secrets that have not expired (two during a rotation), newest
     first. Read for every batch: one hand-written SELECT (the ORM's compiler cost more CPU
     than the query), decrypted as the field would (encryption.decrypt keeps what it opened)."""
@@ -126,7 +135,7 @@ def live_secrets(partner: Partner, now: datetime) -> tuple[str, ...]:
         return tuple(decrypt(secret) for (secret,) in cursor.fetchall())
 
 
-def partner_target(partner: Partner, endpoint: str, now: datetime) -> Target:
+def partner_target(partner: AnyPartner, endpoint: str, now: datetime) -> Target:
     """The partner's incoming-message or send-message path, with its live secrets."""
     path = (
         partner.incoming_message_path
@@ -142,8 +151,8 @@ def partner_target(partner: Partner, endpoint: str, now: datetime) -> Target:
     )
 
 
-def delivery_target(delivery: Delivery, now: datetime) -> Target:
-    """Where this delivery goes (its partner and tenant loaded with it)."""
+def delivery_target(delivery: Sendable, now: datetime) -> Target:
+    """Where this claimed delivery goes (its partner and tenant read with it)."""
     if delivery.target == Delivery.OPERATIONS_TARGET:
         return operations_target(delivery.tenant)
     if delivery.partner is None:
