@@ -19,6 +19,7 @@ from django.db.models.functions import Coalesce
 from integrations.delivery import DeliveryResult
 from integrations.models import Partner
 from integrations.outbox import queue
+from integrations.outbox.finish import Successes
 from integrations.outbox.notices import PARTNER_PAUSED, notice_queue
 
 logger = logging.getLogger(__name__)
@@ -46,18 +47,29 @@ def partner_successes(partner_id: int, durations: Sequence[int], now: datetime) 
     """Count successful attempts (oldest first) in one UPDATE: the failing run ends."""
     if not durations:
         return
-    # average * keep + added is latency_fold(average, durations) for any starting average.
-    keep = (1 - LATENCY_WEIGHT) ** len(durations)
-    keep = keep if keep > 1e-300 else 0.0
-    added = latency_fold(0.0, durations)
+    fold = partner_successes_fold(partner_id, durations)
     queue.partner_successes_add(
         partner_id=partner_id,
+        count=fold.count,
+        keep=fold.keep,
+        added=fold.added,
+        first=fold.first,
+        floor=fold.floor,
+        now=now,
+    )
+
+
+def partner_successes_fold(partner_id: int, durations: Sequence[int]) -> Successes:
+    """What counting these successful attempts (oldest first) adds to the partner's counters:
+    average * keep + added is latency_fold(average, durations) for any starting average."""
+    keep = (1 - LATENCY_WEIGHT) ** len(durations)
+    return Successes(
+        partner_id=partner_id,
         count=len(durations),
-        keep=keep,
-        added=float(added or 0.0),
+        keep=keep if keep > 1e-300 else 0.0,
+        added=float(latency_fold(0.0, durations) or 0.0),
         first=float(latency_fold(None, durations) or 0.0),
         floor=LATENCY_FLOOR_MS,
-        now=now,
     )
 
 

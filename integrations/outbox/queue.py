@@ -338,7 +338,7 @@ ATTEMPT_FIELDS += ("outcome", "error_class", "error_message", "created_at")
 
 
 @functools.cache
-def _attempts_insert_sql(rows: int) -> str:
+def attempts_insert_sql(rows: int) -> str:
     names = ", ".join(columns(DeliveryAttempt)[name] for name in ATTEMPT_FIELDS)
     row = "(" + ", ".join(["%s"] * len(ATTEMPT_FIELDS)) + ")"
     return (
@@ -355,7 +355,7 @@ def attempts_insert(rows: Sequence[dict[str, Any]]) -> None:
         return
     params = [value for row in rows for value in db_values(DeliveryAttempt, row)]
     with sql_cursor() as cursor:
-        cursor.execute(_attempts_insert_sql(len(rows)), params)
+        cursor.execute(attempts_insert_sql(len(rows)), params)
 
 
 def deliveries_finish(
@@ -514,6 +514,12 @@ def queue_next_in_order(finished: Iterable[Finishing]) -> None:
     with sql_cursor() as cursor:
         cursor.execute(sql, params)
         rows = [(pk, batch_key(target, tenant)) for pk, target, tenant in cursor.fetchall()]
+    next_in_order_queued(rows)
+
+
+def next_in_order_queued(rows: Sequence[tuple[int, str]]) -> None:
+    """Send the queue messages of deliveries marked queued by the per-ticket order, as (id,
+    batch key), once the transaction that marked them commits (at once outside one)."""
     if rows:
         transaction.on_commit(lambda: enqueue(rows), robust=True)
         # and a pump lingering on the target takes it at once (whichever comes first: the

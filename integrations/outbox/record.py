@@ -16,14 +16,14 @@ from datetime import datetime
 from enum import StrEnum
 from functools import partial
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from integrations import instruments
 from integrations.delivery import DeliveryResult, redact_url
 from integrations.models import Delivery
-from integrations.outbox import queue
-from integrations.outbox.health import partner_failure, partner_successes
+from integrations.outbox import finish, queue
+from integrations.outbox.health import partner_failure, partner_successes, partner_successes_fold
 from integrations.outbox.notices import DELIVERY_DEAD, notice_queue
 from integrations.outbox.sendable import Sendable
 from integrations.webhooks import Outcome
@@ -149,6 +149,8 @@ def batch_record(*, token: uuid.UUID, finished: list[Finished]) -> dict[int, Sen
     if not finished:
         return {}
     now = timezone.now()
+    if _in_one_statement(finished):
+        return _batch_finish(token, finished, now)
     results: dict[int, SendResult] = {}
     with transaction.atomic():
         ours = queue.deliveries_locked(delivery_ids=[f.delivery.pk for f in finished], token=token)
@@ -170,14 +172,77 @@ def batch_record(*, token: uuid.UUID, finished: list[Finished]) -> dict[int, Sen
         for f in finished:
             if f.delivery.pk in ours and f.status == Delivery.Status.DEAD:
                 _dead_notice(f, now)
+    _recorded(finished, results)
+    _health_and_alerts([f for f in finished if f.delivery.pk in ours], now)
+    return results
+
+
+def _in_one_statement(finished: list[Finished]) -> bool:
+    """Whether this batch is recorded in one statement (outbox/finish.py): on PostgreSQL,
+    outside a transaction of the caller's (its on-commit work would run before the caller's
+    commit), and with no delivery going dead (its notice to the operations URL is written in
+    the transaction that records it)."""
+    return (
+        connection.vendor == "postgresql"
+        and not connection.in_atomic_block
+        and all(f.status != Delivery.Status.DEAD for f in finished)
+    )
+
+
+def _batch_finish(
+    token: uuid.UUID, finished: list[Finished], now: datetime
+) -> dict[int, SendResult]:
+    """`batch_record` in one statement (see `_in_one_statement`)."""
+    outcomes = [
+        finish.RowOutcome(
+            pk=f.delivery.pk,
+            status=f.status.value,
+            next_at=f.next_at,
+            error=f.error[:500],
+            sent=f.result is not None,
+            status_code=f.result.status_code if f.result is not None else None,
+            delivered_at=now if f.status == Delivery.Status.SUCCEEDED else None,
+        )
+        for f in finished
+    ]  # (as `_changes`)
+    partner_id = finished[0].delivery.partner_id
+    successes = None
+    if partner_id is not None and all(
+        f.delivery.partner_id == partner_id
+        and f.result is not None
+        and f.result.outcome == Outcome.SUCCESS
+        for f in finished
+    ):
+        durations = [f.result.duration_ms for f in finished if f.result is not None]
+        successes = partner_successes_fold(partner_id, durations)
+    recorded = finish.batch_finish(
+        token=token,
+        outcomes=outcomes,
+        attempts=[_attempt_row(f, now) for f in finished if f.result is not None],
+        successes=successes,
+        now=now,
+    )
+    queue.next_in_order_queued(recorded.queued)
+    results = {
+        f.delivery.pk: SendResult(f.status)
+        if f.delivery.pk in recorded.ours
+        else SendResult.LEASE_LOST
+        for f in finished
+    }
+    _recorded(finished, results)
+    if not recorded.counted:
+        _health_and_alerts([f for f in finished if f.delivery.pk in recorded.ours], now)
+    return results
+
+
+def _recorded(finished: list[Finished], results: dict[int, SendResult]) -> None:
+    """The metrics and log lines of a recorded batch."""
     for f in finished:
         if f.result is not None:
             instruments.attempt_recorded(
                 outcome=str(f.result.outcome), seconds=f.result.duration_ms / 1000
             )
         _log_outcome(f, results[f.delivery.pk])
-    _health_and_alerts([f for f in finished if f.delivery.pk in ours], now)
-    return results
 
 
 def _dead_notice(finished: Finished, now: datetime) -> None:
