@@ -10,13 +10,16 @@ the ORM's compiler, they cost more CPU than the database spent running them
 from __future__ import annotations
 
 import functools
+import time
 import uuid
+import weakref
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+from psycopg import pq
 
 
 def sql_cursor() -> Any:
@@ -47,8 +50,35 @@ def sql_cursor() -> Any:
     conn.close_if_health_check_failed()
     conn.ensure_connection()
     with conn.wrap_database_errors:
+        _replan_when_due(conn.connection)
         cursor = _PreparedCursor(conn.connection)
         return conn._prepare_cursor(cursor)  # type: ignore[attr-defined]
+
+
+# Seconds a connection keeps its prepared statements before they are prepared again.
+REPLAN_AFTER = 15.0
+_prepared_since: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _replan_when_due(raw: psycopg.Connection[Any]) -> None:
+    """Drop the connection's prepared statements every REPLAN_AFTER seconds, so each is
+    planned again. A generic plan is made once, with the table sizes of that moment: made
+    while a table was nearly empty (a new install, the start of a benchmark), it kept
+    reading the whole table as it grew (the claim's join to the events: a sequential scan of
+    2,915 rows, 1.7 ms of its 2.8, auto_explain, docs/PERFORMANCE.md). Planned again, each
+    statement sees the tables' current size (PostgreSQL counts their pages at planning, with
+    or without fresh statistics). Costs one DEALLOCATE ALL and a few custom plans per
+    statement per connection every REPLAN_AFTER seconds; psycopg sees the command and
+    forgets its own names for them (and its automatic preparing of the ORM's statements,
+    prepare_threshold in settings, starts over too)."""
+    now = time.monotonic()
+    since = _prepared_since.setdefault(raw, now)
+    # (between transactions only: a failed one would refuse it)
+    if now - since > REPLAN_AFTER and raw.info.transaction_status == pq.TransactionStatus.IDLE:
+        raw.execute("DEALLOCATE ALL", prepare=False)
+        _prepared_since[raw] = now
 
 
 class _PreparedCursor(psycopg.Cursor):

@@ -363,3 +363,29 @@ def test_db_value_adapts_as_the_orm_does_and_skips_only_what_needs_nothing(tenan
         assert adapted == expected and type(adapted) is type(expected)
     assert queue.db_value(Delivery, "target", 7) == "7"
     assert queue.db_values(Delivery, {"target": "x", "status": "pending"}) == ["x", "pending"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_prepared_statements_are_planned_again_after_a_while(engine_api, partner, monkeypatch):
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL prepared statements")
+    _ingest(engine_api)
+    Partner.objects.filter(pk=partner.pk).update(state="paused")  # nothing is taken
+    key = f"partner:{partner.pk}"
+
+    def claim_runs() -> list[tuple[int]]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT generic_plans + custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE %s",
+                ["%WITH picked AS MATERIALIZED%c.partner_id = $1%"],
+            )
+            return cursor.fetchall()
+
+    for _ in range(3):
+        queue.deliveries_claim_due(key=key, limit=20, token=uuid.uuid4(), now=timezone.now())
+    assert claim_runs() == [(3,)]
+    # once REPLAN_AFTER has gone by, the next hot statement drops them all and starts over
+    monkeypatch.setattr(sql, "REPLAN_AFTER", 0.0)
+    queue.deliveries_claim_due(key=key, limit=20, token=uuid.uuid4(), now=timezone.now())
+    assert claim_runs() == [(1,)]
