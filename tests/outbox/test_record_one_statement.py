@@ -68,39 +68,19 @@ def _record(engine_api, monkeypatch, *, one_statement: bool, mixed: bool):
     assert sorted(claimed) == sorted([first.pk, other.pk, lost.pk])
     Delivery.objects.filter(pk=lost.pk).update(lease_token=uuid.uuid4())  # another worker's now
     later = now + timedelta(seconds=30)
+    succeeded, retrying = Delivery.Status.SUCCEEDED, Delivery.Status.RETRYING
+
+    def done(pk, status, error, result, next_at=None) -> Finished:
+        return Finished(claimed[pk], status, error, next_at, result, url="http://p/in")
+
     finished = [
-        Finished(
-            claimed[first.pk],
-            Delivery.Status.SUCCEEDED,
-            "",
-            result=_answer(200, 12),
-            url="http://p/in",
-        ),
+        done(first.pk, succeeded, "", _answer(200, 12)),
         (
-            Finished(
-                claimed[other.pk],
-                Delivery.Status.RETRYING,
-                "HTTP 500",
-                next_at=later,
-                result=_answer(500, 7),
-                url="http://p/in",
-            )
+            done(other.pk, retrying, "HTTP 500", _answer(500, 7), next_at=later)
             if mixed
-            else Finished(
-                claimed[other.pk],
-                Delivery.Status.SUCCEEDED,
-                "",
-                result=_answer(201, 30),
-                url="http://p/in",
-            )
+            else done(other.pk, succeeded, "", _answer(201, 30))
         ),
-        Finished(
-            claimed[lost.pk],
-            Delivery.Status.SUCCEEDED,
-            "",
-            result=_answer(200, 5),
-            url="http://p/in",
-        ),
+        done(lost.pk, succeeded, "", _answer(200, 5)),
     ]
     chosen = []
     real = record._in_one_statement
