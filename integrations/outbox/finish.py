@@ -94,7 +94,7 @@ def _sql(outcomes: int, attempts: int, successes: bool) -> str:
               AND n.id NOT IN (SELECT id FROM v)
             GROUP BY n.target, n.ticket_id)
         RETURNING id, target, tenant_id)""")  # noqa: S608
-    counted = ""
+    counted = ""  # (before `queued` in the result: see below)
     if successes:
         # queue.partner_successes_add's UPDATE, when every row was still the batch's
         parts.append(f"""counted AS (
@@ -107,8 +107,12 @@ def _sql(outcomes: int, attempts: int, successes: bool) -> str:
             WHERE id = %s AND (SELECT count(*) FROM done) = %s
             RETURNING 1)""")  # noqa: S608
         counted = " UNION ALL SELECT 2, NULL, NULL, NULL FROM counted"
-    selected = "SELECT 0, id, NULL, NULL FROM done UNION ALL"
-    selected += " SELECT 1, id, target, tenant_id FROM queued" + counted  # noqa: S608
+    # The result's branches run in this order, and with them the updates they read: the
+    # batch's rows, the partner's, then the next deliveries. Partner before deliveries is
+    # the order partner_resume locks them in (the partner, then its waiting deliveries):
+    # the other order could deadlock with it.
+    selected = "SELECT 0, id, NULL::varchar, NULL::bigint FROM done" + counted  # noqa: S608
+    selected += " UNION ALL SELECT 1, id, target, tenant_id FROM queued"  # noqa: S608
     return f"WITH {', '.join(parts)} {selected}"
 
 
@@ -127,7 +131,17 @@ def batch_finish(
     at = db_value(Delivery, "updated_at", now)
     params: list[Any] = []
     for o in outcomes:
-        params += [o.pk, o.status, o.next_at, o.error, o.sent, o.status_code, o.delivered_at]
+        # (adapted as the fields would be: each parameter keeps one type whatever its value,
+        # so the statement is prepared once per shape, not once per integer size)
+        params += [
+            db_value(Delivery, "id", o.pk),
+            o.status,
+            db_value(Delivery, "next_attempt_at", o.next_at),
+            o.error,
+            o.sent,
+            db_value(Delivery, "last_status_code", o.status_code),
+            db_value(Delivery, "delivered_at", o.delivered_at),
+        ]
     for row in attempts:
         params += db_values(DeliveryAttempt, row)
     params += [at, db_value(Delivery, "lease_token", token), at]

@@ -333,7 +333,8 @@ class Batch:
         return time.monotonic() - self.started > RECORD_EVERY
 
     def record(self) -> None:
-        """Write what was sent since the last call (one transaction)."""
+        """Write what was sent since the last call (record.batch_record: one statement, or
+        one transaction)."""
         if self.finished:
             finished, self.finished = self.finished, []
             self.results.update(batch_record(token=self.token, finished=finished))

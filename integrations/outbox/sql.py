@@ -69,21 +69,30 @@ def _replan_when_due(raw: psycopg.Connection[Any]) -> None:
     reading the whole table as it grew (the claim's join to the events: a sequential scan of
     2,915 rows, 1.7 ms of its 2.8, auto_explain, docs/PERFORMANCE.md). Planned again, each
     statement sees the tables' current size (PostgreSQL counts their pages at planning, with
-    or without fresh statistics). Costs one DEALLOCATE ALL and a few custom plans per
-    statement per connection every REPLAN_AFTER seconds; psycopg sees the command and
-    forgets its own names for them (and its automatic preparing of the ORM's statements,
-    prepare_threshold in settings, starts over too)."""
+    or without fresh statistics). Costs a DEALLOCATE ALL and a few custom plans per
+    statement per connection every REPLAN_AFTER seconds.
+
+    psycopg is told first, as a ROLLBACK tells it (it forgets its names), then the server
+    (DEALLOCATE ALL at once: psycopg's own would wait until after the next statement, which
+    may be prepared by then). A DEALLOCATE alone would not do: psycopg looks at a command's
+    result only the first time it sees its text, so a second one would leave it naming
+    statements the server no longer has (tests/outbox/test_queue.py). Its automatic
+    preparing of the ORM's statements (prepare_threshold in settings) starts over too. If
+    that bookkeeping is not where this psycopg keeps it, nothing is dropped."""
     now = time.monotonic()
     since = _prepared_since.setdefault(raw, now)
-    # (between transactions only: a failed one would refuse it)
+    # (between transactions only: a failed one would refuse the DEALLOCATE)
     if now - since > REPLAN_AFTER and raw.info.transaction_status == pq.TransactionStatus.IDLE:
-        raw.execute("DEALLOCATE ALL", prepare=False)
+        prepared = getattr(raw, "_prepared", None)
+        if prepared is not None and hasattr(prepared, "clear"):
+            prepared.clear()  # forgets every name (its own DEALLOCATE waits for a statement)
+            raw.execute("DEALLOCATE ALL", prepare=False)  # before any is prepared again
         _prepared_since[raw] = now
 
 
 class _PreparedCursor(psycopg.Cursor):
-    """Server-side binding, every statement prepared on its first run (Django turns
-    psycopg's automatic preparing off: prepare_threshold None)."""
+    """Server-side binding, every statement prepared on its first run (psycopg's automatic
+    preparing, prepare_threshold in settings, waits for a statement's fifth)."""
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         kwargs.setdefault("prepare", True)

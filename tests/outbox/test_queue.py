@@ -5,7 +5,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -389,3 +389,35 @@ def test_prepared_statements_are_planned_again_after_a_while(engine_api, partner
     monkeypatch.setattr(sql, "REPLAN_AFTER", 0.0)
     queue.deliveries_claim_due(key=key, limit=20, token=uuid.uuid4(), now=timezone.now())
     assert claim_runs() == [(1,)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_planning_again_keeps_psycopg_and_the_server_agreed(engine_api, partner, monkeypatch):
+    # (psycopg names the statements it prepared: had the server dropped one behind its
+    # back, the next run would fail with "prepared statement ... does not exist")
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL prepared statements")
+    _ingest(engine_api)
+    Partner.objects.filter(pk=partner.pk).update(state="paused")  # nothing is taken
+    key = f"partner:{partner.pk}"
+
+    def claim() -> None:
+        queue.deliveries_claim_due(key=key, limit=20, token=uuid.uuid4(), now=timezone.now())
+
+    # given a rollback (psycopg forgets its names) and a replan due at every statement
+    with pytest.raises(RuntimeError), transaction.atomic():
+        claim()
+        raise RuntimeError
+    monkeypatch.setattr(sql, "REPLAN_AFTER", 0.0)
+    for _ in range(4):
+        claim()  # then every run drops and prepares again, without an error
+    monkeypatch.setattr(sql, "REPLAN_AFTER", 3600.0)
+    for _ in range(3):
+        claim()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT generic_plans + custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE %s",
+            ["%WITH picked AS MATERIALIZED%c.partner_id = $1%"],
+        )
+        assert cursor.fetchall() == [(4,)]  # the last replan's, run 1 + 3 times
