@@ -32,7 +32,7 @@ from django.core.cache.backends.redis import RedisCache
 from django.db import connection, transaction
 from django.utils import timezone
 
-from integrations.models import Delivery, DeliveryAttempt, Partner
+from integrations.models import Delivery, DeliveryAttempt, Partner, SigningSecret
 from integrations.outbox.sendable import Sendable, delivery_returning, sendable_sql, sendables
 from integrations.outbox.sql import columns, db_value, db_values, sql_cursor
 
@@ -163,7 +163,7 @@ def _claim_looked(
     # On PostgreSQL the rows taken come back joined to what sending them needs, in the same
     # statement (its UPDATE in a WITH query); SQLite reads them in a SELECT of their own.
     picked = f"WITH picked AS MATERIALIZED ({candidates}{skip_locked})"
-    joined = sendable_sql("taken", extra="(SELECT count(*) FROM picked)")
+    joined = sendable_sql("taken", extra="(SELECT count(*) FROM picked)", secrets=True)
     sql = (
         f"{picked}, taken AS ({update}) {joined} ORDER BY s.id"
         if postgresql
@@ -178,11 +178,13 @@ def _claim_looked(
         at,
         *_claimable_params(now, token),
     ]
+    if postgresql:  # the partners' secrets live at `now`
+        values.append(db_value(SigningSecret, "expires_at", now))
     with sql_cursor() as cursor:
         cursor.execute(sql, values)
         rows = cursor.fetchall()
         if postgresql:
-            return sendables(rows), int(rows[0][-1]) if rows else None
+            return sendables(rows, secrets=True), int(rows[0][-1]) if rows else None
         if not rows:
             return [], None
         ids = sorted(pk for (pk,) in rows)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from integrations.encryption import EncryptedTextField, decrypt
-from integrations.models import Delivery, Event, Partner, Tenant
+from integrations.models import Delivery, Event, Partner, SigningSecret, Tenant
 from integrations.outbox.sql import columns
 
 
@@ -37,6 +37,9 @@ class PartnerRow:
     retry_schedule: str
     consecutive_failures: int
     latency_ms_avg: float | None
+    # its live signing secrets, newest first, decrypted, read with the claim on PostgreSQL
+    # (None: not read with it; targets.live_secrets reads them)
+    secrets: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +99,7 @@ DELIVERY_FIELDS: tuple[str, ...] = (
 DELIVERY_FIELDS += ("tenant", "partner")
 _EVENT_FIELDS = ("payload", "request_id", "trace_context")
 _TENANT_FIELDS = tuple(f.name for f in TenantRow.__dataclass_fields__.values())
-_PARTNER_FIELDS = tuple(f.name for f in PartnerRow.__dataclass_fields__.values())
+_PARTNER_FIELDS = tuple(f.name for f in PartnerRow.__dataclass_fields__.values())[:-1]
 # the tenant's encrypted columns (encryption.EncryptedTextField), by their place in a TenantRow
 _TENANT_SECRETS = tuple(
     i
@@ -113,16 +116,26 @@ def delivery_returning() -> str:
 
 
 @functools.cache
-def sendable_sql(source: str, alias: str = "s", extra: str = "") -> str:
+def sendable_sql(source: str, alias: str = "s", extra: str = "", secrets: bool = False) -> str:
     """SELECT of the sendable rows of `source` (a table or a WITH query giving
     DELIVERY_FIELDS' columns, as `alias`), each joined to its event, tenant and partner,
-    and `extra` columns after them; WHERE and ORDER BY are the caller's. `sendables` turns
-    its rows into Sendables."""
+    with `secrets` (PostgreSQL) the partner's live signing secrets too (one parameter: the
+    time they must be live at), and `extra` columns after them; WHERE and ORDER BY are the
+    caller's. `sendables` turns its rows into Sendables."""
     d, e, t, p = columns(Delivery), columns(Event), columns(Tenant), columns(Partner)
     picked = [f"{alias}.{d[name]}" for name in DELIVERY_FIELDS[:7]]
     picked += [f"e.{e[name]}" for name in _EVENT_FIELDS]
     picked += [f"t.{t['id' if name == 'pk' else name]}" for name in _TENANT_FIELDS]
     picked += [f"p.{p['id' if name == 'pk' else name]}" for name in _PARTNER_FIELDS]
+    if secrets:
+        # targets.live_secrets' SELECT, as an array per row (a batch's rows share a partner)
+        ss = columns(SigningSecret)
+        picked.append(
+            f"ARRAY(SELECT x.{ss['secret']} FROM {SigningSecret._meta.db_table} x"  # noqa: S608
+            f" WHERE x.{ss['partner']} = p.{p['id']}"
+            f" AND (x.{ss['expires_at']} IS NULL OR x.{ss['expires_at']} > %s)"
+            f" ORDER BY x.{ss['created_at']} DESC, x.{ss['id']} DESC)"
+        )
     picked += [extra] if extra else []
     return (
         f"SELECT {', '.join(picked)} FROM {source} {alias}"  # noqa: S608
@@ -132,8 +145,9 @@ def sendable_sql(source: str, alias: str = "s", extra: str = "") -> str:
     )
 
 
-def sendables(rows: Sequence[Sequence[Any]]) -> list[Sendable]:
-    """Sendables of `sendable_sql` rows (a batch's rows share their tenant and partner rows)."""
+def sendables(rows: Sequence[Sequence[Any]], secrets: bool = False) -> list[Sendable]:
+    """Sendables of `sendable_sql` rows, selected with `secrets` or not (a batch's rows
+    share their tenant and partner rows)."""
     tenants: dict[int, TenantRow] = {}
     partners: dict[int, PartnerRow] = {}
     result = []
@@ -151,7 +165,10 @@ def sendables(rows: Sequence[Sequence[Any]]) -> list[Sendable]:
         partner_id = row[at]
         partner = None if partner_id is None else partners.get(partner_id)
         if partner_id is not None and partner is None:
-            partner = partners[partner_id] = PartnerRow(*row[at : at + len(_PARTNER_FIELDS)])
+            values = list(row[at : at + len(_PARTNER_FIELDS)])
+            live = row[at + len(_PARTNER_FIELDS)] if secrets else None
+            values.append(None if live is None else tuple(decrypt(value) for value in live))
+            partner = partners[partner_id] = PartnerRow(*values)
         event_id, payload = row[1], row[n_delivery]
         result.append(
             Sendable(

@@ -144,7 +144,11 @@ def partner_target(partner: AnyPartner, endpoint: str, now: datetime) -> Target:
     )
     return Target(
         url=join_url(partner.base_url, path),
-        secrets=live_secrets(partner, now),
+        secrets=(
+            partner.secrets
+            if isinstance(partner, PartnerRow) and partner.secrets is not None
+            else live_secrets(partner, now)
+        ),
         bearer_token="",
         connect_timeout=partner.connect_timeout,
         deadline=partner.timeout,

@@ -9,8 +9,9 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from integrations.models import Delivery, Partner
+from integrations.models import Delivery, Partner, SigningSecret, Tenant
 from integrations.outbox import queue, sql
+from integrations.outbox.targets import delivery_target
 from tests.conftest import incoming_body, outgoing_body
 
 IN = "/api/v1/engine/incoming"
@@ -421,3 +422,24 @@ def test_planning_again_keeps_psycopg_and_the_server_agreed(engine_api, partner,
             ["%WITH picked AS MATERIALIZED%c.partner_id = $1%"],
         )
         assert cursor.fetchall() == [(4,)]  # the last replan's, run 1 + 3 times
+
+
+def test_a_claimed_delivery_comes_with_its_partners_live_secrets(engine_api, partner):
+    # given a rotation: the old secret expired, two live ones (the newest first)
+    delivery = _ingest(engine_api)
+    now = timezone.now()
+    SigningSecret.objects.filter(partner=partner).update(expires_at=now - timedelta(seconds=1))
+    older = SigningSecret.objects.create(partner=partner, secret="whsec_b2xkZXI=")
+    newer = SigningSecret.objects.create(partner=partner, secret="whsec_bmV3ZXI=")
+    SigningSecret.objects.filter(pk=older.pk).update(expires_at=now + timedelta(hours=1))
+    (claimed,) = queue.deliveries_claim(delivery_ids=[delivery.pk], token=uuid.uuid4(), now=now)
+    # then the claim read them (decrypted) on PostgreSQL; SQLite leaves them to the target
+    live = (newer.secret, older.secret)
+    assert claimed.partner is not None
+    if connection.vendor == "postgresql":
+        assert claimed.partner.secrets == live
+    else:
+        assert claimed.partner.secrets is None
+    assert delivery_target(claimed, now).secrets == live
+    # and the tenant's secrets come decrypted too
+    assert claimed.tenant.engine_signing_secret == Tenant.objects.get().engine_signing_secret
