@@ -241,6 +241,21 @@ def test_the_order_check_reads_the_partial_index_of_open_deliveries(engine_api, 
             assert "delivery_open_order_idx" in plan, plan
 
 
+# The pump's claim as PostgreSQL shows it among a session's prepared statements.
+CLAIM_DUE = "%WITH picked AS MATERIALIZED%c.partner_id = $1%"
+
+
+def _prepared_runs(statement: str) -> list[int]:
+    """How many times each of this session's prepared statements LIKE `statement` ran."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT generic_plans + custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE %s",
+            [statement],
+        )
+        return [runs for (runs,) in cursor.fetchall()]
+
+
 def test_the_hot_path_sql_runs_as_prepared_statements_on_postgresql(engine_api, partner):
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL prepared statements")
@@ -252,13 +267,7 @@ def test_the_hot_path_sql_runs_as_prepared_statements_on_postgresql(engine_api, 
             key=f"partner:{partner.pk}", limit=20, token=uuid.uuid4(), now=timezone.now()
         )
     # then PostgreSQL holds the claim as a prepared statement of this session, run 3 times
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT generic_plans + custom_plans FROM pg_prepared_statements"
-            " WHERE statement LIKE %s",
-            ["%WITH picked AS MATERIALIZED%c.partner_id = $1%"],
-        )
-        assert cursor.fetchall() == [(3,)]
+    assert _prepared_runs(CLAIM_DUE) == [3]
 
 
 def test_the_orms_repeated_statements_are_prepared_too_on_postgresql(engine_api, partner):
@@ -270,13 +279,10 @@ def test_the_orms_repeated_statements_are_prepared_too_on_postgresql(engine_api,
     for _ in range(7):
         list(Partner.objects.filter(pk=partner.pk, name="not-this-one"))
     # then PostgreSQL holds it as a prepared statement of this session
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT generic_plans + custom_plans FROM pg_prepared_statements"
-            " WHERE statement LIKE %s",
-            ['%FROM "integrations_partner"%"integrations_partner"."name" = $1%'],
-        )
-        assert [runs for (runs,) in cursor.fetchall()] in ([1], [2])
+    assert _prepared_runs('%FROM "integrations_partner"%"integrations_partner"."name" = $1%') in (
+        [1],
+        [2],
+    )
 
 
 def test_behind_pgbouncer_and_while_queries_are_logged_the_ordinary_cursor_is_used(db, settings):
@@ -366,45 +372,36 @@ def test_db_value_adapts_as_the_orm_does_and_skips_only_what_needs_nothing(tenan
     assert queue.db_values(Delivery, {"target": "x", "status": "pending"}) == ["x", "pending"]
 
 
-@pytest.mark.django_db(transaction=True)
-def test_prepared_statements_are_planned_again_after_a_while(engine_api, partner, monkeypatch):
+def _claim_taking_nothing(engine_api, partner):
+    """A pump's claim over one delivery of a paused partner (it takes nothing), on
+    PostgreSQL."""
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL prepared statements")
     _ingest(engine_api)
-    Partner.objects.filter(pk=partner.pk).update(state="paused")  # nothing is taken
+    Partner.objects.filter(pk=partner.pk).update(state="paused")
     key = f"partner:{partner.pk}"
+    return lambda: queue.deliveries_claim_due(
+        key=key, limit=20, token=uuid.uuid4(), now=timezone.now()
+    )
 
-    def claim_runs() -> list[tuple[int]]:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT generic_plans + custom_plans FROM pg_prepared_statements"
-                " WHERE statement LIKE %s",
-                ["%WITH picked AS MATERIALIZED%c.partner_id = $1%"],
-            )
-            return cursor.fetchall()
 
+@pytest.mark.django_db(transaction=True)
+def test_prepared_statements_are_planned_again_after_a_while(engine_api, partner, monkeypatch):
+    claim = _claim_taking_nothing(engine_api, partner)
     for _ in range(3):
-        queue.deliveries_claim_due(key=key, limit=20, token=uuid.uuid4(), now=timezone.now())
-    assert claim_runs() == [(3,)]
+        claim()
+    assert _prepared_runs(CLAIM_DUE) == [3]
     # once REPLAN_AFTER has gone by, the next hot statement drops them all and starts over
     monkeypatch.setattr(sql, "REPLAN_AFTER", 0.0)
-    queue.deliveries_claim_due(key=key, limit=20, token=uuid.uuid4(), now=timezone.now())
-    assert claim_runs() == [(1,)]
+    claim()
+    assert _prepared_runs(CLAIM_DUE) == [1]
 
 
 @pytest.mark.django_db(transaction=True)
 def test_planning_again_keeps_psycopg_and_the_server_agreed(engine_api, partner, monkeypatch):
     # (psycopg names the statements it prepared: had the server dropped one behind its
     # back, the next run would fail with "prepared statement ... does not exist")
-    if connection.vendor != "postgresql":
-        pytest.skip("PostgreSQL prepared statements")
-    _ingest(engine_api)
-    Partner.objects.filter(pk=partner.pk).update(state="paused")  # nothing is taken
-    key = f"partner:{partner.pk}"
-
-    def claim() -> None:
-        queue.deliveries_claim_due(key=key, limit=20, token=uuid.uuid4(), now=timezone.now())
-
+    claim = _claim_taking_nothing(engine_api, partner)
     # given a rollback (psycopg forgets its names) and a replan due at every statement
     with pytest.raises(RuntimeError), transaction.atomic():
         claim()
@@ -415,13 +412,7 @@ def test_planning_again_keeps_psycopg_and_the_server_agreed(engine_api, partner,
     monkeypatch.setattr(sql, "REPLAN_AFTER", 3600.0)
     for _ in range(3):
         claim()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT generic_plans + custom_plans FROM pg_prepared_statements"
-            " WHERE statement LIKE %s",
-            ["%WITH picked AS MATERIALIZED%c.partner_id = $1%"],
-        )
-        assert cursor.fetchall() == [(4,)]  # the last replan's, run 1 + 3 times
+    assert _prepared_runs(CLAIM_DUE) == [4]  # the last replan's, run 1 + 3 times
 
 
 def test_a_claimed_delivery_comes_with_its_partners_live_secrets(engine_api, partner):
