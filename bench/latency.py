@@ -296,8 +296,11 @@ def top_statements(env: dict[str, str], limit: int, events: int) -> list[dict[st
 def main() -> None:
     args = parse_args()
     if args.pg_statements:
+        # (added to what the caller set, such as a plan_cache_mode to compare)
         os.environ["TESTENV_PG_OPTIONS"] = (
-            "-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track_planning=on"
+            os.environ.get("TESTENV_PG_OPTIONS", "")
+            + " -c shared_preload_libraries=pg_stat_statements"
+            + " -c pg_stat_statements.track_planning=on"
         )
     with Bench("latency") as bench:
         env = bench.start_databases()
