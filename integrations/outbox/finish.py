@@ -20,8 +20,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from integrations.models import Delivery, DeliveryAttempt, Partner
-from integrations.outbox.queue import attempts_insert_sql, batch_key
+from integrations.models import Delivery, DeliveryAttempt
+from integrations.outbox.queue import (
+    Successes,
+    attempts_insert_sql,
+    batch_key,
+    partner_successes_params,
+    partner_successes_sql,
+)
 from integrations.outbox.sql import db_value, db_values, sql_cursor
 
 
@@ -36,18 +42,6 @@ class RowOutcome:
     sent: bool  # a request was made: its status code, delivered_at and dispatched_at too
     status_code: int | None
     delivered_at: datetime | None
-
-
-@dataclass(frozen=True)
-class Successes:
-    """A partner's counters after a batch of successes (health.partner_successes)."""
-
-    partner_id: int
-    count: int
-    keep: float
-    added: float
-    first: float
-    floor: float
 
 
 @dataclass(frozen=True)
@@ -68,7 +62,7 @@ def _sql(outcomes: int, attempts: int, successes: bool) -> str:
     """The statement for this many outcomes and attempts, with the partner's counters or
     not (each shape prepared once per connection). Like queue.py's statements, only table
     names, status constants and placeholders are formatted into it."""
-    deliveries, partners = Delivery._meta.db_table, Partner._meta.db_table
+    deliveries = Delivery._meta.db_table
     final = ", ".join(f"'{status}'" for status in Delivery.FINAL_STATUSES)
     values = ", ".join([_OUTCOME] * outcomes)
     parts = [f"v (id, status, next_at, error, sent, code, delivered) AS (VALUES {values})"]
@@ -96,16 +90,10 @@ def _sql(outcomes: int, attempts: int, successes: bool) -> str:
         RETURNING id, target, tenant_id)""")  # noqa: S608
     counted = ""  # (before `queued` in the result: see below)
     if successes:
-        # queue.partner_successes_add's UPDATE, when every row was still the batch's
-        parts.append(f"""counted AS (
-            UPDATE {partners}
-            SET consecutive_failures = 0, failing_since = NULL, last_success_at = %s,
-                success_count = success_count + %s,
-                latency_ms_avg = COALESCE(
-                    CASE WHEN latency_ms_avg < %s THEN 0.0 ELSE latency_ms_avg * %s END + %s,
-                    %s)
-            WHERE id = %s AND (SELECT count(*) FROM done) = %s
-            RETURNING 1)""")  # noqa: S608
+        # the partner's counters (queue.partner_successes_sql), when every row was still the
+        # batch's
+        counted_sql = partner_successes_sql(" AND (SELECT count(*) FROM done) = %s")
+        parts.append(f"counted AS ({counted_sql} RETURNING 1)")
         counted = " UNION ALL SELECT 2, NULL, NULL, NULL FROM counted"
     # The result's branches run in this order, and with them the updates they read: the
     # batch's rows, the partner's, then the next deliveries. Partner before deliveries is
@@ -146,8 +134,7 @@ def batch_finish(
         params += db_values(DeliveryAttempt, row)
     params += [at, db_value(Delivery, "lease_token", token), at]
     if successes is not None:
-        s = successes
-        params += [at, s.count, s.floor, s.keep, s.added, s.first, s.partner_id, len(outcomes)]
+        params += [*partner_successes_params(successes, now), len(outcomes)]
     with sql_cursor() as cursor:
         cursor.execute(_sql(len(outcomes), len(attempts), successes is not None), params)
         rows = cursor.fetchall()

@@ -19,7 +19,6 @@ from django.db.models.functions import Coalesce
 from integrations.delivery import DeliveryResult
 from integrations.models import Partner
 from integrations.outbox import queue
-from integrations.outbox.finish import Successes
 from integrations.outbox.notices import PARTNER_PAUSED, notice_queue
 
 logger = logging.getLogger(__name__)
@@ -47,23 +46,14 @@ def partner_successes(partner_id: int, durations: Sequence[int], now: datetime) 
     """Count successful attempts (oldest first) in one UPDATE: the failing run ends."""
     if not durations:
         return
-    fold = partner_successes_fold(partner_id, durations)
-    queue.partner_successes_add(
-        partner_id=partner_id,
-        count=fold.count,
-        keep=fold.keep,
-        added=fold.added,
-        first=fold.first,
-        floor=fold.floor,
-        now=now,
-    )
+    queue.partner_successes_add(partner_successes_fold(partner_id, durations), now)
 
 
-def partner_successes_fold(partner_id: int, durations: Sequence[int]) -> Successes:
+def partner_successes_fold(partner_id: int, durations: Sequence[int]) -> queue.Successes:
     """What counting these successful attempts (oldest first) adds to the partner's counters:
     average * keep + added is latency_fold(average, durations) for any starting average."""
     keep = (1 - LATENCY_WEIGHT) ** len(durations)
-    return Successes(
+    return queue.Successes(
         partner_id=partner_id,
         count=len(durations),
         keep=keep if keep > 1e-300 else 0.0,

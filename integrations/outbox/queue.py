@@ -22,6 +22,7 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -148,11 +149,7 @@ def _claim_looked(
     # due delivery with the conditions and only then kept the picked ones (~1.4 ms a claim,
     # growing with the backlog). On PostgreSQL the ids go as an array, an index condition.
     passed = f"SELECT d.id FROM picked d WHERE {_claimable_sql()}"  # noqa: S608
-    taken = (
-        f"u.id = ANY(ARRAY({passed}))"
-        if connection.vendor == "postgresql"
-        else f"u.id IN ({passed})"
-    )
+    taken = f"u.id = ANY(ARRAY({passed}))" if postgresql else f"u.id IN ({passed})"
     update = f"""
         UPDATE {Delivery._meta.db_table} AS u
         SET status = %s, lease_token = %s, lease_expires_at = %s,
@@ -381,31 +378,43 @@ def deliveries_finish(
         return int(cursor.rowcount)
 
 
-def partner_successes_add(
-    *,
-    partner_id: int,
-    count: int,
-    keep: float,
-    added: float,
-    first: float,
-    floor: float,
-    now: datetime,
-) -> None:
-    """A partner's counters after `count` successful attempts (outbox/health.py says how the
-    latency average is folded: average * keep + added, `first` when there was none; an
-    average below `floor` decays as 0)."""
-    partners = Partner._meta.db_table
-    sql = f"""
-        UPDATE {partners}
+@dataclass(frozen=True)
+class Successes:
+    """What a run of successful attempts adds to a partner's counters (outbox/health.py
+    folds it): `count` more successes, the latency average becomes average * keep + added
+    (`first` when there was none; an average below `floor` decays as 0)."""
+
+    partner_id: int
+    count: int
+    keep: float
+    added: float
+    first: float
+    floor: float
+
+
+def partner_successes_sql(condition: str = "") -> str:
+    """The UPDATE that counts `Successes` on its partner (`partner_successes_params`), with
+    `condition` ANDed to its WHERE (outbox/finish.py folds it into a batch's record)."""
+    return f"""
+        UPDATE {Partner._meta.db_table}
         SET consecutive_failures = 0, failing_since = NULL, last_success_at = %s,
             success_count = success_count + %s,
             latency_ms_avg = COALESCE(
                 CASE WHEN latency_ms_avg < %s THEN 0.0 ELSE latency_ms_avg * %s END + %s, %s)
-        WHERE id = %s
+        WHERE id = %s{condition}
     """  # noqa: S608
-    at = db_value(Partner, "last_success_at", now)
+
+
+def partner_successes_params(successes: Successes, now: datetime) -> list[Any]:
+    """The parameters of `partner_successes_sql` (before those of its condition)."""
+    s, at = successes, db_value(Partner, "last_success_at", now)
+    return [at, s.count, s.floor, s.keep, s.added, s.first, s.partner_id]
+
+
+def partner_successes_add(successes: Successes, now: datetime) -> None:
+    """Count these successes on their partner, in a statement of its own."""
     with sql_cursor() as cursor:
-        cursor.execute(sql, [at, count, floor, keep, added, first, partner_id])
+        cursor.execute(partner_successes_sql(), partner_successes_params(successes, now))
 
 
 def batch_outranked(*, partner_id: int, known_slow: bool, token: uuid.UUID, now: datetime) -> bool:
