@@ -145,6 +145,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     args = parse_args()
+    try:  # before the servers start: apt-get the first time
+        harness.testenv.ensure_wrk()
+    except harness.testenv.SetupError as exc:
+        raise SystemExit(f"bench: {exc}") from exc
     with Bench("ingest") as bench:
         env = bench.start_databases()
         closed_port = bench.port()  # nothing listens here; no worker runs anyway

@@ -188,6 +188,21 @@ def ensure_chromium() -> None:
     apt_install("chromium")
 
 
+def ensure_wrk() -> str:
+    """wrk, the ingest benchmark's load generator (bench/ingest.py; not the tests): installed
+    with apt when missing and we are root; otherwise exits saying what to install."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if not is_root():
+        raise SetupError("wrk not found (Debian/Ubuntu: sudo apt-get install wrk)")
+    apt_install("wrk")
+    found = shutil.which("wrk")
+    if not found:
+        raise SetupError("wrk is still not on PATH after apt-get install wrk")
+    return found
+
+
 PGBOUNCER = "/usr/sbin/pgbouncer"
 
 
