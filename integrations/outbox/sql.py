@@ -90,13 +90,37 @@ def _replan_when_due(raw: psycopg.Connection[Any]) -> None:
         _prepared_since[raw] = now
 
 
-class _PreparedCursor(psycopg.Cursor):
+class _PreparedCursor(psycopg.RawCursor):
     """Server-side binding, every statement prepared on its first run (psycopg's automatic
-    preparing, prepare_threshold in settings, waits for a statement's fifth)."""
+    preparing, prepare_threshold in settings, waits for a statement's fifth), its %s
+    placeholders turned into PostgreSQL's own once per statement text (`native_placeholders`):
+    psycopg's cursor does that on every run of a statement longer than 4 KiB or with more than
+    50 parameters (the claim; the record of a batch), 13 % of a worker's CPU in the delivery
+    bench."""
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         kwargs.setdefault("prepare", True)
+        if params is not None:
+            query = native_placeholders(query)
         return super().execute(query, params, **kwargs)
+
+
+@functools.lru_cache(maxsize=1024)
+def native_placeholders(query: str) -> str:
+    """`query` with psycopg's positional placeholders (%s) as PostgreSQL's ($1, $2, …) and
+    %% as %, as psycopg's cursor would send it. The hot path's statements take only those;
+    any other placeholder (%(name)s, %b, %t) or a lone % raises ValueError."""
+    pieces, n = [], 0
+    for piece in query.split("%%"):
+        parts = piece.split("%s")
+        if any("%" in part for part in parts):
+            raise ValueError(f"hot-path SQL takes %s placeholders only: {query[:80]!r}")
+        rebuilt = [parts[0]]
+        for part in parts[1:]:
+            n += 1
+            rebuilt.append(f"${n}{part}")
+        pieces.append("".join(rebuilt))
+    return "%".join(pieces)
 
 
 def db_value(model: type[models.Model], field: str, value: Any) -> Any:

@@ -270,6 +270,32 @@ def test_the_hot_path_sql_runs_as_prepared_statements_on_postgresql(engine_api, 
     assert _prepared_runs(CLAIM_DUE) == [3]
 
 
+def test_hot_path_placeholders_become_postgresqls_own_once():
+    assert sql.native_placeholders("a = %s AND b IN (%s, %s)") == "a = $1 AND b IN ($2, $3)"
+    # %% is a percent sign, as psycopg reads it; so %%s is the text "%s", not a placeholder
+    assert sql.native_placeholders("x LIKE 'a%%' AND y = %s") == "x LIKE 'a%' AND y = $1"
+    assert sql.native_placeholders("SELECT '%%s', %s") == "SELECT '%s', $1"
+    for other in ("a = %(name)s", "a = %b", "a = %t", "SELECT '100%' WHERE a = %s"):
+        with pytest.raises(ValueError, match="placeholders only"):
+            sql.native_placeholders(other)
+
+
+def test_a_long_statement_with_many_parameters_runs_on_the_prepared_cursor(db):
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL prepared statements")
+    # given a statement past psycopg's own cache of conversions: more than 50 parameters,
+    # longer than 4 KiB (a batch's record), with a percent sign in it
+    values = list(range(60))
+    query = "SELECT " + ", ".join(["%s::int"] * 60) + ", '5%%'" + " " * 4096
+    # when it runs twice on the hot path's cursor
+    for _ in range(2):
+        with sql.sql_cursor() as cursor:
+            assert type(cursor.cursor).__name__ == "_PreparedCursor"
+            cursor.execute(query, values)
+            # then every value and the percent sign come back as sent
+            assert cursor.fetchone() == (*values, "5%")
+
+
 def test_the_orms_repeated_statements_are_prepared_too_on_postgresql(engine_api, partner):
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL prepared statements")
