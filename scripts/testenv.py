@@ -7,8 +7,9 @@ What it does, in order:
 1. install-check: finds the PostgreSQL server binaries (PG_BIN, else the newest
    /usr/lib/postgresql/*/bin, else `pg_config --bindir`) and `redis-server`; when one is
    missing and we are root, installs it with apt-get, otherwise exits saying what to install.
-   Debian's Chromium (browser tests) and PgBouncer (the test behind it) are installed the
-   same way as root; without them, as a normal user, those tests skip and say so.
+   Debian's Chromium (browser tests), PgBouncer (the test behind it) and Prometheus's promtool
+   (the alert rules test) are installed the same way as root; without them, as a normal
+   user, those tests skip and say so.
 2. postgres: `initdb` + `pg_ctl start` in a new temporary directory, on a free loopback port.
    PostgreSQL refuses to run as root, so as root the directory belongs to the `postgres` user
    and the server commands run through `runuser -u postgres --`.
@@ -186,6 +187,19 @@ def ensure_chromium() -> None:
         )
         return
     apt_install("chromium")
+
+
+def ensure_promtool() -> None:
+    """Prometheus's promtool, which checks the alert rules and the scrape config
+    (tests/test_deploy_signals.py). Debian ships it in `prometheus` (its service is not
+    started here). Installed with apt when missing and we are root; otherwise that test skips
+    and says so."""
+    if shutil.which("promtool"):
+        return
+    if not is_root():
+        log("promtool not found: the alert rules test will skip (sudo apt-get install prometheus)")
+        return
+    apt_install("prometheus")
 
 
 def ensure_wrk() -> str:
@@ -479,6 +493,7 @@ def main(argv: list[str]) -> int:
         pg_bin, redis_server = ensure_binaries()
         ensure_chromium()
         ensure_pgbouncer()
+        ensure_promtool()
         if servers.run_as:
             ensure_pg_user()
         servers.pg_bin = pg_bin
