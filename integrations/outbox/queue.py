@@ -225,12 +225,14 @@ def deliveries_claim_more(
     """
     candidates = f"""
         SELECT {_PICKED} FROM {Delivery._meta.db_table} c
-        WHERE c.partner_id = %s AND c.status = '{Delivery.Status.PENDING}'
-          AND c.next_attempt_at <= %s
-        ORDER BY c.id LIMIT {int(limit)}
-    """  # noqa: S608  (status and LIMIT as in deliveries_claim_due)
-    params = [partner_id, db_value(Delivery, "updated_at", now)]
-    return _claim(candidates, params, token, now)
+        WHERE c.partner_id = %s AND c.status = %s AND c.next_attempt_at <= %s
+        ORDER BY c.id LIMIT %s
+    """  # noqa: S608
+    # (LIMIT stays a parameter here, unlike deliveries_claim_due's: a top-up's limit is
+    # whatever room is left, 1 to the batch size, and each would be a statement of its own,
+    # planned again after every replan; top-ups are the rarer claim)
+    params = [partner_id, Delivery.Status.PENDING.value, db_value(Delivery, "updated_at", now)]
+    return _claim(candidates, [*params, limit], token, now)
 
 
 def _target_scope(key: str, alias: str) -> tuple[str, list[Any]]:
@@ -263,7 +265,7 @@ def deliveries_claim_due(
     # prepared statement's generic plan cannot know a parameter's value, and for `LIMIT $n`
     # and `status = $n` it guessed so many rows that PostgreSQL judged it dearer than planning
     # each run for its values, and planned each claim again (0.9 ms of PostgreSQL per event
-    # in the latency bench, four times the run itself). A few limits make a few statements.
+    # in the latency bench, four times the run itself). A pump's limit is the batch size.
     candidates = f"""
         SELECT {_PICKED} FROM {Delivery._meta.db_table} c
         WHERE {scope} AND c.status = '{Delivery.Status.PENDING}' AND c.next_attempt_at <= %s

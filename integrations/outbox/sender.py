@@ -616,7 +616,8 @@ def _stopped_by_sigterm() -> Iterator[None]:
     try:
         yield
     finally:
-        _signal.signal(signal.SIGTERM.value, previous)
+        if previous is not None:  # (None: a handler not set from Python, left as it is)
+            _signal.signal(signal.SIGTERM.value, previous)
 
 
 def _surplus(deliveries: Sequence[Sendable], token: uuid.UUID, now: datetime) -> bool:

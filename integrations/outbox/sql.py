@@ -101,26 +101,48 @@ class _PreparedCursor(psycopg.RawCursor):
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         kwargs.setdefault("prepare", True)
         if params is not None:
-            query = native_placeholders(query)
+            query = _native(query, params)
         return super().execute(query, params, **kwargs)
 
+    def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> Any:
+        params_seq = list(params_seq)
+        if params_seq:
+            query = _native(query, params_seq[0])
+        return super().executemany(query, params_seq, **kwargs)
 
-@functools.lru_cache(maxsize=1024)
-def native_placeholders(query: str) -> str:
+
+def _native(query: Any, params: Any) -> str:
+    """`query` with PostgreSQL's placeholders, checked against `params` as psycopg would (a
+    count that does not match is refused before anything is sent)."""
+    if type(query) is not str or not isinstance(params, (list, tuple)):
+        raise psycopg.ProgrammingError("hot-path SQL is a str with a list of parameters")
+    text, count = native_placeholders(query)
+    if len(params) != count:
+        raise psycopg.ProgrammingError(
+            f"the query has {count} placeholders but {len(params)} parameters were passed"
+        )
+    return text
+
+
+@functools.lru_cache(maxsize=256)
+def native_placeholders(query: str) -> tuple[str, int]:
     """`query` with psycopg's positional placeholders (%s) as PostgreSQL's ($1, $2, …) and
-    %% as %, as psycopg's cursor would send it. The hot path's statements take only those;
-    any other placeholder (%(name)s, %b, %t) or a lone % raises ValueError."""
+    %% as %, as psycopg's cursor would send it, and how many placeholders it has. The hot
+    path's statements take only those: any other placeholder (%(name)s, %b, %t) or a lone %
+    raises psycopg.ProgrammingError."""
     pieces, n = [], 0
     for piece in query.split("%%"):
         parts = piece.split("%s")
         if any("%" in part for part in parts):
-            raise ValueError(f"hot-path SQL takes %s placeholders only: {query[:80]!r}")
+            raise psycopg.ProgrammingError(
+                f"hot-path SQL takes %s placeholders only: {query[:80]!r}"
+            )
         rebuilt = [parts[0]]
         for part in parts[1:]:
             n += 1
             rebuilt.append(f"${n}{part}")
         pieces.append("".join(rebuilt))
-    return "%".join(pieces)
+    return "%".join(pieces), n
 
 
 def db_value(model: type[models.Model], field: str, value: Any) -> Any:
