@@ -121,12 +121,6 @@ _PICKED = "c.id, c.status, c.next_attempt_at, c.lease_expires_at, c.partner_id, 
 _PICKED += "c.ticket_id, c.tenant_id"
 
 
-def _picked() -> str:
-    """The candidates' columns (`_PICKED`), and on PostgreSQL each row's physical address
-    (ctid) too: the claim's UPDATE finds its rows by it (see `_claim_looked`)."""
-    return f"{_PICKED}, c.ctid" if connection.vendor == "postgresql" else _PICKED
-
-
 def _claim(candidates: str, params: list[Any], token: uuid.UUID, now: datetime) -> list[Sendable]:
     """`_claim_looked` without how many rows it looked at."""
     return _claim_looked(candidates, params, token, now)[0]
@@ -135,7 +129,7 @@ def _claim(candidates: str, params: list[Any], token: uuid.UUID, now: datetime) 
 def _claim_looked(
     candidates: str, params: list[Any], token: uuid.UUID, now: datetime
 ) -> tuple[list[Sendable], int | None]:
-    """The claim: of the deliveries `candidates` selects (`_picked()` of `c`), take those that
+    """The claim: of the deliveries `candidates` selects (`_PICKED` of `c`), take those that
     may be attempted now: status `delivering`, a new lease token and expiry, and the attempt
     counted here, so a delivery whose worker dies mid-attempt still uses up its tries and
     ends `dead` instead of looping. Rows another transaction has locked (being claimed or
@@ -153,14 +147,16 @@ def _claim_looked(
     # conditions are checked on the picked rows themselves (their columns as locked), and the
     # rows that pass are updated by primary key: checked on the table, the plan walked every
     # due delivery with the conditions and only then kept the picked ones (~1.4 ms a claim,
-    # growing with the backlog). On PostgreSQL they are joined by their physical address
-    # (ctid: a TID scan per row), which the lock the candidates took keeps from changing until
-    # the statement ends: by id, the plan read the whole table for them while it was small enough
-    # for PostgreSQL to think that cheaper than an index (3,000 rows a claim in the latency
-    # bench, most of the claim's 0.33 ms; auto_explain, docs/PERFORMANCE.md).
+    # growing with the backlog). On PostgreSQL they are joined to the table by id (a primary
+    # key lookup per picked row: the join sees how few they are): as `id = ANY(array)`, the
+    # plan read the whole table for them while it was small enough for PostgreSQL to think
+    # that cheaper than the index (3,000 rows a claim in the latency bench; auto_explain,
+    # docs/PERFORMANCE.md). Not by ctid: a row changed by a transaction that committed after
+    # this statement's snapshot is locked in its newest version, which a TID scan under that
+    # snapshot does not see (found in review); by id the UPDATE follows it as before.
     if postgresql:
-        passed = f"SELECT d.ctid AS address FROM picked d WHERE {_claimable_sql()}"  # noqa: S608
-        taken = f"FROM ({passed}) AS p WHERE u.ctid = p.address"
+        passed = f"SELECT d.id AS picked_id FROM picked d WHERE {_claimable_sql()}"  # noqa: S608
+        taken = f"FROM ({passed}) AS p WHERE u.id = p.picked_id"
     else:
         taken = f"WHERE u.id IN (SELECT d.id FROM picked d WHERE {_claimable_sql()})"  # noqa: S608
     update = f"""
@@ -219,7 +215,7 @@ def deliveries_claim(
     if not ids:
         return []
     candidates = f"""
-        SELECT {_picked()} FROM {Delivery._meta.db_table} c
+        SELECT {_PICKED} FROM {Delivery._meta.db_table} c
         WHERE c.id IN ({", ".join(["%s"] * len(ids))})
     """  # noqa: S608
     return _claim(candidates, ids, token, now)
@@ -237,7 +233,7 @@ def deliveries_claim_more(
     the batch simply stays small), so the cost stays bounded.
     """
     candidates = f"""
-        SELECT {_picked()} FROM {Delivery._meta.db_table} c
+        SELECT {_PICKED} FROM {Delivery._meta.db_table} c
         WHERE c.partner_id = %s AND c.status = %s AND c.next_attempt_at <= %s
         ORDER BY c.id LIMIT %s
     """  # noqa: S608
@@ -280,7 +276,7 @@ def deliveries_claim_due(
     # each run for its values, and planned each claim again (0.9 ms of PostgreSQL per event
     # in the latency bench, four times the run itself). A pump's limit is the batch size.
     candidates = f"""
-        SELECT {_picked()} FROM {Delivery._meta.db_table} c
+        SELECT {_PICKED} FROM {Delivery._meta.db_table} c
         WHERE {scope} AND c.status = '{Delivery.Status.PENDING}' AND c.next_attempt_at <= %s
         ORDER BY c.id LIMIT {int(limit)}
     """  # noqa: S608

@@ -468,10 +468,10 @@ def test_a_claim_reads_the_rows_it_takes_not_the_whole_table(engine_api, partner
         key=f"partner:{partner.pk}", limit=20, token=uuid.uuid4(), now=timezone.now()
     )
     # then it is taken, and the statement did not read the table row by row to find it (its
-    # UPDATE, by id, went by a sequential scan while the table was small enough for the
-    # planner to think that cheaper: 3,000 rows read a claim in the latency bench)
+    # UPDATE, by id = ANY(array), went by a sequential scan while the table was small enough
+    # for the planner to think that cheaper: 3,000 rows read a claim in the latency bench)
     assert [d.pk for d in taken] == [delivery.pk]
-    assert rows_read_in_sequence() - before < 100  # (500 read by the old statement)
+    assert 0 <= rows_read_in_sequence() - before < 100  # (500 read by the old statement)
 
 
 @pytest.mark.django_db(transaction=True)
