@@ -169,37 +169,36 @@ def ensure_binaries() -> tuple[Path, str]:
     return pg_bin, redis_server
 
 
+def install_unless_found(found: bool, package: str, missing: str) -> None:
+    """A test's optional tool: nothing when `found`; else installed with apt as root, and as
+    a normal user only said (`missing`: what is not found, and which tests skip)."""
+    if found:
+        return
+    if not is_root():
+        log(f"{missing} (Debian/Ubuntu: sudo apt-get install {package})")
+        return
+    apt_install(package)
+
+
 CHROMIUM = "/usr/bin/chromium"
 
 
 def ensure_chromium() -> None:
-    """Debian's Chromium for the browser tests (Playwright drives it; no browser download).
-
-    Installed with apt when missing and we are root; otherwise the browser tests skip and
-    say what to install.
-    """
-    if Path(CHROMIUM).exists():
-        return
-    if not is_root():
-        log(
-            f"{CHROMIUM} not found: browser tests will skip "
-            "(Debian/Ubuntu: sudo apt-get install chromium)"
-        )
-        return
-    apt_install("chromium")
+    """Debian's Chromium for the browser tests (Playwright drives it; no browser download)."""
+    install_unless_found(
+        Path(CHROMIUM).exists(), "chromium", f"{CHROMIUM} not found: browser tests will skip"
+    )
 
 
 def ensure_promtool() -> None:
     """Prometheus's promtool, which checks the alert rules and the scrape config
     (tests/test_deploy_signals.py). Debian ships it in `prometheus` (its service is not
-    started here). Installed with apt when missing and we are root; otherwise that test skips
-    and says so."""
-    if shutil.which("promtool"):
-        return
-    if not is_root():
-        log("promtool not found: the alert rules test will skip (sudo apt-get install prometheus)")
-        return
-    apt_install("prometheus")
+    started here)."""
+    install_unless_found(
+        bool(shutil.which("promtool")),
+        "prometheus",
+        "promtool not found: the alert rules test will skip",
+    )
 
 
 def ensure_wrk() -> str:
@@ -221,16 +220,12 @@ PGBOUNCER = "/usr/sbin/pgbouncer"
 
 
 def ensure_pgbouncer() -> None:
-    """Debian's PgBouncer for the test that runs the portal behind it (transaction mode).
-
-    Installed with apt when missing and we are root; otherwise that test skips and says so.
-    """
-    if Path(PGBOUNCER).exists() or shutil.which("pgbouncer"):
-        return
-    if not is_root():
-        log("pgbouncer not found: the PgBouncer test will skip (sudo apt-get install pgbouncer)")
-        return
-    apt_install("pgbouncer")
+    """Debian's PgBouncer for the test that runs the portal behind it (transaction mode)."""
+    install_unless_found(
+        Path(PGBOUNCER).exists() or bool(shutil.which("pgbouncer")),
+        "pgbouncer",
+        "pgbouncer not found: the PgBouncer test will skip",
+    )
 
 
 def ensure_pg_user() -> None:
