@@ -298,10 +298,19 @@ def test_a_long_statement_with_many_parameters_runs_on_the_prepared_cursor(db):
             # then every value and the percent sign come back as sent
             assert cursor.fetchone() == (*values, "5%")
     # and its placeholders were converted once
-    assert (
-        sql.native_placeholders.cache_info().misses,
-        sql.native_placeholders.cache_info().hits,
-    ) == (1, 1)
+    info = sql.native_placeholders.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+
+
+def test_the_prepared_cursor_converts_placeholders_for_executemany_too(db):
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL prepared statements")
+    with sql.sql_cursor() as cursor:
+        cursor.execute("CREATE TEMPORARY TABLE t_many (n int)")
+        # (sent as written, "%s" would be a syntax error on the server)
+        cursor.executemany("INSERT INTO t_many (n) VALUES (%s)", [[1], [2], [3]])
+        cursor.execute("SELECT sum(n) FROM t_many")
+        assert cursor.fetchone() == (6,)
 
 
 def test_the_prepared_cursor_refuses_a_parameter_count_that_does_not_match(db):
